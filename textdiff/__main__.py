@@ -1,0 +1,5 @@
+import sys
+
+from textdiff.cli import main
+
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""Run directories and checkpoints: safetensors only, written atomically, never unpickled.
+
+A run directory (also a model directory for `from_pretrained`):
+    config.json            {"type": "textdiff", "backend": ..., "recipe": {...}, "vocab_size": ..., "max_len": ...}
+    model.safetensors      weights used for sampling and evaluation (EMA weights when EMA is on)
+    tokenizer.json, tokenizer_config.json
+    checkpoints/step_00000200/{model,ema,trainer}.safetensors + state.json   (last K kept)
+    metrics.jsonl, loss.png
+Every file is written to a temporary name and renamed into place; a checkpoint is a directory renamed into
+place only once complete, so a kill at any moment leaves the previous checkpoint readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from textdiff.errors import TextdiffError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+CONFIG_TYPE = "textdiff"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """safetensors to a temporary file, then an atomic rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise TextdiffError(f"{path}: file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TextdiffError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and persistent buffers, each shared tensor once (tied embeddings)."""
+    seen, out = set(), {}
+    for name, t in model.state_dict().items():
+        if t.data_ptr() in seen:
+            continue
+        seen.add(t.data_ptr())
+        out[name] = t
+    return out
+
+
+def load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    expected = model_tensors(model)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise TextdiffError(f"{where}: weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, t in tensors.items():
+        if t.shape != expected[name].shape:
+            raise TextdiffError(f"{where}: shape mismatch for '{name}': file {tuple(t.shape)}, model "
+                                f"{tuple(expected[name].shape)} (is config.json from another run?)")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            expected[name].copy_(t)
+
+
+def refuse_pickles(run_dir: Path) -> None:
+    """A run directory holding pickle files is refused before anything is loaded: pickles can run code."""
+    found = [p.name for p in Path(run_dir).iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+    if found:
+        raise TextdiffError(f"{run_dir}: refusing to load a directory with pickle files ({', '.join(sorted(found))}); "
+                            "textdiff reads safetensors only: delete them or convert the weights")
+
+
+def read_run_config(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TextdiffError(f"{run_dir}: run directory not found")
+    refuse_pickles(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise TextdiffError(f"{run_dir}: no config.json (not a textdiff run directory, or training never started)")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise TextdiffError(f"{path}: not valid JSON") from None
+    if not isinstance(cfg, dict) or cfg.get("type") != CONFIG_TYPE or "recipe" not in cfg:
+        raise TextdiffError(f"{path}: not a textdiff config (expected \"type\": \"{CONFIG_TYPE}\" and a recipe)")
+    for key in ("vocab_size", "max_len"):
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise TextdiffError(f"{path}: '{key}' must be a positive integer, got {value!r}")
+    return cfg
+
+
+# --- training checkpoints ------------------------------------------------------------------------------------
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / "state.json").is_file())
+
+
+def write_checkpoint(run_dir: Path, step: int, files: dict[str, tuple[dict, dict | None]], state: dict, keep: int) -> Path:
+    """Write {name: (tensors, metadata)} and state.json into checkpoints/step_N atomically; keep the newest `keep`."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp_step_{step:08d}_"))
+    try:
+        for name, (tensors, meta) in files.items():
+            save_tensors(tmp / f"{name}.safetensors", tensors, meta)
+        atomic_write_json(tmp / "state.json", state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp_step_*"):  # left by a killed writer
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    sd = opt.state_dict()
+    tensors = {f"state.{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v))
+               for i, st in sd["state"].items() for k, v in st.items()}
+    return tensors, {"param_groups": json.dumps(sd["param_groups"])}
+
+
+def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors import safe_open
+
+    tensors = load_tensors(path)
+    with safe_open(str(path), "pt") as f:
+        groups = json.loads(f.metadata()["param_groups"])
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if not key.startswith("state."):
+            continue  # e.g. rng.torch, stored beside the optimizer
+        _, i, name = key.split(".", 2)
+        state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})

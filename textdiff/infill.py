@@ -1,0 +1,62 @@
+"""Infill templates: text with `[MASK]` (one token) and `[MASK:n]` (exactly n tokens) holes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from textdiff.errors import TextdiffError
+
+HOLE = re.compile(r"\[MASK(?::([^\]]*))?\]")
+MAX_HOLE = 4096
+
+
+@dataclass(frozen=True)
+class Template:
+    """Alternating pieces: `texts` has one more entry than `holes`; holes[i] tokens go after texts[i]."""
+
+    texts: tuple[str, ...]
+    holes: tuple[int, ...]
+
+
+def parse_template(template: str) -> Template:
+    """'The [MASK:3] of the LORD [MASK]' -> Template(('The', ' of the LORD', ''), (3, 1))."""
+    texts, holes, pos = [], [], 0
+    for m in HOLE.finditer(template):
+        n = _hole_size(m.group(1), m.group(0))
+        texts.append(template[pos:m.start()])
+        holes.append(n)
+        pos = m.end()
+    texts.append(template[pos:])
+    if not holes:
+        raise TextdiffError(f"infill template {template!r} has no hole; write [MASK] for one token or [MASK:n] for n")
+    stray = next((t for t in texts if "[MASK" in t), None)
+    if stray is not None:
+        raise TextdiffError(f"infill template: malformed hole in {stray!r}; write [MASK] or [MASK:n] with n >= 1")
+    return Template(tuple(texts), tuple(holes))
+
+
+def _hole_size(arg: str | None, hole: str) -> int:
+    if arg is None:
+        return 1
+    arg = arg.strip()
+    if not (arg.isascii() and arg.isdigit()):  # str.isdigit alone accepts '²', which int() rejects
+        raise TextdiffError(f"infill template: {hole} needs a whole number of tokens, e.g. [MASK:3]")
+    n = int(arg) if len(arg) <= 9 else MAX_HOLE + 1  # int() refuses > 4300 digits
+    if not 1 <= n <= MAX_HOLE:
+        raise TextdiffError(f"infill template: {hole} must ask for 1 to {MAX_HOLE} tokens")
+    return n
+
+
+def template_ids(template: Template, encode, mask_id: int) -> list[int]:
+    """Token ids with mask_id in the holes. Whitespace before a hole is left to the hole's first token
+    (byte-level BPE spells a word with its leading space)."""
+    ids: list[int] = []
+    for i, text in enumerate(template.texts):
+        if i < len(template.holes):
+            text = text.rstrip()
+        if text:
+            ids.extend(encode(text))
+        if i < len(template.holes):
+            ids.extend([mask_id] * template.holes[i])
+    return ids

@@ -1,0 +1,227 @@
+"""The one transformer every back-end shares: pre-norm blocks, rotary or learned positions, attention through
+`F.scaled_dot_product_attention`, optional adaLN-zero time conditioning (DiT, Peebles & Xie 2023) and an
+optional self-conditioning input (Chen et al. 2022, Analog Bits). Bidirectional for diffusion, causal (with a
+KV cache) for the autoregressive baseline. It knows nothing about noise: `forward(ids, t) -> logits`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from textdiff.config import ModelConfig
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of continuous times t in [0, 1] (scaled by 1000, as in DDPM).  (B,) -> (B, dim)"""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]  # (B, half)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (Su et al. 2021), applied to queries and keys."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
+        self._cache: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    def cos_sin(self, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cache is None or self._cache[0] < length or self._cache[1].device != device:
+            pos = torch.arange(max(length, 256), device=device, dtype=torch.float32)
+            freqs = torch.outer(pos, self.inv_freq.to(device))  # (L, hd/2)
+            self._cache = (len(pos), freqs.cos(), freqs.sin())
+        return self._cache[1], self._cache[2]
+
+    @staticmethod
+    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, L, hd); cos, sin: (L, hd/2)."""
+        x1, x2 = x.float().chunk(2, dim=-1)
+        out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        return out.type_as(x)
+
+
+class KVCache:
+    """Preallocated keys and values for causal generation, one slot per layer."""
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, device, dtype):
+        shape = (batch, n_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.length = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, causal: bool):
+        super().__init__()
+        self.n_head, self.causal, self.dropout = cfg.n_head, causal, cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+
+    def forward(self, x, rope, layer: int = 0, cache: Optional[KVCache] = None):
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # 3 × (B, H, L, hd)
+        if rope is not None:
+            q, k = Rotary.apply(q, *rope), Rotary.apply(k, *rope)
+        causal = self.causal
+        if cache is not None:
+            start = cache.length
+            cache.k[layer][:, :, start:start + L] = k
+            cache.v[layer][:, :, start:start + L] = v
+            k, v = cache.k[layer][:, :, :start + L], cache.v[layer][:, :, :start + L]
+            causal = self.causal and L > 1  # a single new query may see every cached key
+            if causal and start > 0:
+                raise ValueError("a multi-token step after the prefill is not supported by the KV cache")
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, L, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, bias=False)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; with `mod` (B, 6, D) it becomes an adaLN-zero block."""
+
+    def __init__(self, cfg: ModelConfig, causal: bool):
+        super().__init__()
+        affine = not cfg.time_conditioning
+        self.ln1 = nn.LayerNorm(cfg.n_embd, elementwise_affine=affine, bias=False)
+        self.ln2 = nn.LayerNorm(cfg.n_embd, elementwise_affine=affine, bias=False)
+        self.attn = Attention(cfg, causal)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.time_conditioning:
+            self.ada = nn.Linear(cfg.n_embd, 6 * cfg.n_embd)
+            nn.init.zeros_(self.ada.weight)
+            nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x, rope, c=None, layer: int = 0, cache=None):
+        if c is None:
+            x = x + self.drop(self.attn(self.ln1(x), rope, layer, cache))
+            return x + self.drop(self.mlp(self.ln2(x)))
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c).chunk(6, dim=-1)  # 6 × (B, D)
+        x = x + g1[:, None] * self.drop(self.attn(modulate(self.ln1(x), sh1, sc1), rope, layer, cache))
+        return x + g2[:, None] * self.drop(self.mlp(modulate(self.ln2(x), sh2, sc2)))
+
+
+class Transformer(nn.Module):
+    """Token ids (and optionally t, a self-conditioning distribution) -> vocab logits.
+
+    Args:
+        cfg: the model section of the recipe.
+        vocab_size: size of the input and output vocabulary.
+        max_len: longest sequence (sizes learned positions; rotary has no limit).
+        causal: causal attention (the AR baseline) instead of bidirectional (the denoiser).
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_len: int, causal: bool = False):
+        super().__init__()
+        self.cfg, self.vocab_size, self.max_len, self.causal = cfg, vocab_size, max_len, causal
+        D = cfg.n_embd
+        self.tok = nn.Embedding(vocab_size, D)
+        self.pos = nn.Embedding(max_len, D) if cfg.positions == "learned" else None
+        self.rotary = Rotary(D // cfg.n_head) if cfg.positions == "rotary" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        if cfg.time_conditioning:
+            self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
+            self.final_ada = nn.Linear(D, 2 * D)
+        if cfg.self_conditioning:
+            self.self_cond = nn.Linear(D, D, bias=False)  # previous x0 estimate, as an expected embedding
+        self.blocks = nn.ModuleList(Block(cfg, causal) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(D, elementwise_affine=not cfg.time_conditioning, bias=False)
+        self.head = nn.Linear(D, vocab_size, bias=False)
+        self._init_weights()
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok.weight
+
+    def _init_weights(self):
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and "ada" not in name:
+                std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+        if self.cfg.time_conditioning:
+            nn.init.zeros_(self.final_ada.weight)
+            nn.init.zeros_(self.final_ada.bias)
+        if self.cfg.self_conditioning:
+            nn.init.zeros_(self.self_cond.weight)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def embed(self, ids: torch.Tensor, t=None, x0_prev=None, offset: int = 0):
+        """ids (B, L) -> hidden (B, L, D), conditioning vector c (B, D) or None, rotary tables or None."""
+        B, L = ids.shape
+        if offset + L > self.max_len and self.pos is not None:
+            raise ValueError(f"sequence of {offset + L} tokens is longer than the model's {self.max_len}")
+        x = self.tok(ids)
+        if self.pos is not None:
+            x = x + self.pos(torch.arange(offset, offset + L, device=ids.device))
+        if x0_prev is not None and self.cfg.self_conditioning:
+            x = x + self.self_cond(x0_prev.to(x.dtype) @ self.tok.weight)  # (B, L, V) @ (V, D)
+        c = None
+        if self.cfg.time_conditioning:
+            if t is None:
+                t = torch.zeros(B, device=ids.device)
+            c = self.time_mlp(timestep_embedding(t, self.cfg.n_embd).to(x.dtype))
+        rope = None
+        if self.rotary is not None:
+            cos, sin = self.rotary.cos_sin(offset + L, ids.device)
+            rope = (cos[offset:offset + L], sin[offset:offset + L])
+        return self.drop(x), c, rope
+
+    def hidden(self, ids, t=None, x0_prev=None, cache: Optional[KVCache] = None):
+        """The final normalised hidden states (B, L, D), before the vocab head."""
+        offset = cache.length if cache is not None else 0
+        x, c, rope = self.embed(ids, t, x0_prev, offset)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, c, i, cache)
+        if cache is not None:
+            cache.length += ids.shape[1]
+        x = self.ln_f(x)
+        if c is not None:
+            shift, scale = self.final_ada(c).chunk(2, dim=-1)
+            x = modulate(x, shift, scale)
+        return x
+
+    def forward(self, ids: torch.Tensor, t: Optional[torch.Tensor] = None, x0_prev: Optional[torch.Tensor] = None,
+                select: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None) -> torch.Tensor:
+        """Vocab logits.
+
+        Args:
+            ids: (B, L) token ids.
+            t: (B,) diffusion times in [0, 1] (used only with time conditioning).
+            x0_prev: (B, L, V) previous x0 distribution (used only with self-conditioning).
+            select: (B, L) bool; when given, logits only at these positions, flattened to (N, V)
+                (saves the vocab projection where the loss does not look).
+            cache: KV cache for causal generation.
+        Returns:
+            (B, L, V) logits, or (N, V) with `select`.
+        """
+        h = self.hidden(ids, t, x0_prev, cache)
+        if select is not None:
+            h = h[select]
+        return self.head(h)
+
+    def new_cache(self, batch: int, max_len: int, dtype=torch.float32) -> KVCache:
+        hd = self.cfg.n_embd // self.cfg.n_head
+        device = self.tok.weight.device
+        return KVCache(self.cfg.n_layer, batch, self.cfg.n_head, max_len, hd, device, dtype)

@@ -1,0 +1,96 @@
+"""The back-end contract: what a noising process must provide to the trainer, the samplers and the evaluator.
+
+A back-end owns the parameterisation (what the model's outputs mean), the corruption, the loss and the
+likelihood bound; the denoiser knows nothing about noise and the samplers know nothing about the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from textdiff.config import BackendConfig
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    pad: int
+    mask: int
+    bos: int
+    eos: int
+    sep: int
+    unk: int
+
+
+@dataclass
+class Batch:
+    """ids: (B, L) clean tokens; loss_mask: (B, L) bool, the positions that count in the loss and bound."""
+
+    ids: torch.Tensor
+    loss_mask: torch.Tensor
+
+    def to(self, device) -> "Batch":
+        return Batch(self.ids.to(device), self.loss_mask.to(device))
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    """Scalar to minimise: an estimate of the negative ELBO (or exact NLL) in nats per counted token."""
+    n_tokens: int
+    """Counted tokens in the batch (the loss's denominator)."""
+
+
+@dataclass
+class BoundOutput:
+    """Per-sequence negative log-likelihood (an ELBO bound for diffusion), in nats."""
+
+    nll: torch.Tensor
+    """(B,) nats per sequence, averaged over time draws."""
+    mc_var: torch.Tensor
+    """(B,) Monte Carlo variance of that average (0 for exact likelihoods)."""
+    n_tokens: torch.Tensor
+    """(B,) counted tokens per sequence."""
+    exact: bool
+
+
+@dataclass
+class StepOutput:
+    """One denoising step from t to s < t."""
+
+    sample: torch.Tensor
+    """(B, L) the sequence at time s."""
+    x0_probs: Optional[torch.Tensor] = None
+    """(B, L, V) the model's x0 distribution at time t (for self-conditioning and callbacks)."""
+
+
+class Backend:
+    """Base class; subclasses register with `@register(name)` in `textdiff.noising`."""
+
+    name = "base"
+    causal = False
+    """The denoiser is causal (the AR baseline) instead of bidirectional."""
+    default_sampler = "ancestral"
+    samplers: tuple[str, ...] = ()
+    """Sampler names that work with this back-end."""
+
+    def __init__(self, cfg: BackendConfig, special: SpecialTokens, vocab_size: int):
+        self.cfg, self.special, self.vocab_size = cfg, special, vocab_size
+
+    def loss(self, model, batch: Batch, generator: torch.Generator) -> LossOutput:
+        raise NotImplementedError
+
+    def bound(self, model, batch: Batch, n_draws: int, generator: torch.Generator) -> BoundOutput:
+        raise NotImplementedError
+
+    def prior(self, shape: tuple[int, int], device=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def corrupt(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator,
+                noise_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return x

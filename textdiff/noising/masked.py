@@ -1,0 +1,148 @@
+"""Masked (absorbing-state) diffusion in continuous time: MDLM (Sahoo et al. 2024) with the SUBS parameterisation.
+
+Forward: each counted token is independently replaced by [MASK] with probability 1 - alpha(t).
+Model: x0 logits; SUBS sets the [MASK] logit to -inf and carries unmasked tokens over unchanged.
+Loss: the Rao-Blackwellised continuous-time NELBO (MDLM eq. 10),
+    E_t [ -alpha'(t) / (1 - alpha(t)) * sum_{i masked} -log p_theta(x0_i | x_t) ],
+with low-discrepancy (antithetic) draws, normalised per counted token. For a denoiser without time input the
+t-integral is done exactly given the number of masks k (`backend.mask_sampling: count`, the default):
+    E_{k ~ U{1..n}} [ n/k * sum_{i masked, |masked| = k} -log p_theta(x0_i | x_k) ],
+the same bound with weights <= n instead of 1/t (see `draw_masks`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from textdiff.noising import register
+from textdiff.noising.base import Backend, Batch, BoundOutput, LossOutput, StepOutput
+from textdiff.schedules import get_schedule
+
+BOUND_T_MIN = 1e-6
+"""Lower end of t in the `time` estimator of the bound (the part below it is < 1e-6 nats/token)."""
+
+
+@register("masked")
+class MaskedDiffusion(Backend):
+    default_sampler = "ancestral"
+    samplers = ("ancestral", "confidence")
+
+    def __init__(self, cfg, special, vocab_size):
+        super().__init__(cfg, special, vocab_size)
+        self.schedule = get_schedule(cfg.schedule)
+        self.mask_id = special.mask
+
+    # --- forward process ---------------------------------------------------------------------------------
+
+    def uniforms(self, batch: int, generator: torch.Generator, device=None) -> torch.Tensor:
+        """(B,) numbers in [0, 1); antithetic draws put one in each of B equal strata."""
+        if self.cfg.time_sampling == "antithetic":
+            u = torch.rand(1, generator=generator, device=device)
+            return (u + torch.arange(batch, device=device) / batch) % 1.0
+        return torch.rand(batch, generator=generator, device=device)
+
+    def corrupt(self, x0, t, generator, noise_mask=None):
+        """Mask each token with probability 1 - alpha(t); only where noise_mask (B, L) is True."""
+        p_mask = (1.0 - self.schedule.alpha(t))[:, None]  # (B, 1)
+        masked = torch.rand(x0.shape, generator=generator, device=x0.device) < p_mask
+        if noise_mask is not None:
+            masked &= noise_mask
+        return torch.where(masked, torch.full_like(x0, self.mask_id), x0)
+
+    def draw_masks(self, keep: torch.Tensor, v: torch.Tensor, generator, t_min: float):
+        """Masks and ELBO weights for one draw per sequence, from uniforms v (B,).
+
+        `time`:  t = t_min + (1 - t_min) v, each counted token masked w.p. 1 - alpha(t), weight -alpha'/(1 - alpha).
+        `count`: k = 1 + floor(v n) of the n counted tokens masked, uniformly, weight n / k. For a denoiser that
+                 ignores t this is the same NELBO with t integrated out exactly: int_0^1 (1/t) Binom(k; n, t) dt = 1/k
+                 (any schedule), so the loss is the any-order autoregressive bound, with bounded weights (<= n)
+                 instead of 1/t (up to 1/t_min).
+        Returns masked (B, L) bool, weight (B,), t (B,) (the model's time input).
+        """
+        if self.cfg.mask_sampling == "time":
+            t = t_min + (1.0 - t_min) * v
+            p_mask = (1.0 - self.schedule.alpha(t))[:, None]  # (B, 1)
+            masked = (torch.rand(keep.shape, generator=generator, device=keep.device) < p_mask) & keep
+            return masked, self.schedule.elbo_weight(t), t
+        n = keep.sum(dim=1)  # (B,)
+        k = torch.minimum(1 + (v * n).long(), n)  # (B,) in [1, n] (0 when n = 0)
+        scores = torch.rand(keep.shape, generator=generator, device=keep.device).masked_fill(~keep, 2.0)
+        rank = scores.argsort(dim=1).argsort(dim=1)  # (B, L) a uniformly random order of the counted tokens
+        masked = rank < k[:, None]
+        weight = torch.where(n > 0, n / k.clamp_min(1), torch.zeros_like(n, dtype=torch.float32)).float()
+        return masked, weight, k / n.clamp_min(1)
+
+    def prior(self, shape, device=None):
+        return torch.full(shape, self.mask_id, dtype=torch.long, device=device)
+
+    # --- the model's x0 distribution ---------------------------------------------------------------------
+
+    def subs(self, logits: torch.Tensor) -> torch.Tensor:
+        """SUBS: the clean distribution never puts mass on [MASK]."""
+        logits = logits.float()
+        logits[..., self.mask_id] = float("-inf")
+        return logits
+
+    def x0_logits(self, model, x_t, t, x0_prev=None) -> torch.Tensor:
+        """(B, L, V) x0 logits; at unmasked positions the distribution is a point mass on the given token."""
+        logits = self.subs(model(x_t, t, x0_prev=x0_prev))
+        known = x_t != self.mask_id
+        if known.any():
+            b, i = known.nonzero(as_tuple=True)
+            logits[b, i] = float("-inf")
+            logits[b, i, x_t[b, i]] = 0.0
+        return logits
+
+    def _self_condition(self, model, x_t, t):
+        """Analog-Bits self-conditioning: a no-grad pass whose x0 distribution is fed back in."""
+        with torch.no_grad():
+            return torch.softmax(self.x0_logits(model, x_t, t), dim=-1)
+
+    # --- training and likelihood -------------------------------------------------------------------------
+
+    def _masked_nll(self, model, x0, keep, v, generator, t_min: float, self_cond: bool = False):
+        """Per-sequence weighted cross-entropy over masked positions, one draw each.  Returns (B,) nats."""
+        masked, weight, t = self.draw_masks(keep, v, generator, t_min)
+        x_t = x0.masked_fill(masked, self.mask_id)
+        x0_prev = self._self_condition(model, x_t, t) if self_cond else None
+        logits = self.subs(model(x_t, t, x0_prev=x0_prev, select=masked))  # (N, V)
+        ce = F.cross_entropy(logits, x0[masked], reduction="none")  # (N,)
+        per_seq = torch.zeros(x0.shape[0], device=x0.device, dtype=ce.dtype)
+        per_seq = per_seq.index_add(0, masked.nonzero()[:, 0], ce)  # (B,)
+        return weight * per_seq
+
+    def loss(self, model, batch: Batch, generator):
+        v = self.uniforms(batch.ids.shape[0], generator, batch.ids.device)
+        self_cond = model.cfg.self_conditioning and bool(torch.rand(1, generator=generator) < 0.5)
+        nll = self._masked_nll(model, batch.ids, batch.loss_mask, v, generator, self.cfg.eps, self_cond)
+        n = int(batch.loss_mask.sum())
+        return LossOutput(loss=nll.sum() / max(n, 1), n_tokens=n)
+
+    @torch.no_grad()
+    def bound(self, model, batch: Batch, n_draws: int, generator):
+        """NELBO per sequence, averaged over n_draws stratified draws each (a Monte Carlo estimate)."""
+        B = batch.ids.shape[0]
+        u = torch.rand(B, generator=generator, device=batch.ids.device)
+        draws = torch.stack([self._masked_nll(model, batch.ids, batch.loss_mask, (u + d / n_draws) % 1.0,
+                                              generator, BOUND_T_MIN) for d in range(n_draws)], dim=1)  # (B, D)
+        var = draws.var(dim=1) / n_draws if n_draws > 1 else torch.zeros_like(draws[:, 0])
+        return BoundOutput(draws.mean(dim=1), var, batch.loss_mask.sum(dim=1), exact=False)
+
+    # --- sampling ----------------------------------------------------------------------------------------
+
+    def step(self, x0_probs: torch.Tensor, x_t: torch.Tensor, t: float, s: float, generator) -> StepOutput:
+        """Ancestral step t -> s of the reverse process (MDLM eq. 7): each masked token is revealed with
+        probability (alpha_s - alpha_t) / (1 - alpha_t), its value drawn from the x0 distribution."""
+        a_t, a_s = (self.schedule.alpha(torch.tensor(v, dtype=torch.float64)).item() for v in (t, s))
+        p_reveal = 1.0 if s <= 0 else (a_s - a_t) / max(1.0 - a_t, 1e-12)
+        masked = x_t == self.mask_id
+        reveal = masked & (torch.rand(x_t.shape, generator=generator, device=x_t.device) < p_reveal)
+        if not reveal.any():
+            return StepOutput(x_t, x0_probs)
+        draw = torch.multinomial(x0_probs[reveal], 1, generator=generator).squeeze(-1)
+        sample = x_t.clone()
+        sample[reveal] = draw
+        return StepOutput(sample, x0_probs)

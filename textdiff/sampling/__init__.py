@@ -1,0 +1,55 @@
+"""Samplers: short functions with one signature, each a loop you can read on one screen.
+
+    sampler(model, backend, x, opts, generator, callback=None) -> tokens (B, L)
+
+`x` holds the starting sequence: [MASK] wherever text is to be generated, real tokens where it is given
+(infilling keeps those fixed at every step). `opts` is a `SampleConfig`. `callback(step, x, x0_probs)` is
+called after every step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+SAMPLERS: dict[str, Callable] = {}
+
+
+def register_sampler(name: str):
+    def wrap(fn):
+        SAMPLERS[name] = fn
+        return fn
+    return wrap
+
+
+def filter_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Logits (..., V) -> probabilities after temperature, top-k and nucleus (top-p) filtering.
+    Temperature 0 is greedy (a one-hot on the argmax)."""
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(torch.float32)
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop_sorted = cum - torch.softmax(sorted_logits, dim=-1) > top_p  # keep the first token always
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def blocks(length: int, block_size: int) -> list[tuple[int, int]]:
+    """[lo, hi) spans for semi-autoregressive decoding, left to right (one span when block_size is 0)."""
+    size = block_size or length
+    return [(lo, min(lo + size, length)) for lo in range(0, length, size)]
+
+
+def split_steps(steps: int, n_blocks: int) -> list[int]:
+    base, extra = divmod(steps, n_blocks)
+    return [base + (i < extra) for i in range(n_blocks)]
+
+
+from textdiff.sampling import ar, masked  # noqa: E402,F401  (registration)

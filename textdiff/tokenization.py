@@ -1,0 +1,121 @@
+"""Tokenizers trained on the training split, wrapped as a transformers `PreTrainedTokenizerFast`, saved with the run.
+
+Special tokens always take the first ids, in this order: [PAD]=0 [MASK]=1 [BOS]=2 [EOS]=3 [UNK]=4 [SEP]=5.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from textdiff.errors import TextdiffError
+from textdiff.noising.base import SpecialTokens
+
+SPECIAL_TOKENS = ["[PAD]", "[MASK]", "[BOS]", "[EOS]", "[UNK]", "[SEP]"]
+
+
+def _bpe(cfg):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                                  special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    return tok, trainer
+
+
+def _wordpiece(cfg):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                                        special_tokens=SPECIAL_TOKENS, show_progress=False)
+    return tok, trainer
+
+
+def _wordlevel(cfg):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.WordLevelTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                                        special_tokens=SPECIAL_TOKENS, show_progress=False)
+    return tok, trainer
+
+
+def _sentencepiece(cfg, texts: Iterable[str]):
+    """A SentencePiece unigram model trained by the sentencepiece library, converted to a `tokenizers` one."""
+    import sentencepiece as spm
+    from tokenizers import SentencePieceUnigramTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text("\n".join(t.replace("\n", " ") for t in texts), encoding="utf-8")
+        spm.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=f"{tmp}/sp", model_type="unigram", vocab_size=cfg.vocab_size,
+            pad_id=0, unk_id=4, bos_id=2, eos_id=3, pad_piece="[PAD]", unk_piece="[UNK]", bos_piece="[BOS]",
+            eos_piece="[EOS]", user_defined_symbols=["[MASK]", "[SEP]"], hard_vocab_limit=False,
+            character_coverage=1.0, minloglevel=2)
+        return SentencePieceUnigramTokenizer.from_spm(f"{tmp}/sp.model")._tokenizer
+
+
+def _wrap(tok):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", mask_token="[MASK]", bos_token="[BOS]",
+                                   eos_token="[EOS]", unk_token="[UNK]", sep_token="[SEP]")
+
+
+def train_tokenizer(cfg, texts: Iterable[str]):
+    """Train a tokenizer of kind cfg.kind on an iterator of strings."""
+    texts = list(texts)
+    if not texts:
+        raise TextdiffError("the training split holds no text to train a tokenizer on")
+    if cfg.kind == "sentencepiece":
+        tok = _sentencepiece(cfg, texts)
+    else:
+        tok, trainer = {"bpe": _bpe, "wordpiece": _wordpiece, "wordlevel": _wordlevel}[cfg.kind](cfg)
+        tok.train_from_iterator(_batches(texts), trainer=trainer, length=len(texts))
+    wrapped = _wrap(tok)
+    check_special_tokens(wrapped, "the trained tokenizer")
+    return wrapped
+
+
+def _batches(texts: list[str], size: int = 1000) -> Iterator[list[str]]:
+    for i in range(0, len(texts), size):
+        yield texts[i:i + size]
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file():
+        raise TextdiffError(f"{path}: no tokenizer.json (a tokenizer directory saved by textdiff is expected)")
+    tok = PreTrainedTokenizerFast.from_pretrained(str(path))
+    check_special_tokens(tok, str(path))
+    return tok
+
+
+def check_special_tokens(tok, where: str) -> None:
+    vocab = tok.get_vocab()
+    missing = [s for s in SPECIAL_TOKENS if s not in vocab]
+    if missing:
+        raise TextdiffError(f"{where}: special tokens {', '.join(missing)} are missing; a textdiff tokenizer needs "
+                            f"{' '.join(SPECIAL_TOKENS)}")
+
+
+def special_tokens(tok) -> SpecialTokens:
+    v = tok.get_vocab()
+    return SpecialTokens(pad=v["[PAD]"], mask=v["[MASK]"], bos=v["[BOS]"], eos=v["[EOS]"], sep=v["[SEP]"], unk=v["[UNK]"])
+
+
+def encode(tok, texts: list[str]) -> list[list[int]]:
+    """Fast batch encoding without special tokens (the data pipeline adds [EOS] itself)."""
+    return [e.ids for e in tok.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]

@@ -1,0 +1,318 @@
+"""The training loop: AdamW, warm-up + cosine decay, clipping, EMA, bf16 autocast, gradient accumulation,
+periodic validation bound, atomic safetensors checkpoints and exact resume.
+
+Exact resume: the data order of step k is a pure function of (seed, k) and every step reseeds its noise
+generator and torch's RNG (dropout) from (seed, k), so the state to restore is only the weights, the EMA,
+the optimizer moments and the step. RNG states are saved too, for the record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from textdiff import checkpoint as ckpt
+from textdiff.config import Recipe, TrainConfig
+from textdiff.data import Sequences, batch_indices
+from textdiff.errors import TextdiffError
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 17) % (2 ** 62)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices inside the blocks (not embeddings, norms or biases)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and name.startswith("blocks.") else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+class EMA:
+    """Exponential moving average of the parameters (used for sampling and evaluation)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in ckpt.model_tensors(model).items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in ckpt.model_tensors(model).items():
+            self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
+
+
+@dataclass
+class StepStats:
+    loss: float
+    grad_norm: float
+    tokens: int
+
+
+class Trainer:
+    """Runs one recipe's training in a run directory; `fit()` trains to cfg.steps, resuming if asked."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, model, backend, train: Sequences, val: Sequences | None,
+                 device: torch.device | str = "cpu"):
+        self.recipe, self.cfg, self.run_dir = recipe, recipe.train, Path(run_dir)
+        self.model, self.backend, self.train_seq, self.val_seq = model.to(device), backend, train, val
+        self.device = torch.device(device)
+        self.opt = build_optimizer(self.model, self.cfg)
+        self.ema = EMA(self.model, self.cfg.ema) if self.cfg.ema > 0 else None
+        self.step = 0
+
+    def autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # --- one optimizer step ----------------------------------------------------------------------------------
+
+    def train_step(self, step: int) -> StepStats:
+        cfg = self.cfg
+        seed = step_seed(cfg.seed, step)
+        torch.manual_seed(seed)
+        gen = torch.Generator(self.device).manual_seed(seed + 1)
+        idx = batch_indices(len(self.train_seq), cfg.batch_size, step, cfg.seed)
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        total, tokens = 0.0, 0
+        for chunk in idx.chunk(cfg.grad_accum):
+            batch = self.train_seq.batch(chunk).to(self.device)
+            with self.autocast():
+                out = self.backend.loss(self.model, batch, gen)
+            (out.loss / cfg.grad_accum).backward()
+            total += out.loss.item() / cfg.grad_accum
+            tokens += batch.ids.numel()
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if not (math.isfinite(total) and math.isfinite(grad_norm)):
+            self._nonfinite(step, total, grad_norm)
+            return StepStats(total, grad_norm, tokens)
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return StepStats(total, grad_norm, tokens)
+
+    def _nonfinite(self, step: int, loss: float, grad_norm: float) -> None:
+        what = f"step {step + 1}: loss={loss} grad_norm={grad_norm} is not finite"
+        self.opt.zero_grad(set_to_none=True)
+        if self.cfg.nonfinite == "skip":
+            print(f"textdiff: {what}; skipped that step (train.nonfinite=skip)")
+            return
+        last = ckpt.list_checkpoints(self.run_dir)
+        kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+        raise TextdiffError(f"{what}; training stopped and {kept} (lower train.lr, or set train.nonfinite: skip)")
+
+    # --- validation --------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Validation nats per token (ELBO bound for diffusion, exact for AR) on the first eval_batches batches."""
+        if self.val_seq is None or len(self.val_seq) == 0:
+            return None
+        self.model.eval()
+        gen = torch.Generator(self.device).manual_seed(1234)
+        n = min(len(self.val_seq), self.cfg.eval_batches * self.cfg.batch_size)
+        nll, tokens = 0.0, 0
+        with self.autocast():
+            for idx in torch.arange(n).split(self.cfg.batch_size):
+                out = self.backend.bound(self.model, self.val_seq.batch(idx).to(self.device), 1, gen)
+                nll, tokens = nll + float(out.nll.sum()), tokens + int(out.n_tokens.sum())
+        return nll / max(tokens, 1)
+
+    # --- checkpoints -----------------------------------------------------------------------------------------
+
+    def weights_for_inference(self) -> dict[str, torch.Tensor]:
+        return self.ema.shadow if self.ema is not None else ckpt.model_tensors(self.model)
+
+    def save(self) -> None:
+        opt_tensors, opt_meta = ckpt.optimizer_tensors(self.opt)
+        opt_tensors["rng.torch"] = torch.get_rng_state()
+        files = {"model": (ckpt.model_tensors(self.model), None), "trainer": (opt_tensors, opt_meta)}
+        if self.ema is not None:
+            files["ema"] = (self.ema.shadow, None)
+        state = {"step": self.step, "data_position": self.step * self.cfg.batch_size, "seed": self.cfg.seed,
+                 "lr": lr_at(max(self.step - 1, 0), self.cfg)}
+        ckpt.write_checkpoint(self.run_dir, self.step, files, state, self.cfg.keep_checkpoints)
+        ckpt.save_tensors(self.run_dir / "model.safetensors", self.weights_for_inference())
+
+    def restore(self) -> bool:
+        """Load the newest checkpoint; False when there is none."""
+        found = ckpt.list_checkpoints(self.run_dir)
+        if not found:
+            return False
+        last = found[-1]
+        ckpt.load_model_tensors(self.model, ckpt.load_tensors(last / "model.safetensors"), last)
+        ckpt.load_optimizer(self.opt, last / "trainer.safetensors")
+        torch.set_rng_state(ckpt.load_tensors(last / "trainer.safetensors")["rng.torch"])
+        if self.ema is not None:
+            self.ema.shadow = ckpt.load_tensors(last / "ema.safetensors")
+        self.step = json.loads((last / "state.json").read_text())["step"]
+        return True
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+
+    def fit(self, resume: bool = False, progress: bool = True) -> None:
+        from tqdm.auto import tqdm
+
+        if resume and self.restore():
+            print(f"textdiff: resumed from step {self.step}")
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
+        t0, tokens = time.perf_counter(), 0
+        while self.step < self.cfg.steps:
+            stats = self.train_step(self.step)
+            self.step += 1
+            tokens += stats.tokens
+            tok_s = tokens / max(time.perf_counter() - t0, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.loss:.3f}", tok_s=f"{tok_s:,.0f}")
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                metrics.write(step=self.step, loss=stats.loss, grad_norm=stats.grad_norm,
+                              lr=lr_at(self.step - 1, self.cfg), tok_per_s=round(tok_s, 1))
+            if self._due(self.cfg.eval_every):
+                val = self.evaluate()
+                if val is not None:
+                    metrics.write(step=self.step, val_nll=val, val_ppl=math.exp(min(val, 50)))
+                    bar.write(f"step {self.step}: validation {val:.4f} nats/token (ppl {math.exp(min(val, 50)):.1f})")
+            if self._due(self.cfg.checkpoint_every):
+                self.save()
+        bar.close()
+        plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+
+    def _due(self, every: int) -> bool:
+        return self.step == self.cfg.steps or (every > 0 and self.step % every == 0)
+
+
+class MetricsLog:
+    """metrics.jsonl, one object per line; on resume, lines past the resumed step are dropped."""
+
+    def __init__(self, path: Path, start_step: int):
+        self.path = path
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [ln for ln in lines if _line_step(ln) is not None and _line_step(ln) <= start_step]
+        ckpt.atomic_write_bytes(path, "".join(ln + "\n" for ln in kept).encode())
+
+    def write(self, **row) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _line_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def plot_losses(metrics: Path, out: Path) -> None:
+    """Training loss and validation bound against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_nll"]) for r in rows if "val_nll" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation (nats/token)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats / token")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+
+
+# --- from a recipe to a trained run directory ---------------------------------------------------------------------
+
+
+def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
+    config = run_dir / "config.json"
+    if not resume:
+        if config.exists() or ckpt.list_checkpoints(run_dir):
+            raise TextdiffError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+                                f"directory with --set out_dir=PATH")
+        return
+    saved = ckpt.read_run_config(run_dir)["recipe"]
+    mine = json.loads(json.dumps(recipe.to_dict()))
+    saved_steps, mine_steps = saved.get("train", {}).pop("steps", None), mine["train"].pop("steps")
+    if saved != mine:
+        diff = sorted(f"{s}.{k}" for s in mine if isinstance(mine[s], dict)
+                      for k in mine[s] if saved.get(s, {}).get(k) != mine[s][k])
+        raise TextdiffError(f"--resume: the recipe differs from the one {run_dir} was trained with "
+                            f"({', '.join(diff) or 'top-level keys'}); only train.steps may change")
+
+
+def _tokenizer_for(recipe: Recipe, run_dir: Path, texts: list[str], resume: bool):
+    from textdiff.tokenization import load_tokenizer, train_tokenizer
+
+    if resume or recipe.tokenizer.path:
+        return load_tokenizer(run_dir if resume else Path(recipe.tokenizer.path))
+    print(f"textdiff: training a {recipe.tokenizer.kind} tokenizer ({recipe.tokenizer.vocab_size} tokens) "
+          f"on {len(texts):,} training texts")
+    return train_tokenizer(recipe.tokenizer, texts)
+
+
+def train_recipe(recipe: Recipe, resume: bool = False, progress: bool = True, device: str | None = None) -> Path:
+    """Tokenizer, data, model, training: everything `textdiff train` does. Returns the run directory."""
+    from textdiff.data import build_sequences, load_texts
+    from textdiff.models import build_model
+    from textdiff.noising import get_backend
+    from textdiff.tokenization import special_tokens
+
+    run_dir = recipe.run_dir()
+    _check_run_dir(recipe, run_dir, resume)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    texts = load_texts(recipe.data)
+    tokenizer = _tokenizer_for(recipe, run_dir, texts["train"], resume)
+    train = build_sequences(recipe.data, tokenizer, texts["train"])
+    val = build_sequences(recipe.data, tokenizer, texts["validation"]) if texts["validation"] else None
+    if len(train) < recipe.train.batch_size:
+        raise TextdiffError(f"data: {len(train)} training sequences of {recipe.data.max_length} tokens, fewer than "
+                            f"train.batch_size={recipe.train.batch_size}; use more data or a smaller batch")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        tokenizer.save_pretrained(str(run_dir))
+        ckpt.atomic_write_json(run_dir / "config.json", {
+            "type": ckpt.CONFIG_TYPE, "backend": recipe.backend.name, "recipe": recipe.to_dict(),
+            "vocab_size": len(tokenizer), "max_len": recipe.data.max_length})
+    elif recipe.train.steps != ckpt.read_run_config(run_dir)["recipe"]["train"]["steps"]:
+        cfg = ckpt.read_run_config(run_dir)
+        cfg["recipe"] = recipe.to_dict()
+        ckpt.atomic_write_json(run_dir / "config.json", cfg)
+    torch.manual_seed(recipe.train.seed)
+    model = build_model(recipe, len(tokenizer), recipe.data.max_length)
+    backend = get_backend(recipe.backend, special_tokens(tokenizer), len(tokenizer))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"textdiff: {recipe.backend.name} model, {model.num_params() / 1e6:.1f}M parameters; "
+          f"{len(train):,} training sequences of {recipe.data.max_length} tokens; run directory {run_dir}")
+    Trainer(recipe, run_dir, model, backend, train, val, device).fit(resume=resume, progress=progress)
+    return run_dir
