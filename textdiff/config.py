@@ -316,7 +316,7 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
         try:
             return float(value)
         except OverflowError:
-            raise TextdiffError(f"{source}: {key}={value} is too large for a float") from None
+            raise TextdiffError(f"{source}: {key} is too large for a float (a {value.bit_length()}-bit integer)") from None
     return value
 
 
@@ -362,7 +362,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, value = text.split("=", 1)
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer of more than 4300 digits
         raise TextdiffError(f"--set {text!r}: the value is not valid YAML") from None
     return key.strip().split("."), parsed
 
@@ -388,6 +388,8 @@ def read_yaml(path: str | Path) -> Any:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise TextdiffError(f"{path}: not a UTF-8 text file") from None
+    except ValueError as e:  # a YAML constructor's own error, e.g. an integer of more than 4300 digits
+        raise TextdiffError(f"{path}: invalid YAML ({str(e).splitlines()[0][:120]})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

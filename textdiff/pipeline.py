@@ -103,8 +103,8 @@ class TextDiffusionPipeline:
         ids = template_ids(parse_template(template), lambda s: encode(self.tokenizer, [s])[0], self.backend.special.mask)
         self._check_length(len(ids))
         holes = sum(1 for i in ids if i == self.backend.special.mask)
-        o = self.options(steps=min(steps or self.recipe.sample.steps, holes) if steps is None else steps,
-                         sampler=sampler, **opts)
+        steps = min(self.recipe.sample.steps, holes) if steps is None else steps
+        o = self.options(steps=steps, sampler=sampler, **opts)
         x = torch.tensor([ids] * num_samples, dtype=torch.long)
         return self._run(x, o, seed, callback)
 

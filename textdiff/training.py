@@ -178,12 +178,14 @@ class Trainer:
             print(f"textdiff: resumed from step {self.step}")
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step)
         bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
-        t0, tokens = time.perf_counter(), 0
+        busy, tokens = 0.0, 0  # seconds spent in training steps (not evaluation or checkpoints)
         while self.step < self.cfg.steps:
+            t0 = time.perf_counter()
             stats = self.train_step(self.step)
+            busy += time.perf_counter() - t0
             self.step += 1
             tokens += stats.tokens
-            tok_s = tokens / max(time.perf_counter() - t0, 1e-9)
+            tok_s = tokens / max(busy, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{stats.loss:.3f}", tok_s=f"{tok_s:,.0f}")
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:

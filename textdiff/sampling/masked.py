@@ -19,19 +19,19 @@ def ancestral(model, backend, x, opts, generator, callback=None):
     """MDLM's ancestral sampler with its cache: when a step reveals nothing and the model ignores t,
     the next step reuses the last x0 distribution instead of calling the model."""
     reuse = not model.cfg.time_conditioning
-    step_no, probs = 0, None
+    step_no, probs, fresh = 0, None, False
     spans = blocks(x.shape[1], opts.block_size)
     for (lo, hi), steps in zip(spans, split_steps(opts.steps, len(spans))):
         active = torch.zeros_like(x, dtype=torch.bool)
         active[:, lo:hi] = True
         for j in range(steps):
             t, s = 1.0 - j / steps, 1.0 - (j + 1) / steps
-            if probs is None or not reuse:
+            if not (fresh and reuse):
                 probs = _probs(model, backend, x, t, opts, x0_prev=probs if model.cfg.self_conditioning else None)
             out = backend.step(probs, x, t, s, generator)
             new = torch.where(active, out.sample, x)
-            if not torch.equal(new, x):
-                x, probs = new, None
+            fresh = torch.equal(new, x)  # nothing changed: the last x0 distribution still holds
+            x = new
             step_no += 1
             if callback is not None:
                 callback(step_no, x, out.x0_probs)
