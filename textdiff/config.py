@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,13 +356,25 @@ def recipe_from_dict(raw: Any, source: str = "<recipe>") -> Recipe:
         raise TextdiffError(f"{source}: {e}") from None
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `3e-4` and `1.0e3` as floats, as YAML 1.2 does (PyYAML's YAML 1.1 needs `3.0e-4`)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.lr=3e-4` -> (['train', 'lr'], 0.0003); the value is parsed as YAML."""
     if "=" not in text:
         raise TextdiffError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
     key, value = text.split("=", 1)
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = _yaml(value) if value.strip() else None
     except (yaml.YAMLError, ValueError):  # ValueError: an integer of more than 4300 digits
         raise TextdiffError(f"--set {text!r}: the value is not valid YAML") from None
     return key.strip().split("."), parsed
@@ -385,7 +398,7 @@ def read_yaml(path: str | Path) -> Any:
     if not path.is_file():
         raise TextdiffError(f"{path}: recipe file not found")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return _yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise TextdiffError(f"{path}: not a UTF-8 text file") from None
     except ValueError as e:  # a YAML constructor's own error, e.g. an integer of more than 4300 digits

@@ -11,15 +11,10 @@ import math
 
 import torch
 
-SCHEDULES: dict[str, type] = {}
+from textdiff.registry import Registry
 
-
-def register_schedule(name: str):
-    def wrap(cls):
-        SCHEDULES[name] = cls
-        cls.name = name
-        return cls
-    return wrap
+SCHEDULES = Registry("schedule")
+register_schedule = SCHEDULES.register
 
 
 class MaskingSchedule:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-BACKENDS: dict[str, type] = {}
+from textdiff.registry import Registry
 
-
-def register(name: str):
-    def wrap(cls):
-        BACKENDS[name] = cls
-        cls.name = name
-        return cls
-    return wrap
+BACKENDS = Registry("back-end")
+register = BACKENDS.register
 
 
 def get_backend(cfg, special, vocab_size):

@@ -9,18 +9,12 @@ called after every step.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
-
 import torch
 
-SAMPLERS: dict[str, Callable] = {}
+from textdiff.registry import Registry
 
-
-def register_sampler(name: str):
-    def wrap(fn):
-        SAMPLERS[name] = fn
-        return fn
-    return wrap
+SAMPLERS = Registry("sampler")
+register_sampler = SAMPLERS.register
 
 
 def filter_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
