@@ -50,9 +50,10 @@ def _wordlevel(cfg):
 
 
 def _sentencepiece(cfg, texts: Iterable[str]):
-    """A SentencePiece unigram model trained by the sentencepiece library, converted to a `tokenizers` one."""
+    """A SentencePiece unigram model trained by the sentencepiece library, rebuilt as a `tokenizers` Unigram
+    (pieces and scores read through the processor, so no protobuf is needed)."""
     import sentencepiece as spm
-    from tokenizers import SentencePieceUnigramTokenizer
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"
@@ -62,7 +63,14 @@ def _sentencepiece(cfg, texts: Iterable[str]):
             pad_id=0, unk_id=4, bos_id=2, eos_id=3, pad_piece="[PAD]", unk_piece="[UNK]", bos_piece="[BOS]",
             eos_piece="[EOS]", user_defined_symbols=["[MASK]", "[SEP]"], hard_vocab_limit=False,
             character_coverage=1.0, minloglevel=2)
-        return SentencePieceUnigramTokenizer.from_spm(f"{tmp}/sp.model")._tokenizer
+        sp = spm.SentencePieceProcessor(model_file=f"{tmp}/sp.model")
+    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=sp.unk_id()))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return tok
 
 
 def _wrap(tok):
