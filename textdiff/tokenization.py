@@ -106,7 +106,11 @@ def load_tokenizer(path: str | Path):
     path = Path(path)
     if not (path / "tokenizer.json").is_file():
         raise TextdiffError(f"{path}: no tokenizer.json (a tokenizer directory saved by textdiff is expected)")
-    tok = PreTrainedTokenizerFast.from_pretrained(str(path))
+    try:
+        tok = PreTrainedTokenizerFast.from_pretrained(str(path))
+    except Exception as e:  # the tokenizers / transformers parsers raise many types for a damaged file
+        raise TextdiffError(f"{path / 'tokenizer.json'}: not a readable tokenizer ({type(e).__name__}); "
+                            "retrain or copy the run's tokenizer files again") from None
     check_special_tokens(tok, str(path))
     return tok
 

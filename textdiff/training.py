@@ -264,7 +264,10 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
         return
     saved = ckpt.read_run_config(run_dir)["recipe"]
     mine = json.loads(json.dumps(recipe.to_dict()))
-    saved_steps, mine_steps = saved.get("train", {}).pop("steps", None), mine["train"].pop("steps")
+    for raw in (saved, mine):  # where the run lives and how long it trains may change; nothing else
+        raw.get("train", {}).pop("steps", None)
+        raw.pop("out_dir", None)
+        raw.pop("name", None)
     if saved != mine:
         diff = sorted(f"{s}.{k}" for s in mine if isinstance(mine[s], dict)
                       for k in mine[s] if saved.get(s, {}).get(k) != mine[s][k])

@@ -1,0 +1,393 @@
+"""Every bad input: ONE line on stderr starting `textdiff: error:` that names the problem, exit code 2,
+no traceback, and nothing already written is changed.
+
+The table below is run in-process through `textdiff.cli.main` (with capsys); two cases also run as a real
+subprocess to prove no traceback reaches the real stderr. Cases that need a trained run use the shared
+`masked_run` / `ar_run` fixtures read-only, or a copy of them when they damage it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+
+from conftest import ROOT, tiny_recipe_dict
+from textdiff.cli import main
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """{path: sha256} of every file under the roots (a missing root is recorded as missing)."""
+    out = {}
+    for root in roots:
+        root = Path(root)
+        if root.is_file():
+            out[str(root)] = hashlib.sha256(root.read_bytes()).hexdigest()
+        elif root.is_dir():
+            for p in sorted(root.rglob("*")):
+                if p.is_file():
+                    out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+                else:
+                    out[str(p)] = "dir"
+        else:
+            out[str(root)] = "missing"
+    return out
+
+
+def assert_one_line_error(rc: int, err: str, needles: tuple[str, ...]) -> str:
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{err}"
+    line = lines[0]
+    assert line.startswith("textdiff: error:"), line
+    assert rc == 2, (rc, line)
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+class Ctx:
+    """What a case builder gets: tmp_path, write_recipe, the corpus, and runs (copied when damaged)."""
+
+    def __init__(self, request, tmp_path: Path, write_recipe, corpus: Path):
+        self.request, self.tmp, self.write_recipe, self.corpus = request, tmp_path, write_recipe, corpus
+        self.watched: list[Path] = [corpus]
+        self.marker: Path | None = None
+
+    def watch(self, path: Path) -> Path:
+        self.watched.append(Path(path))
+        return path
+
+    def run(self, kind: str = "masked") -> Path:
+        """The shared trained run, read-only (watched for changes)."""
+        return self.watch(self.request.getfixturevalue(f"{kind}_run"))
+
+    def run_copy(self, kind: str = "masked") -> Path:
+        """A private copy of the trained run, to damage (watched after damaging)."""
+        dst = self.tmp / f"copy-{kind}"
+        shutil.copytree(self.run(kind), dst)
+        return dst
+
+    def fake_run(self, config: str | bytes) -> Path:
+        """A directory whose only file is the given config.json."""
+        run = self.tmp / "fake-run"
+        run.mkdir()
+        (run / "config.json").write_bytes(config.encode() if isinstance(config, str) else config)
+        return self.watch(run)
+
+    def data_file(self, name: str, content: bytes | str) -> Path:
+        path = self.tmp / name
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        return self.watch(path)
+
+    def raw_recipe(self, name: str, text: str | bytes) -> Path:
+        path = self.tmp / name
+        path.write_bytes(text.encode() if isinstance(text, str) else text)
+        return self.watch(path)
+
+    def train(self, *extra: str, **sections) -> list[str]:
+        backend = sections.pop("backend", None)  # write_recipe's own `backend` argument is the back-end's name
+        path = self.write_recipe(**sections)
+        if backend is not None:
+            raw = yaml.safe_load(path.read_text())
+            raw["backend"].update(backend)
+            path.write_text(yaml.safe_dump(raw))
+        return ["train", str(path), "--no-samples", "--device", "cpu", *extra]
+
+
+def _jsonl(rows) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _config(run: Path, mutate: Callable[[dict], object]) -> Path:
+    path = run / "config.json"
+    cfg = json.loads(path.read_text())
+    mutate(cfg)
+    path.write_text(json.dumps(cfg))
+    return run
+
+
+def _other_shape_weights(run: Path) -> Path:
+    """model.safetensors of a model with another width (n_embd 16 instead of 32)."""
+    from safetensors.torch import save_file
+
+    from textdiff.checkpoint import model_tensors
+    from textdiff.config import recipe_from_dict
+    from textdiff.models import build_model
+
+    cfg = json.loads((run / "config.json").read_text())
+    raw = cfg["recipe"]
+    raw["model"]["n_embd"], raw["model"]["n_head"] = 16, 2
+    model = build_model(recipe_from_dict(raw), cfg["vocab_size"], cfg["max_len"])
+    save_file({k: v.contiguous() for k, v in model_tensors(model).items()}, str(run / "model.safetensors"))
+    return run
+
+
+def _drop_one_tensor(run: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(run / "model.safetensors"))
+    tensors.pop(sorted(tensors)[0])
+    save_file(tensors, str(run / "model.safetensors"))
+    return run
+
+
+class Trap:
+    """Unpickling this writes `marker` (the payload runs through builtins.exec)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('unpickled')",))
+
+
+def _plant_pickle(ctx: Ctx, run: Path, name: str) -> Path:
+    ctx.marker = ctx.tmp / "UNPICKLED_MARKER"
+    (run / name).write_bytes(pickle.dumps(Trap(ctx.marker)))
+    return run
+
+
+# --- the table -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    id: str
+    build: Callable[[Ctx], list[str]]
+    needles: tuple[str, ...]
+
+
+CASES = [
+    # recipes: keys and types
+    Case("unknown-top-level-key", lambda c: c.train(trian={"steps": 3}), ("unknown key 'trian'", "allowed keys")),
+    Case("unknown-section-key", lambda c: c.train(train={"stpes": 3}), ("unknown key 'train.stpes'", "steps")),
+    Case("string-for-float", lambda c: c.train(train={"lr": "fast"}), ("train.lr must be float", "'fast'")),
+    Case("bool-for-int", lambda c: c.train(train={"steps": True}), ("train.steps must be int", "True")),
+    Case("float-for-int", lambda c: c.train(model={"n_layer": 2.5}), ("model.n_layer must be int",)),
+    Case("list-for-str", lambda c: c.train(backend={"name": ["masked"]}), ("backend.name must be str",)),
+    Case("section-not-mapping", lambda c: c.train(train=[1, 2]), ("section 'train' must be a mapping",)),
+    Case("betas-one-number", lambda c: c.train(train={"betas": [0.9]}), ("train.betas",)),
+    Case("float-overflow", lambda c: c.train(train={"lr": 10 ** 400}), ("train.lr", "too large")),
+    # recipes: values
+    Case("negative-steps", lambda c: c.train(train={"steps": -1}), ("train.steps=-1", "> 0")),
+    Case("zero-steps", lambda c: c.train(train={"steps": 0}), ("train.steps=0", "> 0")),
+    Case("zero-lr", lambda c: c.train(train={"lr": 0.0}), ("train.lr=0.0", "> 0")),
+    Case("negative-lr", lambda c: c.train(train={"lr": -1e-3}), ("train.lr=-0.001",)),
+    Case("nan-temperature", lambda c: c.train(sample={"temperature": float("nan")}), ("sample.temperature=nan",)),
+    Case("zero-max-length", lambda c: c.train(data={"max_length": 0}), ("data.max_length=0",)),
+    Case("negative-max-length", lambda c: c.train(data={"max_length": -5}), ("data.max_length=-5",)),
+    Case("unknown-backend", lambda c: c.train(backend={"name": "gaussian"}), ("backend.name='gaussian'", "masked")),
+    Case("unknown-schedule", lambda c: c.train(backend={"schedule": "linear"}), ("backend.schedule", "loglinear")),
+    Case("unknown-tokenizer-kind", lambda c: c.train(tokenizer={"kind": "chars"}), ("tokenizer.kind", "wordpiece")),
+    Case("unknown-sampler", lambda c: c.train(sample={"sampler": "magic"}), ("sample.sampler='magic'", "ancestral")),
+    Case("unknown-data-mode", lambda c: c.train(data={"mode": "stream"}), ("data.mode", "pack, pad")),
+    Case("n-embd-not-divisible", lambda c: c.train(model={"n_embd": 30, "n_head": 4}),
+         ("model.n_embd=30", "model.n_head=4")),
+    Case("batch-not-divisible", lambda c: c.train(train={"batch_size": 8, "grad_accum": 3}),
+         ("train.batch_size=8", "train.grad_accum=3")),
+    Case("time-conditioning-with-count", lambda c: c.train(model={"time_conditioning": True},
+                                                           backend={"mask_sampling": "count"}),
+         ("backend.mask_sampling=count", "time_conditioning")),
+    Case("recipe-infill-without-hole", lambda c: c.train(sample={"infill": "no hole here"}),
+         ("sample.infill", "no hole")),
+    # recipes: files
+    Case("missing-data-section", lambda c: ["train", str(c.raw_recipe("r.yaml", yaml.safe_dump(
+        {k: v for k, v in tiny_recipe_dict(c.corpus, c.tmp / "run-masked").items() if k != "data"})))],
+        ("'data' section is required",)),
+    Case("recipe-file-missing", lambda c: ["train", str(c.tmp / "nope.yaml")], ("nope.yaml", "recipe file not found")),
+    Case("recipe-is-a-directory", lambda c: ["train", str(c.tmp)], ("recipe file not found",)),
+    Case("invalid-yaml", lambda c: ["train", str(c.raw_recipe("r.yaml", "data: {path: [x\ntrain: ]\n"))],
+         ("r.yaml", "invalid YAML")),
+    Case("non-utf8-recipe", lambda c: ["train", str(c.raw_recipe("r.yaml", b"name: caf\xe9\ndata: {path: x.jsonl}\n"))],
+         ("r.yaml", "not a UTF-8")),
+    Case("recipe-is-a-list", lambda c: ["train", str(c.raw_recipe("r.yaml", "- data\n- train\n"))],
+         ("must be a YAML mapping",)),
+    Case("recipe-is-a-list-with-set", lambda c: ["train", str(c.raw_recipe("r.yaml", "- data\n")), "--set", "train.lr=1"],
+         ("must be a YAML mapping",)),
+    Case("yaml-date-with-set", lambda c: ["train", str(c.raw_recipe("r.yaml", f"name: 2024-01-01\ndata: {{path: {c.corpus}}}\n")),
+                                          "--set", "train.lr=0.001"], ("name must be str",)),
+    Case("yaml-huge-integer", lambda c: ["train", str(c.raw_recipe("r.yaml", f"data: {{path: {c.corpus}}}\n"
+                                                                            f"train: {{steps: {'9' * 5000}}}\n"))],
+         ("r.yaml", "invalid YAML")),
+    # --set
+    Case("set-without-equals", lambda c: c.train("--set", "train.lr"), ("--set 'train.lr'", "KEY=VALUE")),
+    Case("set-unknown-key", lambda c: c.train("--set", "train.nope=1"), ("unknown key 'train.nope'",)),
+    Case("set-unknown-section", lambda c: c.train("--set", "optim.lr=1"), ("unknown key 'optim'",)),
+    Case("set-bad-yaml", lambda c: c.train("--set", "train.lr=[1"), ("--set 'train.lr=[1'", "not valid YAML")),
+    Case("set-wrong-type", lambda c: c.train("--set", "train.steps=many"), ("train.steps must be int",)),
+    Case("set-into-a-value", lambda c: c.train("--set", "train.lr.x=1"), ("'lr' is not a section",)),
+    # data
+    Case("missing-data-file", lambda c: c.train(data={"path": str(c.tmp / "absent.jsonl")}), ("absent.jsonl", "not found")),
+    Case("unknown-data-extension", lambda c: c.train(data={"path": str(c.data_file("notes.md", "# hi\n"))}),
+         ("notes.md", "unknown extension")),
+    Case("empty-data-file", lambda c: c.train(data={"path": str(c.data_file("empty.jsonl", ""))}), ("empty.jsonl", "empty")),
+    Case("binary-data-file", lambda c: c.train(data={"path": str(c.data_file("bin.jsonl", b'{"text": "a\x00b"}\n' * 5))}),
+         ("bin.jsonl", "NUL")),
+    Case("non-utf8-data-file", lambda c: c.train(data={"path": str(c.data_file(
+        "latin1.jsonl", '{"text": "café au lait", "split": "train"}\n'.encode("latin-1") * 40))}),
+        ("latin1.jsonl", "not UTF-8")),
+    Case("non-utf8-at-end-of-txt", lambda c: c.train(data={"path": str(c.data_file("end.txt", b"hello\ncaf\xe9")),
+                                                          "split_field": None}), ("end.txt", "not UTF-8")),
+    Case("malformed-jsonl", lambda c: c.train(data={"path": str(c.data_file("bad.jsonl", '{"text": "a"}\nnot json\n'))}),
+         ("bad.jsonl", "could not read")),
+    Case("absent-text-field", lambda c: c.train(data={"text_field": "body"}), ("data.text_field", "'body'", "columns")),
+    Case("absent-split-field", lambda c: c.train(data={"split_field": "part"}), ("data.split_field", "'part'")),
+    Case("no-training-rows", lambda c: c.train(data={"path": str(c.data_file(
+        "val.jsonl", _jsonl({"text": "the old king", "split": "validation"} for _ in range(30))))}),
+        ("val.jsonl", "no training text")),
+    Case("fewer-sequences-than-batch", lambda c: c.train(data={"path": str(c.data_file(
+        "few.jsonl", _jsonl({"text": "the old king", "split": "train"} for _ in range(3))))}),
+        ("train.batch_size=8",)),
+    Case("too-long-in-pad-mode", lambda c: c.train(data={"mode": "pad", "truncate": False, "max_length": 4}),
+         ("data.max_length=4", "data.truncate")),
+    Case("tokenizer-dir-without-json", lambda c: c.train(tokenizer={"path": str(c.watch(c.tmp / "tokdir"))}),
+         ("tokdir", "no tokenizer.json")),
+    # training into existing run directories
+    Case("existing-run-without-resume", lambda c: c.train(out_dir=str(c.run_copy())), ("already holds a run", "--resume")),
+    Case("resume-with-changed-recipe", lambda c: c.train("--resume", out_dir=str(c.run_copy()), model={"n_layer": 3}),
+         ("--resume", "model.n_layer")),
+    Case("resume-missing-run", lambda c: c.train("--resume", out_dir=str(c.tmp / "never")), ("never", "not found")),
+    Case("out-dir-is-a-file", lambda c: c.train(out_dir=str(c.data_file("a-file", "x"))), ("a-file", "not a directory")),
+    Case("train-bad-device", lambda c: c.train("--device", "nosuchdevice"), ("--device 'nosuchdevice'",)),
+    # CLI: argparse level
+    Case("no-command", lambda c: [], ("command",)),
+    Case("unknown-command", lambda c: ["fly"], ("invalid choice: 'fly'",)),
+    Case("steps-zero", lambda c: ["sample", str(c.run()), "--steps", "0"], ("--steps", "must be > 0")),
+    Case("top-p-not-a-number", lambda c: ["sample", str(c.run()), "--top-p", "abc"], ("--top-p", "'abc'")),
+    Case("eval-unknown-split", lambda c: ["eval", str(c.run()), "--split", "dev"], ("--split", "'dev'")),
+    # CLI: sampling options
+    Case("top-p-too-large", lambda c: ["sample", str(c.run()), "--top-p", "1.5"], ("--top-p=1.5",)),
+    Case("negative-top-k", lambda c: ["sample", str(c.run()), "--top-k", "-1"], ("--top-k=-1",)),
+    Case("negative-temperature", lambda c: ["sample", str(c.run()), "--temperature", "-1"], ("--temperature=-1.0",)),
+    Case("unknown-cli-sampler", lambda c: ["sample", str(c.run()), "--sampler", "magic"], ("--sampler='magic'", "ancestral")),
+    Case("sample-n-zero", lambda c: ["sample", str(c.run()), "-n", "0"], ("n=0",)),
+    Case("sample-too-long", lambda c: ["sample", str(c.run()), "--length", "100000"], ("100000", "more than this model")),
+    Case("too-few-steps-for-blocks", lambda c: ["sample", str(c.run()), "--block-size", "4", "--steps", "2"],
+         ("steps=2", "blocks")),
+    Case("sample-bad-device", lambda c: ["sample", str(c.run()), "--device", "nosuchdevice"], ("--device 'nosuchdevice'",)),
+    Case("ar-sampler-on-masked-run", lambda c: ["sample", str(c.run()), "--sampler", "ar"],
+         ("sampler 'ar'", "masked back-end", "ancestral")),
+    Case("confidence-sampler-on-ar-run", lambda c: ["sample", str(c.run("ar")), "--sampler", "confidence"],
+         ("sampler 'confidence'", "ar back-end")),
+    # CLI: infill
+    Case("infill-no-hole", lambda c: ["infill", str(c.run()), "the old king"], ("has no hole", "[MASK]")),
+    Case("infill-mask-zero", lambda c: ["infill", str(c.run()), "the [MASK:0] king"], ("[MASK:0]", "1 to 4096")),
+    Case("infill-mask-x", lambda c: ["infill", str(c.run()), "the [MASK:x] king"], ("[MASK:x]", "whole number")),
+    Case("infill-mask-superscript", lambda c: ["infill", str(c.run()), "the [MASK:²] king"], ("[MASK:²]", "whole number")),
+    Case("infill-mask-unclosed", lambda c: ["infill", str(c.run()), "the [MASK] king [MASK:3"], ("malformed hole",)),
+    Case("infill-hole-too-long", lambda c: ["infill", str(c.run()), "the [MASK:4000] king"], ("more than this model",)),
+    Case("infill-steps-over-holes", lambda c: ["infill", str(c.run()), "the [MASK:2] king", "--sampler", "confidence",
+                                               "--steps", "5"], ("steps=5", "2 tokens", "--steps 2")),
+    Case("infill-n-zero", lambda c: ["infill", str(c.run()), "the [MASK] king", "-n", "0"], ("n=0",)),
+    Case("ar-infill-middle-hole", lambda c: ["infill", str(c.run("ar")), "the [MASK] king sees the river"],
+         ("sampler 'ar'", "prefix")),
+    # CLI: eval
+    Case("eval-unknown-metric", lambda c: ["eval", str(c.run()), "--metrics", "ppl,bleu"], ("bleu", "available: ppl")),
+    Case("eval-negative-max-sequences", lambda c: ["eval", str(c.run()), "--max-sequences", "-1"], ("--max-sequences -1",)),
+    Case("eval-out-folder-missing", lambda c: ["eval", str(c.run()), "--out", str(c.tmp / "no" / "r.json")], ("--out",)),
+    Case("eval-out-is-a-directory", lambda c: ["eval", str(c.run()), "--out", str(c.watch(c.tmp))], ("--out",)),
+    # run directories and checkpoints
+    Case("run-dir-missing", lambda c: ["sample", str(c.tmp / "no-run")], ("no-run", "run directory not found")),
+    Case("dir-without-config", lambda c: ["sample", str(c.watch(c.tmp))], ("no config.json",)),
+    Case("config-not-json", lambda c: ["sample", str(c.fake_run("{not json"))], ("config.json", "not valid JSON")),
+    Case("config-wrong-type", lambda c: ["infill", str(_config(c.run_copy(), lambda d: d.update(type="transformers"))),
+                                         "the [MASK] king"], ("config.json", "not a textdiff config")),
+    Case("config-is-a-list", lambda c: ["sample", str(c.fake_run("[1, 2]"))], ("not a textdiff config",)),
+    Case("config-not-utf8", lambda c: ["sample", str(c.fake_run(b"\xff\xfe{"))], ("config.json", "not valid JSON")),
+    Case("config-without-max-len", lambda c: ["sample", str(_config(c.run_copy(), lambda d: d.pop("max_len")))],
+         ("'max_len'", "positive integer")),
+    Case("config-bad-recipe", lambda c: ["sample", str(_config(c.run_copy(), lambda d: d["recipe"]["train"].update(lr="x")))],
+         ("config.json", "train.lr must be float")),
+    Case("config-wrong-vocab", lambda c: ["sample", str(_config(c.run_copy(), lambda d: d.update(vocab_size=999)))],
+         ("tokenizer has", "999")),
+    Case("weights-missing", lambda c: ["sample", str(_unlink(c.run_copy(), "model.safetensors"))],
+         ("no model.safetensors",)),
+    Case("weights-truncated", lambda c: ["sample", str(_truncate(c.run_copy(), "model.safetensors"))],
+         ("model.safetensors", "not a readable safetensors")),
+    Case("weights-other-shape", lambda c: ["eval", str(_other_shape_weights(c.run_copy()))],
+         ("model.safetensors", "shape mismatch")),
+    Case("weights-missing-tensor", lambda c: ["sample", str(_drop_one_tensor(c.run_copy()))], ("do not fit", "missing")),
+    Case("planted-pytorch-model-bin", lambda c: ["sample", str(_plant_pickle(c, c.run_copy(), "pytorch_model.bin"))],
+         ("pytorch_model.bin", "pickle")),
+    Case("pickle-named-safetensors", lambda c: ["infill", str(_plant_pickle(c, c.run_copy(), "model.safetensors")),
+                                                "the [MASK] king"], ("model.safetensors", "not a readable safetensors")),
+    Case("planted-pickle-on-resume", lambda c: c.train("--resume", out_dir=str(_plant_pickle(c, c.run_copy(), "optimizer.pt"))),
+         ("optimizer.pt", "pickle")),
+]
+
+
+def _unlink(run: Path, name: str) -> Path:
+    (run / name).unlink()
+    return run
+
+
+def _truncate(run: Path, name: str) -> Path:
+    data = (run / name).read_bytes()
+    (run / name).write_bytes(data[: len(data) // 2])
+    return run
+
+
+def test_table_is_large_and_distinct():
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids)) >= 40
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, request, tmp_path, write_recipe, corpus, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ctx = Ctx(request, tmp_path, write_recipe, corpus)
+    argv = [str(a) for a in case.build(ctx)]
+    before = snapshot(*ctx.watched)
+    capsys.readouterr()
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert_one_line_error(rc, err, case.needles)
+    assert snapshot(*ctx.watched) == before, "an existing file was changed"
+    assert not (tmp_path / "run-masked").exists(), "a failed train created its run directory"
+    if ctx.marker is not None:
+        assert not ctx.marker.exists(), "a planted pickle was unpickled"
+
+
+def test_pickle_trap_is_live(tmp_path):
+    """The planted payload really would write its marker when unpickled, so its absence above means something."""
+    marker = tmp_path / "live"
+    pickle.loads(pickle.dumps(Trap(marker)))
+    assert marker.read_text() == "unpickled"
+
+
+@pytest.mark.parametrize("content", ["garbage", "{}"], ids=["not-json", "empty-object"])
+def test_corrupt_tokenizer_json(content, masked_run, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(masked_run, run)
+    (run / "tokenizer.json").write_text(content)
+    rc = main(["sample", str(run)])
+    assert_one_line_error(rc, capsys.readouterr().err, ("tokenizer.json",))
+
+
+# --- the real process ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["train", "missing-recipe.yaml"], ("missing-recipe.yaml", "recipe file not found")),
+    (["infill", "no-such-run", "the [MASK:0] king", "--steps", "0"], ("--steps", "must be > 0")),
+], ids=["missing-recipe", "argparse-steps-zero"])
+def test_subprocess_has_no_traceback(argv, needles, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "textdiff", *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc.returncode, proc.stderr, needles)
+    assert proc.stdout == ""
