@@ -129,23 +129,24 @@ def _check_opts(opts: dict) -> None:
         raise TextdiffError(str(e).replace("sample.", "--").replace("_", "-")) from None
 
 
-def cmd_sample(args) -> None:
+def _sampling_pipeline(args):
+    """Validate the sampling flags and the device, then load the run."""
     from textdiff.pipeline import TextDiffusionPipeline
 
     _check_opts(_sample_opts(args))
     _check_device(args.device)
-    pipe = TextDiffusionPipeline.from_pretrained(args.run, device=args.device)
+    return TextDiffusionPipeline.from_pretrained(args.run, device=args.device)
+
+
+def cmd_sample(args) -> None:
+    pipe = _sampling_pipeline(args)
     out = pipe.generate(args.n, length=args.length, seed=args.seed, **_sample_opts(args))
     for i, text in enumerate(out.texts):
         print(json.dumps({"index": i, "text": text}) if args.json else f"[{i}] {text}")
 
 
 def cmd_infill(args) -> None:
-    from textdiff.pipeline import TextDiffusionPipeline
-
-    _check_opts(_sample_opts(args))
-    _check_device(args.device)
-    pipe = TextDiffusionPipeline.from_pretrained(args.run, device=args.device)
+    pipe = _sampling_pipeline(args)
     for text in pipe.infill(args.text, num_samples=args.n, seed=args.seed, **_sample_opts(args)).texts:
         print(text)
 
