@@ -79,7 +79,18 @@ class TextDiffusionPipeline:
         except ValueError as e:
             raise TextdiffError(f"sampler '{opts.sampler}': {e}") from None
         ids = self.backend.decode(out).cpu()
-        return Generation(self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True), ids)
+        return Generation([self.decode(row) for row in ids.tolist()], ids)
+
+    def decode(self, ids: list[int]) -> str:
+        """Token ids -> text; [EOS] separates examples (verses in packed data) and is shown as a space."""
+        eos, pieces, piece = self.backend.special.eos, [], []
+        for i in ids + [eos]:
+            if i == eos:
+                pieces.append(self.tokenizer.decode(piece, skip_special_tokens=True).strip())
+                piece = []
+            else:
+                piece.append(i)
+        return " ".join(p for p in pieces if p)
 
     # --- public API ----------------------------------------------------------------------------------------------
 

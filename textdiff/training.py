@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,8 @@ class Trainer:
         if resume and self.restore():
             print(f"textdiff: resumed from step {self.step}")
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step)
-        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
         busy, tokens = 0.0, 0  # seconds spent in training steps (not evaluation or checkpoints)
         while self.step < self.cfg.steps:
             t0 = time.perf_counter()
