@@ -189,7 +189,7 @@ class Trainer:
             tokens += stats.tokens
             tok_s = tokens / max(busy, 1e-9)
             bar.update(1)
-            bar.set_postfix(loss=f"{stats.loss:.3f}", tok_s=f"{tok_s:,.0f}")
+            bar.set_postfix(loss=f"{stats.loss:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 metrics.write(step=self.step, loss=stats.loss, grad_norm=stats.grad_norm,
                               lr=lr_at(self.step - 1, self.cfg), tok_per_s=round(tok_s, 1))
