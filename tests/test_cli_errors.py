@@ -22,7 +22,7 @@ from typing import Callable
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_recipe_dict
+from tests.conftest import ROOT, tiny_recipe_dict
 from textdiff.cli import main
 
 
