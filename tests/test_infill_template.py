@@ -83,7 +83,7 @@ def test_template_ids_adjacent_holes_and_empty_text():
 @pytest.mark.parametrize("kind", ["bpe", "wordlevel"])
 def test_template_ids_with_a_real_tokenizer(kind):
     """With a trained tokenizer: the given words survive and the holes are exactly [MASK] ids."""
-    from conftest import make_sentences
+    from tests.conftest import make_sentences
     from textdiff.config import TokenizerConfig
     from textdiff.tokenization import encode as tok_encode
     from textdiff.tokenization import special_tokens, train_tokenizer
