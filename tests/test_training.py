@@ -43,8 +43,7 @@ def _kill_after_first_checkpoint(cmd: list[str], run: Path, env: dict) -> int:
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(write_recipe, tmp_path):
-    train = {"steps": 240, "checkpoint_every": 40, "eval_every": 80, "dropout": None}
-    train.pop("dropout")
+    train = {"steps": 240, "checkpoint_every": 40, "eval_every": 80}
     recipe = write_recipe(train=train, model={"n_layer": 2, "n_embd": 32, "n_head": 2, "dropout": 0.1})
     reference = train_recipe(load_recipe(recipe, ["out_dir=" + str(tmp_path / "ref")]), progress=False)
 
