@@ -35,8 +35,3 @@ class Autoregressive(Backend):
         nll, counted = self._token_nll(model, batch)
         per_seq = torch.zeros(batch.ids.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, counted.nonzero()[:, 0], nll)
         return BoundOutput(per_seq, torch.zeros_like(per_seq), counted.sum(dim=1), exact=True)
-
-    def prior(self, shape, device=None):
-        """Generation starts after an [EOS] (a verse boundary in packed data); the rest is filled in order."""
-        x = torch.full(shape, self.special.mask, dtype=torch.long, device=device)
-        return x

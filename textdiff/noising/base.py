@@ -86,7 +86,8 @@ class Backend:
         raise NotImplementedError
 
     def prior(self, shape: tuple[int, int], device=None) -> torch.Tensor:
-        raise NotImplementedError
+        """The starting sequence of generation: [MASK] everywhere (for AR: the positions still to be written)."""
+        return torch.full(shape, self.special.mask, dtype=torch.long, device=device)
 
     def corrupt(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator,
                 noise_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

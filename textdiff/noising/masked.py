@@ -75,9 +75,6 @@ class MaskedDiffusion(Backend):
         weight = torch.where(n > 0, n / k.clamp_min(1), torch.zeros_like(n, dtype=torch.float32)).float()
         return masked, weight, k / n.clamp_min(1)
 
-    def prior(self, shape, device=None):
-        return torch.full(shape, self.mask_id, dtype=torch.long, device=device)
-
     # --- the model's x0 distribution ---------------------------------------------------------------------
 
     def subs(self, logits: torch.Tensor) -> torch.Tensor:
