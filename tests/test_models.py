@@ -42,7 +42,7 @@ def test_time_conditioning_and_self_conditioning_inputs():
     assert model(ids, t0).shape == (2, 10, 40)
     assert not torch.allclose(model(ids, t0), model(ids, t1))
     prev = torch.softmax(torch.randn(2, 10, 40), -1)
-    assert not torch.allclose(model(ids, t0), model(ids, t0, x0_prev=prev))
+    assert not torch.allclose(model(ids, t0), model(ids, t0, x0_prev=model.embed_probs(prev)))
     select = torch.zeros(2, 10, dtype=torch.bool)
     select[0, 3] = select[1, 7] = True
     assert torch.allclose(model(ids, t0, select=select), model(ids, t0)[select], atol=1e-6)
@@ -53,3 +53,13 @@ def test_learned_positions_and_untied_head():
     model = Transformer(cfg, 30, 12)
     assert model.head.weight.data_ptr() != model.tok.weight.data_ptr()
     assert model(torch.randint(0, 30, (2, 12))).shape == (2, 12, 30)
+
+
+def test_vector_inputs_are_the_same_as_their_token_embeddings():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(n_layer=2, n_embd=32, n_head=2), 40, 10).eval()
+    ids = torch.randint(0, 40, (2, 10))
+    assert torch.allclose(model(ids), model(model.tok(ids)), atol=1e-6)
+    bare = Transformer(ModelConfig(n_layer=2, n_embd=32, n_head=2), 40, 10, token_input=False, vocab_head=False)
+    assert bare.tok is None and bare.head is None
+    assert bare.hidden(torch.randn(2, 10, 32)).shape == (2, 10, 32)

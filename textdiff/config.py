@@ -73,30 +73,70 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """The noising back-end and its schedule."""
+    """The noising back-end, its schedule and its parameterisation. Keys a back-end does not use are ignored by it."""
 
     name: str = "masked"
-    """Registered back-end: see `textdiff.noising.BACKENDS` (`masked`, `ar`, ...)."""
-    schedule: str = "loglinear"
-    """Noise schedule in continuous time t in [0, 1]: `loglinear` or `cosine` for the masked back-end."""
+    """Registered back-end: see `textdiff.noising.BACKENDS` (`masked`, `embedding`, `ar`, ...)."""
+    schedule: Optional[str] = None
+    """Noise schedule in continuous time t in [0, 1] (None: the back-end's default). Masked: `loglinear` (default)
+    or `cosine`. Gaussian back-ends: `cosine`, `sqrt` (Diffusion-LM), `linear` (DDPM betas) or `learned`
+    (linear log-SNR with learned end points)."""
     time_sampling: str = "antithetic"
     """Training draws: `antithetic` (low-discrepancy, one stratum per example) or `uniform`."""
     mask_sampling: str = "count"
     """Masked back-end's ELBO estimator: `count` draws the number of masks k uniformly and weights n/k (t
     integrated out exactly; needs model.time_conditioning: false) or `time` draws t and weights 1/t-like (MDLM)."""
     eps: float = 1e-3
-    """Smallest t drawn in training and evaluation (avoids the 1/t singularity)."""
+    """Smallest t drawn in training and evaluation (avoids the 1/t singularity of masked diffusion)."""
+    target: str = "x0"
+    """What a Gaussian back-end's model predicts: `x0`, `eps` or `v` (v = alpha eps - sigma x0)."""
+    x0_from: str = "logits"
+    """Embedding back-end: where the x0 estimate comes from. `logits`: the expected embedding under the vocab
+    head's distribution (CDCD's score interpolation, Plaid's categorical reparameterisation; needs target x0);
+    `vector`: a vector head whose output is read as `target`."""
+    output_prior: bool = True
+    """Embedding back-end with x0_from=logits: add the exact Bayes logits of x_t alone, -|x_t - alpha e_v|^2 /
+    (2 sigma^2), to the model's (Plaid's output prior), so the low-noise end is right without learning it."""
+    embed_dim: int = 64
+    """Embedding back-end: width d of the diffused token embeddings."""
+    embed_norm: bool = True
+    """Embedding back-end: scale every token embedding to norm sqrt(d) (CDCD), so embeddings cannot collapse."""
+    loss: str = "elbo"
+    """Gaussian back-ends' diffusion loss: `elbo` (the continuous-time variational bound, VDM) or `simple`
+    (unweighted mean squared error of the target, Ho et al. 2020)."""
+    ce_weight: float = 1.0
+    """Weight of the rounding / anchor cross-entropy of the tokens under the logits of the x0 estimate."""
+    gamma_min: float = -10.0
+    """Gaussian back-ends: log noise-to-signal ratio at t = 0 (sigma_0^2 = sigmoid(gamma_min))."""
+    gamma_max: float = 10.0
+    """Gaussian back-ends: log noise-to-signal ratio at t = 1."""
+    simplex_k: float = 5.0
+    """Simplex back-end: clean tokens become logits +k (the token) and -k (every other)."""
 
     def __post_init__(self):
         from textdiff.noising import BACKENDS
-        from textdiff.schedules import SCHEDULES
 
         _check_choice("backend.name", self.name, tuple(sorted(BACKENDS)))
-        _check_choice("backend.schedule", self.schedule, tuple(sorted(SCHEDULES)))
+        allowed = BACKENDS[self.name].schedules
+        if self.schedule is not None and allowed:
+            _check_choice(f"backend.schedule (for the {self.name} back-end)", self.schedule, allowed)
         _check_choice("backend.time_sampling", self.time_sampling, ("antithetic", "uniform"))
         _check_choice("backend.mask_sampling", self.mask_sampling, ("count", "time"))
         if not 0.0 < self.eps < 0.5:
             raise ValueError(f"backend.eps={self.eps!r} must lie in (0, 0.5)")
+        _check_choice("backend.target", self.target, ("x0", "eps", "v"))
+        _check_choice("backend.x0_from", self.x0_from, ("logits", "vector"))
+        if self.x0_from == "logits" and self.target != "x0" and self.name == "embedding":
+            raise ValueError(f"backend.x0_from=logits predicts x0 itself; use backend.target: x0, or backend.x0_from: "
+                             f"vector to predict {self.target}")
+        _check_positive("backend.embed_dim", self.embed_dim)
+        _check_choice("backend.loss", self.loss, ("elbo", "simple"))
+        _check_positive("backend.ce_weight", self.ce_weight, allow_zero=True)
+        if not self.gamma_max - self.gamma_min >= 1.0:
+            raise ValueError(f"backend.gamma_max={self.gamma_max} must exceed backend.gamma_min={self.gamma_min} by >= 1")
+        if self.schedule == "learned" and self.loss != "elbo":
+            raise ValueError("backend.schedule=learned is trained by the bound; it needs backend.loss: elbo")
+        _check_positive("backend.simplex_k", self.simplex_k)
 
 
 @dataclass(frozen=True)
@@ -239,6 +279,10 @@ class SampleConfig:
     """Nucleus sampling mass (1: off)."""
     block_size: int = 0
     """Semi-autoregressive blocks of this many tokens, left to right (0: one block)."""
+    eta: float = 0.0
+    """DDIM stochasticity for Gaussian back-ends: 0 deterministic, 1 the DDPM posterior (sampler `ddim`)."""
+    clamp: bool = False
+    """Gaussian back-ends: snap every x0 estimate to its nearest token embedding (Diffusion-LM's clamping trick)."""
     num_samples: int = 4
     """Samples printed when training ends."""
     infill: Optional[str] = None
@@ -256,6 +300,7 @@ class SampleConfig:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"sample.top_p={self.top_p!r} must lie in (0, 1]")
         _check_positive("sample.block_size", self.block_size, allow_zero=True)
+        _check_unit("sample.eta", self.eta)
         _check_positive("sample.num_samples", self.num_samples, allow_zero=True)
         if self.infill is not None:  # checked now, not after a whole training run
             from textdiff.infill import parse_template

@@ -1,7 +1,10 @@
 """The one transformer every back-end shares: pre-norm blocks, rotary or learned positions, attention through
 `F.scaled_dot_product_attention`, optional adaLN-zero time conditioning (DiT, Peebles & Xie 2023) and an
 optional self-conditioning input (Chen et al. 2022, Analog Bits). Bidirectional for diffusion, causal (with a
-KV cache) for the autoregressive baseline. It knows nothing about noise: `forward(ids, t) -> logits`.
+KV cache) for the autoregressive baseline. It knows nothing about noise: `forward(inputs, t) -> logits`, where
+the inputs are token ids or, for back-ends that diffuse in a continuous space, one input vector per position.
+A back-end's own trainable parts (an embedding table, projections, a learned schedule) hang off the model as
+`model.noise`, so they train, checkpoint and EMA with it.
 """
 
 from __future__ import annotations
@@ -124,20 +127,23 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Token ids (and optionally t, a self-conditioning distribution) -> vocab logits.
+    """Token ids or input vectors (and optionally t, a self-conditioning input) -> vocab logits or hidden states.
 
     Args:
         cfg: the model section of the recipe.
         vocab_size: size of the input and output vocabulary.
         max_len: longest sequence (sizes learned positions; rotary has no limit).
         causal: causal attention (the AR baseline) instead of bidirectional (the denoiser).
+        token_input: build the token embedding (False when the back-end always feeds vectors).
+        vocab_head: build the vocab-logit head (False when the back-end reads only hidden states).
     """
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, max_len: int, causal: bool = False):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_len: int, causal: bool = False,
+                 token_input: bool = True, vocab_head: bool = True):
         super().__init__()
         self.cfg, self.vocab_size, self.max_len, self.causal = cfg, vocab_size, max_len, causal
         D = cfg.n_embd
-        self.tok = nn.Embedding(vocab_size, D)
+        self.tok = nn.Embedding(vocab_size, D) if token_input else None
         self.pos = nn.Embedding(max_len, D) if cfg.positions == "learned" else None
         self.rotary = Rotary(D // cfg.n_head) if cfg.positions == "rotary" else None
         self.drop = nn.Dropout(cfg.dropout)
@@ -145,12 +151,13 @@ class Transformer(nn.Module):
             self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
             self.final_ada = nn.Linear(D, 2 * D)
         if cfg.self_conditioning:
-            self.self_cond = nn.Linear(D, D, bias=False)  # previous x0 estimate, as an expected embedding
+            self.self_cond = nn.Linear(D, D, bias=False)  # previous x0 estimate, as an input-space vector
         self.blocks = nn.ModuleList(Block(cfg, causal) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(D, elementwise_affine=not cfg.time_conditioning, bias=False)
-        self.head = nn.Linear(D, vocab_size, bias=False)
+        self.head = nn.Linear(D, vocab_size, bias=False) if vocab_head else None
+        self.noise: Optional[nn.Module] = None
         self._init_weights()
-        if cfg.tie_embeddings:
+        if cfg.tie_embeddings and self.tok is not None and self.head is not None:
             self.head.weight = self.tok.weight
 
     def _init_weights(self):
@@ -167,61 +174,66 @@ class Transformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def embed(self, ids: torch.Tensor, t=None, x0_prev=None, offset: int = 0):
-        """ids (B, L) -> hidden (B, L, D), conditioning vector c (B, D) or None, rotary tables or None."""
-        B, L = ids.shape
+    def embed_probs(self, probs: torch.Tensor) -> torch.Tensor:
+        """A distribution over the vocabulary as its expected token embedding: (B, L, V) -> (B, L, D)."""
+        return probs.to(self.tok.weight.dtype) @ self.tok.weight
+
+    def embed(self, inputs: torch.Tensor, t=None, x0_prev=None, offset: int = 0):
+        """inputs (B, L) ids or (B, L, D) vectors -> hidden (B, L, D), conditioning c (B, D) or None, rotary or None."""
+        B, L = inputs.shape[:2]
         if offset + L > self.max_len and self.pos is not None:
             raise ValueError(f"sequence of {offset + L} tokens is longer than the model's {self.max_len}")
-        x = self.tok(ids)
+        x = inputs if inputs.is_floating_point() else self.tok(inputs)
         if self.pos is not None:
-            x = x + self.pos(torch.arange(offset, offset + L, device=ids.device))
+            x = x + self.pos(torch.arange(offset, offset + L, device=inputs.device))
         if x0_prev is not None and self.cfg.self_conditioning:
-            x = x + self.self_cond(x0_prev.to(x.dtype) @ self.tok.weight)  # (B, L, V) @ (V, D)
+            x = x + self.self_cond(x0_prev.to(x.dtype))
         c = None
         if self.cfg.time_conditioning:
             if t is None:
-                t = torch.zeros(B, device=ids.device)
+                t = torch.zeros(B, device=inputs.device)
             c = self.time_mlp(timestep_embedding(t, self.cfg.n_embd).to(x.dtype))
         rope = None
         if self.rotary is not None:
-            cos, sin = self.rotary.cos_sin(offset + L, ids.device)
+            cos, sin = self.rotary.cos_sin(offset + L, inputs.device)
             rope = (cos[offset:offset + L], sin[offset:offset + L])
         return self.drop(x), c, rope
 
-    def hidden(self, ids, t=None, x0_prev=None, cache: Optional[KVCache] = None):
+    def hidden(self, inputs, t=None, x0_prev=None, cache: Optional[KVCache] = None):
         """The final normalised hidden states (B, L, D), before the vocab head."""
         offset = cache.length if cache is not None else 0
-        x, c, rope = self.embed(ids, t, x0_prev, offset)
+        x, c, rope = self.embed(inputs, t, x0_prev, offset)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, c, i, cache)
         if cache is not None:
-            cache.length += ids.shape[1]
+            cache.length += inputs.shape[1]
         x = self.ln_f(x)
         if c is not None:
             shift, scale = self.final_ada(c).chunk(2, dim=-1)
             x = modulate(x, shift, scale)
         return x
 
-    def forward(self, ids: torch.Tensor, t: Optional[torch.Tensor] = None, x0_prev: Optional[torch.Tensor] = None,
+    def forward(self, inputs: torch.Tensor, t: Optional[torch.Tensor] = None, x0_prev: Optional[torch.Tensor] = None,
                 select: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None) -> torch.Tensor:
         """Vocab logits.
 
         Args:
-            ids: (B, L) token ids.
+            inputs: (B, L) token ids, or (B, L, D) input vectors.
             t: (B,) diffusion times in [0, 1] (used only with time conditioning).
-            x0_prev: (B, L, V) previous x0 distribution (used only with self-conditioning).
+            x0_prev: (B, L, D) the previous x0 estimate as an input-space vector, e.g. `embed_probs(p)` of its
+                distribution (used only with self-conditioning).
             select: (B, L) bool; when given, logits only at these positions, flattened to (N, V)
                 (saves the vocab projection where the loss does not look).
             cache: KV cache for causal generation.
         Returns:
             (B, L, V) logits, or (N, V) with `select`.
         """
-        h = self.hidden(ids, t, x0_prev, cache)
+        h = self.hidden(inputs, t, x0_prev, cache)
         if select is not None:
             h = h[select]
         return self.head(h)
 
     def new_cache(self, batch: int, max_len: int, dtype=torch.float32) -> KVCache:
         hd = self.cfg.n_embd // self.cfg.n_head
-        device = self.tok.weight.device
+        device = next(self.parameters()).device
         return KVCache(self.cfg.n_layer, batch, self.cfg.n_head, max_len, hd, device, dtype)

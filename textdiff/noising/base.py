@@ -76,8 +76,22 @@ class Backend:
     samplers: tuple[str, ...] = ()
     """Sampler names that work with this back-end."""
 
+    default_schedule = "loglinear"
+    schedules: tuple[str, ...] = ()
+    """Schedule names this back-end accepts in `backend.schedule` (empty: it has no schedule)."""
+
     def __init__(self, cfg: BackendConfig, special: SpecialTokens, vocab_size: int):
         self.cfg, self.special, self.vocab_size = cfg, special, vocab_size
+
+    @classmethod
+    def model_options(cls, cfg: BackendConfig) -> dict:
+        """Keyword arguments for the shared Transformer (`token_input`, `vocab_head`)."""
+        return {}
+
+    @classmethod
+    def modules(cls, cfg: BackendConfig, model_cfg, vocab_size: int):
+        """The back-end's own trainable parts (an nn.Module attached to the model as `model.noise`), or None."""
+        return None
 
     def loss(self, model, batch: Batch, generator: torch.Generator) -> LossOutput:
         raise NotImplementedError

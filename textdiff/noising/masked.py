@@ -29,10 +29,12 @@ BOUND_T_MIN = 1e-6
 class MaskedDiffusion(Backend):
     default_sampler = "ancestral"
     samplers = ("ancestral", "confidence")
+    default_schedule = "loglinear"
+    schedules = ("loglinear", "cosine")
 
     def __init__(self, cfg, special, vocab_size):
         super().__init__(cfg, special, vocab_size)
-        self.schedule = get_schedule(cfg.schedule)
+        self.schedule = get_schedule(cfg.schedule or self.default_schedule)
         self.mask_id = special.mask
 
     # --- forward process ---------------------------------------------------------------------------------
@@ -85,13 +87,18 @@ class MaskedDiffusion(Backend):
 
     def x0_logits(self, model, x_t, t, x0_prev=None) -> torch.Tensor:
         """(B, L, V) x0 logits; at unmasked positions the distribution is a point mass on the given token."""
-        logits = self.subs(model(x_t, t, x0_prev=x0_prev))
+        logits = self.subs(model(x_t, t, x0_prev=self._cond_input(model, x0_prev)))
         known = x_t != self.mask_id
         if known.any():
             b, i = known.nonzero(as_tuple=True)
             logits[b, i] = float("-inf")
             logits[b, i, x_t[b, i]] = 0.0
         return logits
+
+    @staticmethod
+    def _cond_input(model, x0_prev):
+        """The previous x0 distribution (B, L, V) as the model's self-conditioning input (B, L, D)."""
+        return None if x0_prev is None else model.embed_probs(x0_prev)
 
     def _self_condition(self, model, x_t, t):
         """Analog-Bits self-conditioning: a no-grad pass whose x0 distribution is fed back in."""
@@ -105,7 +112,7 @@ class MaskedDiffusion(Backend):
         masked, weight, t = self.draw_masks(keep, v, generator, t_min)
         x_t = x0.masked_fill(masked, self.mask_id)
         x0_prev = self._self_condition(model, x_t, t) if self_cond else None
-        logits = self.subs(model(x_t, t, x0_prev=x0_prev, select=masked))  # (N, V)
+        logits = self.subs(model(x_t, t, x0_prev=self._cond_input(model, x0_prev), select=masked))  # (N, V)
         ce = F.cross_entropy(logits, x0[masked], reduction="none")  # (N,)
         per_seq = torch.zeros(x0.shape[0], device=x0.device, dtype=ce.dtype)
         per_seq = per_seq.index_add(0, masked.nonzero()[:, 0], ce)  # (B,)

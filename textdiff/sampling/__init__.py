@@ -1,10 +1,15 @@
 """Samplers: short functions with one signature, each a loop you can read on one screen.
 
-    sampler(model, backend, x, opts, generator, callback=None) -> tokens (B, L)
+    sampler(model, backend, x, opts, generator, callback=None, guidance=None) -> tokens (B, L)
 
 `x` holds the starting sequence: [MASK] wherever text is to be generated, real tokens where it is given
 (infilling keeps those fixed at every step). `opts` is a `SampleConfig`. `callback(step, x, x0_probs)` is
-called after every step.
+called after every step, with x as token ids ([MASK] where nothing is decided yet).
+
+`guidance(out, x_t, t) -> out` (optional, for the back-ends that support it) sees every model evaluation before
+the step uses it and may change it: `out` is the back-end's own prediction (x0 logits, or an x0 estimate in a
+continuous space), `x_t` the current state and `t` (B,) the time. Classifier guidance adds a gradient there,
+classifier-free guidance mixes in an unconditional evaluation.
 """
 
 from __future__ import annotations
