@@ -327,7 +327,7 @@ class Recipe:
     """Run directory (default: runs/<name>)."""
 
     def __post_init__(self):
-        if self.model.time_conditioning and self.backend.mask_sampling == "count":
+        if self.backend.name == "masked" and self.model.time_conditioning and self.backend.mask_sampling == "count":
             raise ValueError("backend.mask_sampling=count integrates t out and needs model.time_conditioning: false; "
                              "set backend.mask_sampling: time for a time-conditioned denoiser")
 

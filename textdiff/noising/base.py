@@ -76,6 +76,8 @@ class Backend:
     samplers: tuple[str, ...] = ()
     """Sampler names that work with this back-end."""
 
+    has_bound = True
+    """`bound()` gives a likelihood bound (False: the back-end has none, e.g. simplex diffusion)."""
     default_schedule = "loglinear"
     schedules: tuple[str, ...] = ()
     """Schedule names this back-end accepts in `backend.schedule` (empty: it has no schedule)."""
