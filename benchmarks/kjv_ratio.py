@@ -27,7 +27,7 @@ from textdiff.pipeline import TextDiffusionPipeline
 from textdiff.training import train_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"masked": ROOT / "recipes/kjv/masked.yaml", "ar": ROOT / "recipes/kjv/ar.yaml"}
+RECIPES = {path.stem: path for path in sorted((ROOT / "recipes/kjv").glob("*.yaml"))}  # one per back-end
 
 
 def train_one(family: str, steps: int, runs: Path, device: str, extra: list[str]) -> Path:
@@ -95,7 +95,7 @@ def main():
     args = p.parse_args()
     runs = Path(args.runs)
     settings = {f: list(args.set) for f in args.families}
-    header = [f"# KJV: masked diffusion vs AR ({time.strftime('%Y-%m-%d')})", "",
+    header = [f"# KJV: diffusion back-ends vs AR ({time.strftime('%Y-%m-%d')})", "",
               f"Machine: {platform.processor() or platform.machine()}, "
               f"{torch.cuda.get_device_name() if args.device == 'cuda' else f'{torch.get_num_threads()} CPU threads'}; "
               f"torch {torch.__version__}. Command: `python benchmarks/kjv_ratio.py {' '.join(__import__('sys').argv[1:])}`", ""]
@@ -116,11 +116,9 @@ def main():
                          f"{' '.join(settings[family]) or 'recipe'} | {r.nats_per_token:.3f}{se} | {r.ppl:.1f} | "
                          f"{r.nats_per_word:.3f} | {tok_per_s(run):,.0f} | {val_curve(run)} |")
             print(lines[-1], flush=True)
-        if len(res) < 2:
-            continue
-        ratio = res["masked"].ppl / res["ar"].ppl
-        lines.append(f"| {steps} steps | **ratio masked ÷ AR** | | | **{ratio:.2f}** | | | |")
-        print(lines[-1], flush=True)
+        for family in (f for f in res if f != "ar" and "ar" in res):
+            lines.append(f"| {steps} steps | **ratio {family} ÷ AR** | | | **{res[family].ppl / res['ar'].ppl:.2f}** | | | |")
+            print(lines[-1], flush=True)
     text = "\n".join(header + lines) + "\n"
     print(text)
     if args.out:

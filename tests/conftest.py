@@ -77,12 +77,14 @@ def write_recipe(tmp_path, corpus):
     return write
 
 
-def _train(corpus: Path, out: Path, backend: str, steps: int) -> Path:
+def _train(corpus: Path, out: Path, backend: str, steps: int, sections: dict | None = None) -> Path:
     from textdiff.config import recipe_from_dict
     from textdiff.training import train_recipe
 
     raw = tiny_recipe_dict(corpus, out, backend)
     raw["train"]["steps"] = steps
+    for section, values in (sections or {}).items():
+        raw[section].update(values)
     return train_recipe(recipe_from_dict(raw), progress=False)
 
 

@@ -35,6 +35,9 @@ def _sampling_args(p):
     p.add_argument("--top-k", type=int, dest="top_k")
     p.add_argument("--top-p", type=float, dest="top_p")
     p.add_argument("--block-size", type=int, dest="block_size", help="semi-autoregressive blocks of this many tokens")
+    p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (Gaussian back-ends; 0 = deterministic)")
+    p.add_argument("--clamp", action="store_true", default=None,
+                   help="snap x0 estimates to the nearest token embedding every step (Gaussian back-ends)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 
@@ -117,7 +120,7 @@ def _check_device(device: str | None) -> None:
 
 
 def _sample_opts(args) -> dict:
-    return {k: getattr(args, k) for k in ("steps", "sampler", "temperature", "top_k", "top_p", "block_size")}
+    return {k: getattr(args, k) for k in ("steps", "sampler", "temperature", "top_k", "top_p", "block_size", "eta", "clamp")}
 
 
 def _check_opts(opts: dict) -> None:
