@@ -130,8 +130,9 @@ class MaskedDiffusion(Backend):
         """NELBO per sequence, averaged over n_draws stratified draws each (a Monte Carlo estimate)."""
         B = batch.ids.shape[0]
         u = torch.rand(B, generator=generator, device=batch.ids.device)
+        self_cond = model.cfg.self_conditioning  # a first pass's x0 distribution is part of the model, as in sampling
         draws = torch.stack([self._masked_nll(model, batch.ids, batch.loss_mask, (u + d / n_draws) % 1.0,
-                                              generator, BOUND_T_MIN) for d in range(n_draws)], dim=1)  # (B, D)
+                                              generator, BOUND_T_MIN, self_cond) for d in range(n_draws)], dim=1)  # (B, D)
         var = draws.var(dim=1) / n_draws if n_draws > 1 else torch.zeros_like(draws[:, 0])
         return BoundOutput(draws.mean(dim=1), var, batch.loss_mask.sum(dim=1), exact=False)
 
