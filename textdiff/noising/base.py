@@ -95,6 +95,13 @@ class Backend:
         """The back-end's own trainable parts (an nn.Module attached to the model as `model.noise`), or None."""
         return None
 
+    def uniforms(self, batch: int, generator: torch.Generator, device=None) -> torch.Tensor:
+        """(B,) numbers in [0, 1); antithetic draws put one in each of B equal strata."""
+        if self.cfg.time_sampling == "antithetic":
+            u = torch.rand(1, generator=generator, device=device)
+            return (u + torch.arange(batch, device=device) / batch) % 1.0
+        return torch.rand(batch, generator=generator, device=device)
+
     def loss(self, model, batch: Batch, generator: torch.Generator) -> LossOutput:
         raise NotImplementedError
 

@@ -39,13 +39,6 @@ class MaskedDiffusion(Backend):
 
     # --- forward process ---------------------------------------------------------------------------------
 
-    def uniforms(self, batch: int, generator: torch.Generator, device=None) -> torch.Tensor:
-        """(B,) numbers in [0, 1); antithetic draws put one in each of B equal strata."""
-        if self.cfg.time_sampling == "antithetic":
-            u = torch.rand(1, generator=generator, device=device)
-            return (u + torch.arange(batch, device=device) / batch) % 1.0
-        return torch.rand(batch, generator=generator, device=device)
-
     def corrupt(self, x0, t, generator, noise_mask=None):
         """Mask each token with probability 1 - alpha(t); only where noise_mask (B, L) is True."""
         p_mask = (1.0 - self.schedule.alpha(t))[:, None]  # (B, 1)
