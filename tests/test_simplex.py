@@ -96,20 +96,44 @@ def test_eps_loss_is_zero_for_the_true_noise_and_x0_loss_small_for_the_oracle():
     assert backend().loss(Oracle(ids), b, torch.Generator().manual_seed(0)).loss < 1e-6
 
 
-@pytest.mark.parametrize("opts", [{}, {"block_size": 3}, {"top_p": 0.5}, {"temperature": 0.0}, {"top_k": 2}])
-def test_sampler_with_an_oracle_x0_predictor_returns_x0(opts):
+SAMPLER_NAMES = ["simplex", "simplex_ddim"]
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+@pytest.mark.parametrize("opts", [{}, {"block_size": 3}, {"top_p": 0.5}, {"temperature": 0.0}, {"top_k": 2},
+                                  {"eta": 1.0}])
+def test_sampler_with_an_oracle_x0_predictor_returns_x0(sampler, opts):
     bk, ids = backend(), batch().ids
-    out = SAMPLERS["simplex"](Oracle(ids), bk, bk.prior((B, L)), SampleConfig(sampler="simplex", steps=6, **opts),
-                              torch.Generator().manual_seed(0))
+    out = SAMPLERS[sampler](Oracle(ids), bk, bk.prior((B, L)), SampleConfig(sampler=sampler, steps=6, **opts),
+                            torch.Generator().manual_seed(0))
     assert torch.equal(out, ids)
 
 
-def test_sampler_infills_with_an_oracle_and_keeps_given_tokens_clean():
+def test_ddim_step_with_eta_one_is_the_ddpm_posterior():
+    """q(x_s | x_t, x0) for x_t = alpha_t s0 + sigma_t k eps: mean and variance of many draws."""
+    bk, k = backend(), 5.0
+    ids = torch.full((1, 1), 9)
+    s0 = bk.simplex(ids)
+    t, s = 0.6, 0.4
+    x_t = bk.noise(s0, torch.full((1,), t), torch.Generator().manual_seed(0))[0]
+    one_hot = F.one_hot(ids, V).float()
+    g = torch.Generator().manual_seed(1)
+    draws = torch.cat([bk.ddim_step(one_hot, x_t, t, s, 1.0, g).logits for _ in range(4000)])  # (N, 1, V)
+    (a_t, sg_t), (a_s, sg_s) = (bk._alpha_sigma(v, "cpu") for v in (t, s))
+    a_ts = a_t / a_s
+    var = (sg_t ** 2 - a_ts ** 2 * sg_s ** 2) * sg_s ** 2 / sg_t ** 2  # of x / k
+    mean = (a_ts * sg_s ** 2 / sg_t ** 2) * x_t + (a_s * (sg_t ** 2 - a_ts ** 2 * sg_s ** 2) / sg_t ** 2) * s0
+    assert torch.allclose(draws.mean(0), mean[0], atol=5 * k * var ** 0.5 / 4000 ** 0.5)
+    assert abs(draws.std(0).mean() / (k * var ** 0.5) - 1) < 0.03
+
+
+@pytest.mark.parametrize("sampler", SAMPLER_NAMES)
+def test_sampler_infills_with_an_oracle_and_keeps_given_tokens_clean(sampler):
     bk, ids = backend(), batch().ids
     x = bk.prior((B, L))
     x[:, :2] = ids[:, :2]
     seen = []
-    out = SAMPLERS["simplex"](Oracle(ids), bk, x, SampleConfig(sampler="simplex", steps=4),
+    out = SAMPLERS[sampler](Oracle(ids), bk, x, SampleConfig(sampler=sampler, steps=4),
                               torch.Generator().manual_seed(0), lambda i, xs, p: seen.append(xs.clone()))
     assert torch.equal(out, ids) and all(torch.equal(s[:, :2], ids[:, :2]) for s in seen)
 

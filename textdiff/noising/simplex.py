@@ -37,7 +37,7 @@ class SimplexStep:
 @register("simplex")
 class SimplexDiffusion(Backend):
     default_sampler = "simplex"
-    samplers = ("simplex",)
+    samplers = ("simplex", "simplex_ddim")
     has_bound = False
     default_schedule = "cosine"
     schedules = ("cosine", "sqrt", "linear")
@@ -123,13 +123,35 @@ class SimplexDiffusion(Backend):
 
     # --- sampling --------------------------------------------------------------------------------------------------
 
-    def step(self, x0_probs: torch.Tensor, x_t: torch.Tensor, t: float, s: float, generator) -> SimplexStep:
-        """SSD-LM's reverse step t -> s: draw tokens from the (filtered) x0 distribution (B, L, V), project them to
-        ±k logits and noise those afresh to level s (at s = 0 the clean ±k logits)."""
+    def project(self, x0_probs: torch.Tensor, generator) -> torch.Tensor:
+        """SSD-LM's logits projection: one token per position drawn from the (filtered) x0 distribution.
+        (B, L, V) -> (B, L); a greedy (one-hot) distribution makes it the argmax projection."""
         B, L, V = x0_probs.shape
-        ids = torch.multinomial(x0_probs.reshape(B * L, V), 1, generator=generator).view(B, L)
+        return torch.multinomial(x0_probs.reshape(B * L, V), 1, generator=generator).view(B, L)
+
+    def _alpha_sigma(self, t: float, device) -> tuple[float, float]:
+        a, s = self.schedule.alpha_sigma(torch.tensor([t], device=device))
+        return float(a), float(s)
+
+    def step(self, x0_probs: torch.Tensor, x_t: torch.Tensor, t: float, s: float, generator) -> SimplexStep:
+        """SSD-LM's reverse step t -> s: project the x0 distribution (B, L, V) to ±k logits and noise those afresh
+        to level s (x_t is forgotten; at s = 0 the clean ±k logits)."""
+        ids = self.project(x0_probs, generator)
         s0 = self.simplex(ids)
         if s <= 0:
             return SimplexStep(s0, ids)
-        x_s = self.noise(s0, torch.full((B,), s, device=x_t.device), generator)[0]
-        return SimplexStep(x_s, ids)
+        return SimplexStep(self.noise(s0, torch.full((ids.shape[0],), s, device=x_t.device), generator)[0], ids)
+
+    def ddim_step(self, x0_probs: torch.Tensor, x_t: torch.Tensor, t: float, s: float, eta: float,
+                  generator) -> SimplexStep:
+        """DDIM's step t -> s (Song et al. 2021, eq. 12) toward the projected x0 (B, L, V): the noise of x_t is
+        kept, eta = 0 deterministic given the projection, eta = 1 the DDPM posterior q(x_s | x_t, x0)."""
+        ids = self.project(x0_probs, generator)
+        s0 = self.simplex(ids)
+        if s <= 0:
+            return SimplexStep(s0, ids)
+        (a_t, sg_t), (a_s, sg_s) = self._alpha_sigma(t, x_t.device), self._alpha_sigma(s, x_t.device)
+        eps_hat = (x_t - a_t * s0) / (sg_t * self.k)  # (B, L, V)
+        c = eta * sg_s / sg_t * max(1.0 - (a_t / a_s) ** 2, 0.0) ** 0.5
+        z = torch.randn(s0.shape, generator=generator, device=s0.device)
+        return SimplexStep(a_s * s0 + self.k * ((sg_s ** 2 - c ** 2) ** 0.5 * eps_hat + c * z), ids)
