@@ -47,7 +47,7 @@ class SimplexDiffusion(Backend):
         self.k = cfg.simplex_k
         self.schedule = get_gaussian_schedule(cfg.schedule or self.default_schedule, cfg.gamma_min, cfg.gamma_max)
         self.never = torch.zeros(vocab_size, dtype=torch.bool)
-        self.never[special.mask] = True  # the clean distribution never puts mass on [MASK]
+        self.never[special.mask] = True
 
     # --- the simplex and the forward process ---------------------------------------------------------------------
 
@@ -59,7 +59,7 @@ class SimplexDiffusion(Backend):
         """Logits (B, L, V) -> tokens (B, L) by argmax over the allowed tokens; token ids pass through."""
         if not x.is_floating_point():
             return x
-        return x.masked_fill(self.never.to(x.device), float("-inf")).argmax(dim=-1)
+        return self.no_mask(x).argmax(dim=-1)
 
     def noise(self, s0: torch.Tensor, t: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t = alpha_t s0 + sigma_t k eps for s0 (B, L, V) and t (B,).  Returns x_t and eps, both (B, L, V)."""
@@ -91,7 +91,11 @@ class SimplexDiffusion(Backend):
         if self.cfg.target == "eps":
             alpha, sigma = (v[:, None, None] for v in self.schedule.alpha_sigma(t))
             out = ((x_t - sigma * self.k * out) / alpha).clamp(-self.k, self.k)
-        return out.masked_fill(self.never.to(out.device), float("-inf"))
+        return self.no_mask(out)
+
+    def no_mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """The clean distribution never puts mass on [MASK]: its logit becomes -inf.  (..., V) -> (..., V)"""
+        return logits.masked_fill(self.never.to(logits.device), float("-inf"))
 
     def _self_condition(self, model, x_t, t) -> torch.Tensor:
         """TESS self-conditioning: a no-grad pass whose x0 distribution (B, L, V) is fed back in."""
@@ -113,8 +117,7 @@ class SimplexDiffusion(Backend):
         if self.cfg.target == "eps":
             total = (out - eps[keep]).pow(2).mean(dim=-1).sum()
         else:
-            total = F.cross_entropy(out.masked_fill(self.never.to(out.device), float("-inf")), ids[keep],
-                                    reduction="sum")
+            total = F.cross_entropy(self.no_mask(out), ids[keep], reduction="sum")
         n = int(keep.sum())
         return LossOutput(loss=total / max(n, 1), n_tokens=n)
 
