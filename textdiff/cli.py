@@ -169,6 +169,9 @@ def cmd_eval(args) -> None:
         raise TextdiffError(f"--out {args.out}: is a directory or its folder does not exist; give a file path")
     _check_device(args.device)
     pipe = TextDiffusionPipeline.from_pretrained(args.run, device=args.device)
+    if "ppl" in metrics and not pipe.backend.has_bound:
+        raise TextdiffError(f"--metrics ppl: the {pipe.backend.name} back-end has no likelihood bound, so no perplexity; "
+                            f"judge its samples by generative perplexity (genppl) instead")
     result = perplexity(pipe, args.split, args.draws, args.batch_size, args.max_sequences, args.seed)
     print(result.line())
     if args.out:

@@ -89,7 +89,7 @@ class BackendConfig:
     eps: float = 1e-3
     """Smallest t drawn in training and evaluation (avoids the 1/t singularity of masked diffusion)."""
     target: str = "x0"
-    """What a Gaussian back-end's model predicts: `x0`, `eps` or `v` (v = alpha eps - sigma x0)."""
+    """What a Gaussian back-end's model predicts: `x0`, `eps` or `v` (v = alpha eps - sigma x0); simplex: `x0` or `eps`."""
     x0_from: str = "logits"
     """Embedding back-end: where the x0 estimate comes from. `logits`: the expected embedding under the vocab
     head's distribution (CDCD's score interpolation, Plaid's categorical reparameterisation; needs target x0);
@@ -129,6 +129,8 @@ class BackendConfig:
         if self.x0_from == "logits" and self.target != "x0" and self.name == "embedding":
             raise ValueError(f"backend.x0_from=logits predicts x0 itself; use backend.target: x0, or backend.x0_from: "
                              f"vector to predict {self.target}")
+        if self.name == "simplex" and self.target == "v":
+            raise ValueError("backend.target=v is not supported by the simplex back-end; use x0 (cross-entropy) or eps")
         _check_positive("backend.embed_dim", self.embed_dim)
         _check_choice("backend.loss", self.loss, ("elbo", "simple"))
         _check_positive("backend.ce_weight", self.ce_weight, allow_zero=True)

@@ -114,8 +114,9 @@ class TextDiffusionPipeline:
         ids = template_ids(parse_template(template), lambda s: encode(self.tokenizer, [s])[0], self.backend.special.mask)
         self._check_length(len(ids))
         holes = sum(1 for i in ids if i == self.backend.special.mask)
-        steps = min(self.recipe.sample.steps, holes) if steps is None else steps
         o = self.options(steps=steps, sampler=sampler, **opts)
+        if steps is None and o.sampler == "confidence":  # it reveals at least one token per step
+            o = dataclasses.replace(o, steps=min(o.steps, holes))
         x = torch.tensor([ids] * num_samples, dtype=torch.long)
         return self._run(x, o, seed, callback)
 

@@ -127,7 +127,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Validation nats per token (ELBO bound for diffusion, exact for AR) on the first eval_batches batches."""
+        """Validation nats per token (ELBO bound for diffusion, exact for AR) on the first eval_batches batches;
+        for a back-end without a bound (`has_bound` False), its training loss per token on those batches."""
         if self.val_seq is None or len(self.val_seq) == 0:
             return None
         self.model.eval()
@@ -136,9 +137,22 @@ class Trainer:
         nll, tokens = 0.0, 0
         with self.autocast():
             for idx in torch.arange(n).split(self.cfg.batch_size):
-                out = self.backend.bound(self.model, self.val_seq.batch(idx).to(self.device), 1, gen)
+                batch = self.val_seq.batch(idx).to(self.device)
+                if not self.backend.has_bound:
+                    out = self.backend.loss(self.model, batch, gen)
+                    nll, tokens = nll + float(out.loss) * out.n_tokens, tokens + out.n_tokens
+                    continue
+                out = self.backend.bound(self.model, batch, 1, gen)
                 nll, tokens = nll + float(out.nll.sum()), tokens + int(out.n_tokens.sum())
         return nll / max(tokens, 1)
+
+    def _log_validation(self, metrics: "MetricsLog", bar, val: float) -> None:
+        if not self.backend.has_bound:  # a loss, not a likelihood: no perplexity to show
+            metrics.write(step=self.step, val_loss=val)
+            bar.write(f"step {self.step}: validation loss {val:.4f} (no likelihood bound for this back-end)")
+            return
+        metrics.write(step=self.step, val_nll=val, val_ppl=math.exp(min(val, 50)))
+        bar.write(f"step {self.step}: validation {val:.4f} nats/token (ppl {math.exp(min(val, 50)):.1f})")
 
     # --- checkpoints -----------------------------------------------------------------------------------------
 
@@ -196,8 +210,7 @@ class Trainer:
             if self._due(self.cfg.eval_every):
                 val = self.evaluate()
                 if val is not None:
-                    metrics.write(step=self.step, val_nll=val, val_ppl=math.exp(min(val, 50)))
-                    bar.write(f"step {self.step}: validation {val:.4f} nats/token (ppl {math.exp(min(val, 50)):.1f})")
+                    self._log_validation(metrics, bar, val)
             if self._due(self.cfg.checkpoint_every):
                 self.save()
         bar.close()
@@ -237,12 +250,13 @@ def plot_losses(metrics: Path, out: Path) -> None:
 
     rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["val_nll"]) for r in rows if "val_nll" in r]
+    key = "val_nll" if any("val_nll" in r for r in rows) else "val_loss"
+    val = [(r["step"], r[key]) for r in rows if key in r]
     fig, ax = plt.subplots(figsize=(6, 4))
     if train:
         ax.plot(*zip(*train), label="train loss")
     if val:
-        ax.plot(*zip(*val), "o-", label="validation (nats/token)")
+        ax.plot(*zip(*val), "o-", label="validation (nats/token)" if key == "val_nll" else "validation loss")
     ax.set_xlabel("step")
     ax.set_ylabel("nats / token")
     ax.legend()

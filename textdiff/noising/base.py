@@ -95,6 +95,19 @@ class Backend:
         """The back-end's own trainable parts (an nn.Module attached to the model as `model.noise`), or None."""
         return None
 
+    def uniforms(self, batch: int, generator: torch.Generator, device=None) -> torch.Tensor:
+        """(B,) numbers in [0, 1); antithetic draws put one in each of B equal strata."""
+        if self.cfg.time_sampling == "antithetic":
+            u = torch.rand(1, generator=generator, device=device)
+            return (u + torch.arange(batch, device=device) / batch) % 1.0
+        return torch.rand(batch, generator=generator, device=device)
+
+    @staticmethod
+    def self_condition_now(model, generator: torch.Generator) -> bool:
+        """Self-conditioning in training (Chen et al. 2022): in half of the steps a first no-grad pass's x0 estimate
+        is fed to the second pass."""
+        return model.cfg.self_conditioning and bool(torch.rand(1, generator=generator, device=generator.device) < 0.5)
+
     def loss(self, model, batch: Batch, generator: torch.Generator) -> LossOutput:
         raise NotImplementedError
 

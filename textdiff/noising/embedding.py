@@ -125,13 +125,6 @@ class EmbeddingDiffusion(Backend):
 
     # --- the forward process -----------------------------------------------------------------------------------
 
-    def uniforms(self, batch: int, generator: torch.Generator, device=None) -> torch.Tensor:
-        """(B,) numbers in [0, 1); antithetic draws put one in each of B equal strata (mapped to t by the warp)."""
-        if self.cfg.time_sampling == "antithetic":
-            u = torch.rand(1, generator=generator, device=device)
-            return (u + torch.arange(batch, device=device) / batch) % 1.0
-        return torch.rand(batch, generator=generator, device=device)
-
     def noised(self, e, alpha, sigma, generator, noise_mask=None):
         """z = alpha e + sigma eps where noise_mask (B, L) holds, e elsewhere. e (B, L, d); alpha, sigma (B,)."""
         eps = torch.randn(e.shape, generator=generator, device=e.device)
@@ -236,7 +229,7 @@ class EmbeddingDiffusion(Backend):
     def loss(self, model, batch: Batch, generator):
         keep = batch.loss_mask
         t, density = model.noise.warp.times(self.uniforms(batch.ids.shape[0], generator, batch.ids.device))
-        self_cond = model.cfg.self_conditioning and bool(torch.rand(1, generator=generator) < 0.5)
+        self_cond = self.self_condition_now(model, generator)
         diffusion, term, ce = self._terms(model, batch, t, generator, self_cond)
         if model.training:
             model.noise.warp.update(t, (term * keep).sum(1) / keep.sum(1).clamp_min(1))

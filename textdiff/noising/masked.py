@@ -39,13 +39,6 @@ class MaskedDiffusion(Backend):
 
     # --- forward process ---------------------------------------------------------------------------------
 
-    def uniforms(self, batch: int, generator: torch.Generator, device=None) -> torch.Tensor:
-        """(B,) numbers in [0, 1); antithetic draws put one in each of B equal strata."""
-        if self.cfg.time_sampling == "antithetic":
-            u = torch.rand(1, generator=generator, device=device)
-            return (u + torch.arange(batch, device=device) / batch) % 1.0
-        return torch.rand(batch, generator=generator, device=device)
-
     def corrupt(self, x0, t, generator, noise_mask=None):
         """Mask each token with probability 1 - alpha(t); only where noise_mask (B, L) is True."""
         p_mask = (1.0 - self.schedule.alpha(t))[:, None]  # (B, 1)
@@ -120,7 +113,7 @@ class MaskedDiffusion(Backend):
 
     def loss(self, model, batch: Batch, generator):
         v = self.uniforms(batch.ids.shape[0], generator, batch.ids.device)
-        self_cond = model.cfg.self_conditioning and bool(torch.rand(1, generator=generator) < 0.5)
+        self_cond = self.self_condition_now(model, generator)
         nll = self._masked_nll(model, batch.ids, batch.loss_mask, v, generator, self.cfg.eps, self_cond)
         n = int(batch.loss_mask.sum())
         return LossOutput(loss=nll.sum() / max(n, 1), n_tokens=n)

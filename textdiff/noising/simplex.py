@@ -1,0 +1,159 @@
+"""Simplex-logit diffusion: SSD-LM (Han et al. 2023) and TESS (Karimi Mahabadi et al. 2024).
+
+Tokens become almost-one-hot logits over the vocabulary, s0 = k (2 onehot(x0) - 1) (SSD-LM eq. 1: +k on the
+token, -k on every other), and Gaussian noise is added to those logits with the noise scaled by k as in SSD-LM:
+    x_t = alpha_t s0 + sigma_t k eps,   eps ~ N(0, I),   alpha_t^2 = sigmoid(-gamma(t)), sigma_t^2 = sigmoid(gamma(t)),
+with a Gaussian log-SNR schedule gamma(t) (`cosine` by default, `sqrt` and `linear` selectable; see schedules.py).
+The denoiser reads softmax(x_t) @ E, the expected token embedding under the noisy point on the simplex, and
+predicts x0 logits trained by cross-entropy (`backend.target: x0`, SSD-LM / TESS), or eps trained by mean squared
+error (`backend.target: eps`), its x0 logits then being (x_t - sigma_t k eps_hat) / alpha_t clamped to [-k, k].
+Self-conditioning (TESS): the previous x0 distribution, embedded the same way, is a second input of the denoiser.
+There is no tractable likelihood bound: judge this back-end by generative perplexity and diversity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from textdiff.noising import register
+from textdiff.noising.base import Backend, Batch, LossOutput
+from textdiff.schedules import get_gaussian_schedule
+
+
+@dataclass
+class SimplexStep:
+    """One reverse step from t to s < t on the simplex."""
+
+    logits: torch.Tensor
+    """(B, L, V) the noisy logits x_s."""
+    ids: torch.Tensor
+    """(B, L) the tokens the x0 distribution was projected to (the sample once s = 0)."""
+
+
+@register("simplex")
+class SimplexDiffusion(Backend):
+    default_sampler = "simplex"
+    samplers = ("simplex", "simplex_ddim")
+    has_bound = False
+    default_schedule = "cosine"
+    schedules = ("cosine", "sqrt", "linear")
+
+    def __init__(self, cfg, special, vocab_size):
+        super().__init__(cfg, special, vocab_size)
+        self.k = cfg.simplex_k
+        self.schedule = get_gaussian_schedule(cfg.schedule or self.default_schedule, cfg.gamma_min, cfg.gamma_max)
+        self.never = torch.zeros(vocab_size, dtype=torch.bool)
+        self.never[special.mask] = True
+
+    # --- the simplex and the forward process ---------------------------------------------------------------------
+
+    def simplex(self, ids: torch.Tensor) -> torch.Tensor:
+        """Tokens as almost-one-hot logits: (B, L) -> (B, L, V), +k on the token and -k elsewhere."""
+        return self.k * (2.0 * F.one_hot(ids, self.vocab_size).float() - 1.0)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, L, V) -> tokens (B, L) by argmax over the allowed tokens; token ids pass through."""
+        if not x.is_floating_point():
+            return x
+        return self.no_mask(x).argmax(dim=-1)
+
+    def noise(self, s0: torch.Tensor, t: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t = alpha_t s0 + sigma_t k eps for s0 (B, L, V) and t (B,).  Returns x_t and eps, both (B, L, V)."""
+        alpha, sigma = (v[:, None, None] for v in self.schedule.alpha_sigma(t))  # 2 × (B, 1, 1)
+        eps = torch.randn(s0.shape, generator=generator, device=s0.device)
+        return alpha * s0 + sigma * self.k * eps, eps
+
+    def corrupt(self, x0, t, generator, noise_mask=None):
+        """Noisy logits (B, L, V) of tokens x0 (B, L) at times t (B,); positions outside noise_mask stay clean."""
+        s0 = self.simplex(x0)
+        x_t = self.noise(s0, t, generator)[0]
+        return x_t if noise_mask is None else torch.where(noise_mask[..., None], x_t, s0)
+
+    # --- the model's x0 distribution ---------------------------------------------------------------------------
+
+    @staticmethod
+    def model_input(model, x_t: torch.Tensor) -> torch.Tensor:
+        """The denoiser's input: softmax(x_t) @ E.  (B, L, V) -> (B, L, D)"""
+        return model.embed_probs(torch.softmax(x_t.float(), dim=-1))
+
+    def _forward(self, model, x_t, t, x0_prev=None, select=None) -> torch.Tensor:
+        """The model's raw output (B, L, V), or (N, V) at `select`; x0_prev (B, L, V) is a distribution or None."""
+        cond = None if x0_prev is None else model.embed_probs(x0_prev)
+        return model(self.model_input(model, x_t), t, x0_prev=cond, select=select).float()
+
+    def x0_logits(self, model, x_t, t, x0_prev=None) -> torch.Tensor:
+        """(B, L, V) x0 logits from noisy logits x_t (B, L, V) at times t (B,), never on [MASK]."""
+        out = self._forward(model, x_t, t, x0_prev)
+        if self.cfg.target == "eps":
+            alpha, sigma = (v[:, None, None] for v in self.schedule.alpha_sigma(t))
+            out = ((x_t - sigma * self.k * out) / alpha).clamp(-self.k, self.k)
+        return self.no_mask(out)
+
+    def no_mask(self, logits: torch.Tensor) -> torch.Tensor:
+        """The clean distribution never puts mass on [MASK]: its logit becomes -inf.  (..., V) -> (..., V)"""
+        return logits.masked_fill(self.never.to(logits.device), float("-inf"))
+
+    def _self_condition(self, model, x_t, t) -> torch.Tensor:
+        """TESS self-conditioning: a no-grad pass whose x0 distribution (B, L, V) is fed back in."""
+        with torch.no_grad():
+            return torch.softmax(self.x0_logits(model, x_t, t), dim=-1)
+
+    # --- training ------------------------------------------------------------------------------------------------
+
+    def loss(self, model, batch: Batch, generator):
+        """Cross-entropy of x0 (target x0) or mean squared error of eps (target eps), per counted token."""
+        ids, keep = batch.ids, batch.loss_mask
+        t = self.uniforms(ids.shape[0], generator, ids.device)  # (B,)
+        s0 = self.simplex(ids)  # (B, L, V)
+        x_t, eps = self.noise(s0, t, generator)  # 2 × (B, L, V)
+        x_t = torch.where(keep[..., None], x_t, s0)  # uncounted positions stay clean
+        x0_prev = self._self_condition(model, x_t, t) if self.self_condition_now(model, generator) else None
+        out = self._forward(model, x_t, t, x0_prev, select=keep)  # (N, V)
+        if self.cfg.target == "eps":
+            total = (out - eps[keep]).pow(2).mean(dim=-1).sum()
+        else:
+            total = F.cross_entropy(self.no_mask(out), ids[keep], reduction="sum")
+        n = int(keep.sum())
+        return LossOutput(loss=total / max(n, 1), n_tokens=n)
+
+    def bound(self, model, batch, n_draws, generator):
+        raise NotImplementedError("the simplex back-end has no tractable likelihood bound; use generative perplexity")
+
+    # --- sampling --------------------------------------------------------------------------------------------------
+
+    def project(self, x0_probs: torch.Tensor, generator) -> torch.Tensor:
+        """SSD-LM's logits projection: one token per position drawn from the (filtered) x0 distribution.
+        (B, L, V) -> (B, L); a greedy (one-hot) distribution makes it the argmax projection."""
+        B, L, V = x0_probs.shape
+        return torch.multinomial(x0_probs.reshape(B * L, V), 1, generator=generator).view(B, L)
+
+    def _alpha_sigma(self, t: float, device) -> tuple[float, float]:
+        a, s = self.schedule.alpha_sigma(torch.tensor([t], device=device))
+        return float(a), float(s)
+
+    def step(self, x0_probs: torch.Tensor, x_t: torch.Tensor, t: float, s: float, generator) -> SimplexStep:
+        """SSD-LM's reverse step t -> s: project the x0 distribution (B, L, V) to ±k logits and noise those afresh
+        to level s (x_t is forgotten; at s = 0 the clean ±k logits)."""
+        ids = self.project(x0_probs, generator)
+        s0 = self.simplex(ids)
+        if s <= 0:
+            return SimplexStep(s0, ids)
+        return SimplexStep(self.noise(s0, torch.full((ids.shape[0],), s, device=x_t.device), generator)[0], ids)
+
+    def ddim_step(self, x0_probs: torch.Tensor, x_t: torch.Tensor, t: float, s: float, eta: float,
+                  generator) -> SimplexStep:
+        """DDIM's step t -> s (Song et al. 2021, eq. 12) toward the projected x0 (B, L, V): the noise of x_t is
+        kept, eta = 0 deterministic given the projection, eta = 1 the DDPM posterior q(x_s | x_t, x0)."""
+        ids = self.project(x0_probs, generator)
+        s0 = self.simplex(ids)
+        if s <= 0:
+            return SimplexStep(s0, ids)
+        (a_t, sg_t), (a_s, sg_s) = self._alpha_sigma(t, x_t.device), self._alpha_sigma(s, x_t.device)
+        eps_hat = (x_t - a_t * s0) / (sg_t * self.k)  # (B, L, V)
+        c = eta * sg_s / sg_t * max(1.0 - (a_t / a_s) ** 2, 0.0) ** 0.5
+        z = torch.randn(s0.shape, generator=generator, device=s0.device)
+        return SimplexStep(a_s * s0 + self.k * ((sg_s ** 2 - c ** 2) ** 0.5 * eps_hat + c * z), ids)
