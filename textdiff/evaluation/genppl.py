@@ -85,15 +85,22 @@ def _content(ids: torch.Tensor, pad: int) -> list[list[int]]:
     return [[i for i in row if i != pad] for row in ids.tolist()]
 
 
+_REFERENCES: dict[tuple, TextStats] = {}
+
+
 def reference_stats(pipe, num: int, judge: Judge, split: str = "test", batch_size: int = 8) -> TextStats:
-    """`num` sequences of the run's `split`, evenly spaced through it, scored like samples."""
+    """`num` sequences of the run's `split`, evenly spaced through it, scored like samples (cached per process
+    for the same data, tokenizer and judge)."""
     from textdiff.data import build_sequences, load_texts
 
     seqs = build_sequences(pipe.recipe.data, pipe.tokenizer, load_texts(pipe.recipe.data)[split])
     idx = torch.linspace(0, len(seqs) - 1, min(num, len(seqs))).round().long()
     ids = seqs.ids[idx]
-    return text_stats([pipe.decode(row) for row in ids.tolist()], _content(ids, pipe.backend.special.pad),
-                      judge, batch_size)
+    texts = [pipe.decode(row) for row in ids.tolist()]
+    key = (judge.name, tuple(texts), ids.numpy().tobytes())
+    if key not in _REFERENCES:
+        _REFERENCES[key] = text_stats(texts, _content(ids, pipe.backend.special.pad), judge, batch_size)
+    return _REFERENCES[key]
 
 
 def timed_generate(pipe, num_samples: int, seed: int, **opts):
