@@ -60,7 +60,7 @@ def headline(results: dict[str, dict], steps_list) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         p = r.get("ppl")
-        ppl = "no bound" if p is None else f"{p['ppl']:.1f}" + ("" if p["exact"] else f" (± {p['stderr']:.3f} nats)")
+        ppl = "no bound" if p is None else f"{p['ppl']:.1f}" + ("" if p["exact"] else f" (± {p['stderr']:.4f} nats/token)")
         ratio = f"{p['ppl'] / ar['ppl']['ppl']:.2f}" if p and ar and not r["causal"] else ""
         gen = [r["genppl"].get("kv") or r["genppl"].get(s) for s in steps_list]
         cells = [f"{g['samples']['ppl']:.1f} / {g['samples']['entropy']:.2f}" if g else "" for g in gen]
@@ -99,11 +99,13 @@ def main():
     res.mkdir(parents=True, exist_ok=True)
     trained = {name: train_one(name, args.steps, runs, args.device, []) for name in args.only or RECIPES}
     results = {name: evaluate(name, run, res, args) for name, run in trained.items()}
+    first = load_recipe(RECIPES[next(iter(trained))])
+    batch, length = first.train.batch_size, first.data.max_length
     lines = [f"# KJV: every back-end beside the AR baseline ({time.strftime('%Y-%m-%d')})", "",
              *env_lines(environment(args.device)), "",
-             f"Budget: {args.steps} steps of batch 32 x 128 tokens ({args.steps * 32 * 128 / 1e6:.2f}M tokens) per "
-             f"recipe in recipes/kjv/. Test PPL: ELBO bound ({args.draws} time draws) or exact for AR. genppl: "
-             f"{args.num_samples} samples x 128 tokens scored by the judge (default sampler of each back-end; AR "
+             f"Budget: {args.steps} steps of batch {batch} x {length} tokens ({args.steps * batch * length / 1e6:.2f}M "
+             f"tokens) per recipe in {Path(next(iter(RECIPES.values()))).parent}/. Test PPL: ELBO bound ({args.draws} time draws) or exact for AR. genppl: "
+             f"{args.num_samples} samples x {length} tokens scored by the judge (default sampler of each back-end; AR "
              f"with its KV cache), token-weighted, in the judge's tokens; entropy: unigram, nats, over the run's BPE "
              f"ids of all samples. Command: `python benchmarks/run_all.py {' '.join(sys.argv[1:])}`", "",
              *headline(results, args.genppl_steps)]

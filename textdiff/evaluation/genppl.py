@@ -125,7 +125,7 @@ def generative_perplexity(pipe, num_samples: int = 16, seed: int = 0, judge: Opt
     if reference is True:
         reference = reference_stats(pipe, num_samples, judge, batch_size=judge_batch_size)
     steps = gen.ids.shape[1] if pipe.backend.causal else o.steps  # AR: one model call per token
-    settings = {k: v for k, v in asdict(o).items() if k not in ("num_samples", "infill")}
+    settings = {**{k: v for k, v in asdict(o).items() if k not in ("num_samples", "infill")}, "steps": steps}
     return GenPPLResult(judge=judge.name, judge_tokenizer=judge.tokenizer, samples=stats,
                         reference=reference or None, sampler=o.sampler, steps=steps, num_samples=num_samples,
                         length=gen.ids.shape[1], seed=seed, settings=settings, sample_seconds=seconds,
