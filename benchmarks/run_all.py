@@ -27,6 +27,14 @@ from textdiff.evaluation.report import env_lines, environment  # noqa: E402
 from textdiff.noising import BACKENDS  # noqa: E402
 
 GENPPL_STEPS = (16, 64, 256)
+ANCHORS = """Reference implementations in the same setting (from ../shared/anchors.md: MDLM's and GPT-2's own code,
+800 steps, 2-core CPU; judge SmolLM2-135M on 16 x 128 samples, fp32):
+
+| model | test PPL | ÷ AR | judge PPL / entropy | sampling wall time |
+|---|---|---|---|---|
+| MDLM (ELBO bound) | 174.2 | 2.75 | 500 / 5.26 @128 steps; 608 / 5.28 @32 steps | 81.5 s @128; 19.5 s @32 |
+| GPT-2 (exact, KV cache) | 63.3 | 1 | 155 / 5.23 | 1.56 s |
+| real test text | | | 32.6 / 5.37 | |"""
 
 
 def cached(path: Path, argv: list[str]) -> dict:
@@ -56,14 +64,15 @@ def evaluate(name: str, run: Path, res: Path, args) -> dict:
 
 def headline(results: dict[str, dict], steps_list) -> list[str]:
     ar = next((r for r in results.values() if r["causal"]), None)
-    head = ["model", "test PPL", "÷ AR", *[f"genppl / entropy @{s}" for s in steps_list], "train tok/s"]
+    head = ["model", "test PPL", "÷ AR", *[f"genppl / entropy (wall) @{s} steps" for s in steps_list], "train tok/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         p = r.get("ppl")
         ppl = "no bound" if p is None else f"{p['ppl']:.1f}" + ("" if p["exact"] else f" (± {p['stderr']:.4f} nats/token)")
         ratio = f"{p['ppl'] / ar['ppl']['ppl']:.2f}" if p and ar and not r["causal"] else ""
         gen = [r["genppl"].get("kv") or r["genppl"].get(s) for s in steps_list]
-        cells = [f"{g['samples']['ppl']:.1f} / {g['samples']['entropy']:.2f}" if g else "" for g in gen]
+        cells = [f"{g['samples']['ppl']:.1f} / {g['samples']['entropy']:.2f} ({g['sample_seconds']:.1f} s)" if g else ""
+                 for g in gen]
         lines.append(f"| {name} ({r['backend']}) | {ppl} | {ratio} | " + " | ".join(cells) + f" | {r['tok_per_s']:,.0f} |")
     ref = next(iter(next(iter(results.values()))["genppl"].values()))["reference"]
     if ref:
@@ -108,7 +117,7 @@ def main():
              f"{args.num_samples} samples x {length} tokens scored by the judge (default sampler of each back-end; AR "
              f"with its KV cache), token-weighted, in the judge's tokens; entropy: unigram, nats, over the run's BPE "
              f"ids of all samples. Command: `python benchmarks/run_all.py {' '.join(sys.argv[1:])}`", "",
-             *headline(results, args.genppl_steps)]
+             *headline(results, args.genppl_steps), "", ANCHORS]
     if "throughput" not in args.skip:
         cached(res / "throughput.json", ["bench", "throughput", "--device", args.device, "--out", str(res / "throughput.json")])
         lines += ["", "## Training throughput", "", (res / "throughput.md").read_text().split("\n\n", 2)[-1].strip()]
