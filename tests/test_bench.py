@@ -1,0 +1,47 @@
+"""`textdiff bench`: throughput covers every registered back-end beside GPT-2; the frontier covers every
+sampler of a run's back-end and writes JSON, markdown and a PNG."""
+
+from __future__ import annotations
+
+import json
+
+from textdiff.cli import main
+from textdiff.noising import BACKENDS
+
+TINY = ["--layers", "1", "--width", "16", "--heads", "2", "--vocab", "32", "--batch", "2", "--length", "8",
+        "--steps", "1", "--rounds", "1"]
+
+
+def test_throughput_times_every_backend_beside_gpt2(tmp_path, capsys):
+    out = tmp_path / "tp.json"
+    assert main(["bench", "throughput", *TINY, "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    for precision in ("fp32", "bf16"):
+        rows = res["results"][precision]
+        assert set(rows) == {f"textdiff {n}" for n in BACKENDS} | {"GPT2LMHeadModel"}
+        assert rows["GPT2LMHeadModel"]["vs_gpt2"] == 1.0 and all(r["tok_per_s"] > 0 for r in rows.values())
+        assert rows["textdiff ar"]["vs_ar"] == 1.0
+    md = out.with_suffix(".md").read_text()
+    assert "vs GPT-2" in md and "Machine" in md and "| textdiff masked |" in md
+
+
+def test_frontier_covers_every_sampler_and_the_ar_line(masked_run, ar_run, tmp_path, capsys):
+    out = tmp_path / "frontier"
+    assert main(["bench", "frontier", str(masked_run), str(ar_run), "--steps", "2,4,64", "--num-samples", "2",
+                 "--judge", str(ar_run), "--out-dir", str(out)]) == 0
+    res = json.loads((out / "frontier.json").read_text())
+    diffusion = [p for p in res["points"] if p["run"] == str(masked_run)]
+    assert {p["sampler"] for p in diffusion} == set(BACKENDS["masked"].samplers)
+    assert {p["steps"] for p in diffusion if p["sampler"] == "ancestral"} == {2, 4, 64}
+    assert any(s["sampler"] == "confidence" and s["steps"] == 64 for s in res["skipped"])  # more steps than tokens
+    ar = [p for p in res["points"] if p["run"] == str(ar_run)]
+    assert len(ar) == 1 and ar[0]["causal"] and ar[0]["steps"] == 24
+    assert all(p["genppl"] > 1 and p["wall_s"] > 0 and p["tokens_per_s"] > 0 for p in res["points"])
+    assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| run | backend | sampler |" in (out / "frontier.md").read_text()
+
+
+def test_bench_refuses_bad_flags(masked_run, capsys):
+    assert main(["bench", "throughput", "--backends", "nope"]) == 2
+    assert main(["bench", "frontier", str(masked_run), "--steps", "4,x"]) == 2
+    assert main(["bench", "frontier", str(masked_run), "--samplers", "nope"]) == 2

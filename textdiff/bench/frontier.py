@@ -1,0 +1,123 @@
+"""The sampling frontier: for each run, each sampler of its back-end x each step count -> judge perplexity,
+unigram entropy, tokens/s and wall time; an AR run is one point (KV-cache sampling) drawn as the reference line,
+and real test text as a second one. Plots quality against wall time, one curve per (run, sampler)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from textdiff.errors import TextdiffError
+
+STEPS = (4, 8, 16, 32, 64, 128, 256)
+
+
+def _point(run: str, pipe, sampler: str, res) -> dict:
+    s = res.samples
+    return {"run": run, "backend": pipe.backend.name, "causal": pipe.backend.causal, "sampler": sampler, "steps": res.steps,
+            "genppl": s.ppl, "entropy": s.entropy, "dist_2": s.dist_2, "self_bleu": s.self_bleu,
+            "tokens_per_s": res.tokens_per_s, "wall_s": res.sample_seconds, "judge_tokens": s.n_judge_tokens}
+
+
+def _warm_up(pipe, grid) -> None:
+    """One untimed call, so the first timed point does not pay for allocation and kernel selection."""
+    try:
+        pipe.generate(1, sampler=grid[0][0], steps=min((n for _, n in grid if n), default=None))
+    except TextdiffError:
+        pass
+
+
+def frontier(runs: list[str], steps: tuple[int, ...] = STEPS, num_samples: int = 16, seed: int = 0,
+             judge: Optional[str] = None, device: str = "cpu", samplers: Optional[list[str]] = None,
+             echo=print) -> dict:
+    """Every (run, sampler, steps) point; combinations a sampler refuses (e.g. more steps than tokens) are
+    listed under "skipped" with the reason."""
+    from textdiff.evaluation.genppl import generative_perplexity, reference_stats
+    from textdiff.evaluation.judge import load_judge
+    from textdiff.evaluation.report import environment
+    from textdiff.pipeline import TextDiffusionPipeline
+
+    j = load_judge(judge, device)
+    points, skipped, references = [], [], {}
+    for run in runs:
+        pipe = TextDiffusionPipeline.from_pretrained(run, device=device)
+        data_key = str(pipe.recipe.data.path)
+        if data_key not in references:
+            references[data_key] = reference_stats(pipe, num_samples, j).__dict__
+        grid = [(pipe.backend.default_sampler, None)] if pipe.backend.causal else \
+            [(s, n) for s in pipe.backend.samplers if not samplers or s in samplers for n in steps]
+        _warm_up(pipe, grid)
+        for sampler, n in grid:
+            try:
+                res = generative_perplexity(pipe, num_samples, seed, j, reference=False, sampler=sampler, steps=n)
+            except TextdiffError as e:
+                skipped.append({"run": run, "sampler": sampler, "steps": n, "reason": str(e)})
+                echo(f"skip {run} {sampler} {n}: {e}")
+                continue
+            points.append(_point(run, pipe, sampler, res))
+            p = points[-1]
+            echo(f"{run} {sampler} {p['steps']} steps: genppl {p['genppl']:.1f}, entropy {p['entropy']:.3f}, "
+                 f"{p['wall_s']:.2f} s, {p['tokens_per_s']:,.0f} tok/s")
+    return {"runs": runs, "steps": list(steps), "num_samples": num_samples, "seed": seed, "judge": j.name,
+            "judge_tokenizer": j.tokenizer, "references": references, "points": points, "skipped": skipped,
+            **environment(device)}
+
+
+def markdown(res: dict) -> list[str]:
+    from textdiff.evaluation.report import env_lines, markdown_table
+
+    lines = [f"Sampling frontier: {res['num_samples']} samples per point, seed {res['seed']}; judge {res['judge']} "
+             f"(perplexity per token of its {res['judge_tokenizer']}); entropy in nats over the run's token ids.",
+             *env_lines(res), ""]
+    cols = ["run", "backend", "sampler", "steps", "wall_s", "tokens_per_s", "genppl", "entropy", "dist_2", "self_bleu"]
+    lines += markdown_table(res["points"], cols)
+    for data, r in res["references"].items():
+        lines.append(f"\nReal test text of {data} ({res['num_samples']} sequences): genppl {r['ppl']:.2f}, "
+                     f"entropy {r['entropy']:.3f}, dist-2 {r['dist_2']:.3f}, self-BLEU {r['self_bleu']:.2f}.")
+    lines += [f"\nSkipped: {s['run']} {s['sampler']} {s['steps']} steps ({s['reason']})" for s in res["skipped"]]
+    return lines
+
+
+def _curves(points: list[dict]) -> dict[str, list[dict]]:
+    curves: dict[str, list[dict]] = {}
+    for p in points:
+        curves.setdefault(f"{Path(p['run']).name}: {p['backend']} / {p['sampler']}", []).append(p)
+    return curves
+
+
+def plot(res: dict, out: Path) -> None:
+    """Judge perplexity and entropy against wall time (log-log), one curve per (run, sampler); the AR runs and
+    real text as horizontal reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for (label, pts), color in zip(_curves(res["points"]).items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4):
+        pts = sorted(pts, key=lambda p: p["wall_s"])
+        for ax, key in zip(axes, ("genppl", "entropy")):
+            if pts[0]["causal"]:  # an AR run: one point and a reference line
+                ax.axhline(pts[0][key], color=color, ls="--", lw=1)
+                ax.plot([pts[0]["wall_s"]], [pts[0][key]], "*", color=color, ms=12, label=f"{label} (KV cache)")
+                continue
+            ax.plot([p["wall_s"] for p in pts], [p[key] for p in pts], "o-", color=color, label=label)
+            for p in pts:
+                ax.annotate(str(p["steps"]), (p["wall_s"], p[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for r in res["references"].values():
+        axes[0].axhline(r["ppl"], color="black", ls=":", lw=1, label="real test text")
+        axes[1].axhline(r["entropy"], color="black", ls=":", lw=1, label="real test text")
+    for ax, ylabel in zip(axes, ("judge perplexity (lower is better)", "unigram entropy (nats)")):
+        ax.set_xscale("log")
+        ax.set_xlabel(f"wall time for {res['num_samples']} samples (s)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Sampling frontier (numbers: steps) — {res['machine']}", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)

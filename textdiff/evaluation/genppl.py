@@ -1,0 +1,133 @@
+"""Generative perplexity: how likely a judge causal LM finds a run's samples, always with their diversity.
+
+The perplexity is token-weighted over the whole set of samples, exp(sum of NLL / sum of judge tokens), in the
+judge's tokenizer. Unigram entropy is computed on the run's own token ids (all samples pooled, [PAD] left out),
+and on the same number of reference sequences of the run's test split, so the two are estimated from equally
+many tokens. dist-n and self-BLEU are over whitespace words of the decoded texts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+
+from textdiff.evaluation.diversity import distinct_n, self_bleu, unigram_entropy
+from textdiff.evaluation.judge import Judge, load_judge
+
+
+@dataclass
+class TextStats:
+    """Judge perplexity and diversity of one set of texts."""
+
+    ppl: float
+    nats_per_token: float
+    n_judge_tokens: int
+    nats_per_word: float
+    n_words: int
+    entropy: float
+    """Unigram entropy in nats of the run's token ids, all texts pooled."""
+    dist_1: float
+    dist_2: float
+    dist_3: float
+    self_bleu: float
+    self_bleu_signature: str
+    """sacrebleu's signature of that BLEU (nrefs = number of texts - 1)."""
+
+
+@dataclass
+class GenPPLResult:
+    judge: str
+    judge_tokenizer: str
+    samples: TextStats
+    reference: Optional[TextStats]
+    """The same statistics for as many test-split sequences of the run's data (None when not asked)."""
+    sampler: str
+    steps: int
+    num_samples: int
+    length: int
+    seed: int
+    settings: dict
+    """The full sampler settings used (temperature, top-k, top-p, block size, ...)."""
+    sample_seconds: float
+    """Wall time of generation alone (the judge's scoring is not counted)."""
+    tokens_per_s: float
+    texts: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        s, r = self.samples, self.reference
+        ref = f"; reference text: PPL {r.ppl:.1f}, entropy {r.entropy:.3f}" if r else ""
+        return (f"genppl {s.ppl:.1f} ({s.n_judge_tokens:,} tokens of the judge's {self.judge_tokenizer.split(' (')[0]}), "
+                f"entropy {s.entropy:.3f} nats, dist-1/2/3 {s.dist_1:.3f}/{s.dist_2:.3f}/{s.dist_3:.3f}, "
+                f"self-BLEU {s.self_bleu:.1f}{ref} [{self.num_samples} x {self.length} tokens, {self.sampler}, "
+                f"{self.steps} steps, {self.sample_seconds:.2f} s, {self.tokens_per_s:,.0f} tok/s]")
+
+
+def text_stats(texts: list[str], token_ids: list[list[int]], judge: Judge, batch_size: int = 8) -> TextStats:
+    """Judge perplexity (token-weighted over all texts) and diversity of `texts` (with the run's ids)."""
+    score = judge.score(texts, batch_size)
+    nats, tokens, words = sum(score.nats), sum(score.tokens), sum(len(t.split()) for t in texts)
+    per_token = nats / max(tokens, 1)
+    bleu, signature = self_bleu(texts)
+    return TextStats(ppl=math.exp(per_token), nats_per_token=per_token, n_judge_tokens=tokens,
+                     nats_per_word=nats / max(words, 1), n_words=words, entropy=unigram_entropy(token_ids),
+                     dist_1=distinct_n(texts, 1), dist_2=distinct_n(texts, 2), dist_3=distinct_n(texts, 3),
+                     self_bleu=bleu, self_bleu_signature=signature)
+
+
+def _content(ids: torch.Tensor, pad: int) -> list[list[int]]:
+    return [[i for i in row if i != pad] for row in ids.tolist()]
+
+
+_REFERENCES: dict[tuple, TextStats] = {}
+
+
+def reference_stats(pipe, num: int, judge: Judge, split: str = "test", batch_size: int = 8) -> TextStats:
+    """`num` sequences of the run's `split`, evenly spaced through it, scored like samples (cached per process
+    for the same data, tokenizer and judge)."""
+    from textdiff.data import build_sequences, load_texts
+
+    seqs = build_sequences(pipe.recipe.data, pipe.tokenizer, load_texts(pipe.recipe.data)[split])
+    idx = torch.linspace(0, len(seqs) - 1, min(num, len(seqs))).round().long()
+    ids = seqs.ids[idx]
+    texts = [pipe.decode(row) for row in ids.tolist()]
+    key = (judge.name, tuple(texts), ids.numpy().tobytes())
+    if key not in _REFERENCES:
+        _REFERENCES[key] = text_stats(texts, _content(ids, pipe.backend.special.pad), judge, batch_size)
+    return _REFERENCES[key]
+
+
+def timed_generate(pipe, num_samples: int, seed: int, **opts):
+    """pipe.generate with its wall time in seconds (synchronised on GPUs)."""
+    sync = torch.cuda.synchronize if pipe.device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    out = pipe.generate(num_samples, seed=seed, **opts)
+    sync()
+    return out, time.perf_counter() - t0
+
+
+def generative_perplexity(pipe, num_samples: int = 16, seed: int = 0, judge: Optional[str | Judge] = None,
+                          reference: bool | TextStats = True, judge_batch_size: int = 8, **opts) -> GenPPLResult:
+    """Generate `num_samples` samples from `pipe` (keyword `opts`: steps, sampler, length, temperature, ...),
+    score them under the judge and measure their diversity; `reference` adds (or passes in, precomputed) the
+    same statistics of real test text."""
+    judge = judge if isinstance(judge, Judge) else load_judge(judge, str(pipe.device))
+    o = pipe.options(**opts)
+    gen, seconds = timed_generate(pipe, num_samples, seed, **opts)
+    stats = text_stats(gen.texts, _content(gen.ids, pipe.backend.special.pad), judge, judge_batch_size)
+    if reference is True:
+        reference = reference_stats(pipe, num_samples, judge, batch_size=judge_batch_size)
+    steps = gen.ids.shape[1] if pipe.backend.causal else o.steps  # AR: one model call per token
+    settings = {**{k: v for k, v in asdict(o).items() if k not in ("num_samples", "infill")}, "steps": steps}
+    return GenPPLResult(judge=judge.name, judge_tokenizer=judge.tokenizer, samples=stats,
+                        reference=reference or None, sampler=o.sampler, steps=steps, num_samples=num_samples,
+                        length=gen.ids.shape[1], seed=seed, settings=settings, sample_seconds=seconds,
+                        tokens_per_s=gen.ids.numel() / seconds,
+                        texts=gen.texts)

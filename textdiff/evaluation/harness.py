@@ -1,0 +1,82 @@
+"""`textdiff eval`: every asked metric on one run, as one JSON object and one markdown report.
+
+A back-end without a likelihood bound (has_bound False) asked for `ppl` alone is an error; asked for several
+metrics, its ppl row reads "n/a" with the reason and the others are computed.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from textdiff.errors import TextdiffError
+from textdiff.evaluation.report import env_lines, environment
+
+
+def check_metrics(metrics: list[str], backend) -> None:
+    if metrics == ["ppl"] and not backend.has_bound:
+        raise TextdiffError(f"--metrics ppl: the {backend.name} back-end has no likelihood bound; "
+                            f"use --metrics genppl (judge perplexity)")
+
+
+def run_eval(pipe, metrics: list[str], run: str, *, split: str = "test", draws: int = 32, batch_size: int = 32,
+             max_sequences: int = 0, seed: int = 0, num_samples: int = 16, judge: Optional[str] = None,
+             reference: bool = True, sample_opts: Optional[dict] = None, echo=print) -> dict:
+    """Compute `metrics` on `pipe`; returns the JSON-able result (with the environment), echoing a line per metric."""
+    from textdiff.evaluation.genppl import generative_perplexity
+    from textdiff.evaluation.perplexity import perplexity
+
+    check_metrics(metrics, pipe.backend)
+    result = {"run": run, "backend": pipe.backend.name, "seed": seed, **environment(str(pipe.device))}
+    if "ppl" in metrics:
+        if pipe.backend.has_bound:
+            r = perplexity(pipe, split, draws, batch_size, max_sequences, seed)
+            result["ppl"] = r.to_dict()
+            echo(r.line())
+        else:
+            result["ppl"] = {"available": False, "reason": f"the {pipe.backend.name} back-end has no likelihood bound"}
+            echo(f"ppl: n/a ({result['ppl']['reason']})")
+    if "genppl" in metrics:
+        g = generative_perplexity(pipe, num_samples, seed, judge, reference, **(sample_opts or {}))
+        result["genppl"] = g.to_dict()
+        echo(g.line())
+    return result
+
+
+def _ppl_rows(p: dict) -> list[str]:
+    if not p.get("available", True):
+        return [f"| ppl | n/a | {p['reason']} |"]
+    kind = "exact" if p["exact"] else f"ELBO bound, {p['time_draws']} time draws, ± Monte Carlo SE"
+    se = "" if p["exact"] else f" ± {p['stderr']:.4f}"
+    return [f"| ppl ({p['split']}) | {p['ppl']:.2f} | {p['nats_per_token']:.4f}{se} nats/token ({kind}); "
+            f"{p['n_tokens']:,} run tokens in {p['n_sequences']} sequences; {p['nats_per_word']:.3f} nats/word |"]
+
+
+def _genppl_rows(g: dict) -> list[str]:
+    s, r = g["samples"], g["reference"]
+
+    def pair(key, fmt):
+        return f"{fmt.format(s[key])}" + (f" (reference {fmt.format(r[key])})" if r else "")
+
+    return [f"| genppl | {pair('ppl', '{:.2f}')} | judge {g['judge']}; {s['n_judge_tokens']:,} tokens of the "
+            f"{g['judge_tokenizer']}, token-weighted over all samples; {s['nats_per_word']:.3f} nats/word |",
+            f"| unigram entropy (nats) | {pair('entropy', '{:.3f}')} | the run's token ids, all samples pooled; "
+            f"reference: as many test sequences |",
+            f"| dist-1 / dist-2 / dist-3 | {s['dist_1']:.3f} / {s['dist_2']:.3f} / {s['dist_3']:.3f} | whitespace words, pooled |",
+            f"| self-BLEU | {pair('self_bleu', '{:.2f}')} | each sample vs the others; {s['self_bleu_signature']} |",
+            f"| sampling | {g['tokens_per_s']:,.0f} tok/s | {g['num_samples']} x {g['length']} tokens in "
+            f"{g['sample_seconds']:.2f} s |"]
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# textdiff eval: {result['run']} ({result['backend']})", "", *env_lines(result), "",
+             "| metric | value | details |", "|---|---|---|"]
+    if "ppl" in result:
+        lines += _ppl_rows(result["ppl"])
+    if "genppl" in result:
+        g = result["genppl"]
+        lines += _genppl_rows(g)
+        opts = ", ".join(f"{k}={v}" for k, v in g["settings"].items())
+        lines += ["", f"Sampler settings: {opts}; {g['num_samples']} samples, seed {g['seed']}."]
+    if "ppl" in result and result["ppl"].get("available", True):
+        lines += [f"Likelihood seed {result['seed']}."]
+    return "\n".join(lines) + "\n"
