@@ -28,6 +28,16 @@ def _positive(kind):
     return parse
 
 
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"{text} must lie in [0, 2**63)")
+    return value
+
+
 def _sampling_args(p):
     p.add_argument("--steps", type=_positive(int), help="denoising steps (default: the recipe's sample.steps)")
     p.add_argument("--sampler", help="sampler name (default: the recipe's; see textdiff.sampling.SAMPLERS)")
@@ -38,7 +48,7 @@ def _sampling_args(p):
     p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (Gaussian back-ends; 0 = deterministic)")
     p.add_argument("--clamp", action="store_true", default=None,
                    help="snap x0 estimates to the nearest token embedding every step (Gaussian back-ends)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="cpu")
 
 
@@ -74,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive(int), default=32, dest="batch_size")
     p.add_argument("--max-sequences", type=int, default=0, dest="max_sequences", help="evaluate only the first N")
     p.add_argument("--out", help="also write the results as JSON here")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("prepare", help="build a corpus from its public source into the cache")

@@ -162,13 +162,14 @@ class Trainer:
     def save(self) -> None:
         opt_tensors, opt_meta = ckpt.optimizer_tensors(self.opt)
         opt_tensors["rng.torch"] = torch.get_rng_state()
-        files = {"model": (ckpt.model_tensors(self.model), None), "trainer": (opt_tensors, opt_meta)}
+        tag = {ckpt.BACKEND_KEY: self.recipe.backend.name}
+        files = {"model": (ckpt.model_tensors(self.model), tag), "trainer": (opt_tensors, opt_meta)}
         if self.ema is not None:
-            files["ema"] = (self.ema.shadow, None)
+            files["ema"] = (self.ema.shadow, tag)
         state = {"step": self.step, "data_position": self.step * self.cfg.batch_size, "seed": self.cfg.seed,
                  "lr": lr_at(max(self.step - 1, 0), self.cfg)}
         ckpt.write_checkpoint(self.run_dir, self.step, files, state, self.cfg.keep_checkpoints)
-        ckpt.save_tensors(self.run_dir / "model.safetensors", self.weights_for_inference())
+        ckpt.save_tensors(self.run_dir / "model.safetensors", self.weights_for_inference(), tag)
 
     def restore(self) -> bool:
         """Load the newest checkpoint; False when there is none."""
@@ -176,12 +177,18 @@ class Trainer:
         if not found:
             return False
         last = found[-1]
-        ckpt.load_model_tensors(self.model, ckpt.load_tensors(last / "model.safetensors"), last)
+        state = ckpt.read_state(last)
+        ckpt.check_backend(last / "model.safetensors", self.recipe.backend.name)
+        ckpt.load_model_tensors(self.model, ckpt.load_tensors(last / "model.safetensors"), last / "model.safetensors")
         ckpt.load_optimizer(self.opt, last / "trainer.safetensors")
-        torch.set_rng_state(ckpt.load_tensors(last / "trainer.safetensors")["rng.torch"])
+        rng = ckpt.load_tensors(last / "trainer.safetensors").get("rng.torch")
+        if rng is not None and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape:  # for the record only: every step reseeds itself
+            torch.set_rng_state(rng)
         if self.ema is not None:
-            self.ema.shadow = ckpt.load_tensors(last / "ema.safetensors")
-        self.step = json.loads((last / "state.json").read_text())["step"]
+            shadow = ckpt.load_tensors(last / "ema.safetensors")
+            ckpt.check_fits(self.ema.shadow, shadow, last / "ema.safetensors")
+            self.ema.shadow = shadow
+        self.step = state["step"]
         return True
 
     # --- the loop ----------------------------------------------------------------------------------------------
