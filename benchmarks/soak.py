@@ -1,10 +1,10 @@
 """Soak test of atomic checkpoints: SIGKILL a tiny training run at N random moments, resume it each time, and
 check that every checkpoint on disk stays readable and that the final weights equal an uninterrupted run's.
 
-    python benchmarks/soak.py                 # 20 kills (about 2 minutes on one CPU thread)
-    python benchmarks/soak.py --kills 3 --seed 1
+    python benchmarks/soak.py                 # 20 kills, about a minute on one CPU thread
+    python benchmarks/soak.py --kills 3 --seed 1 --spawn   # each child a fresh interpreter (slow start)
 
-Each kill is one of these moments, drawn at random (the plan is printed):
+Each kill is one of these moments, in a random order and at a random point (the plan is printed):
 - `step`:    inside a training step (after the optimizer step, before the step counter moves);
 - `file`:    halfway through writing one safetensors file of a checkpoint (a partial temporary file on disk);
 - `rename`:  just before one of the checkpoint's renames (complete temporary files, not yet in place);
@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("step", "file", "rename", "renamed", "prune", "timer")
+SPOTS = (*MODES, "after-save")  # after-save: a planned spot that never came (nothing to prune yet, ...)
 
 def child_main(plan: dict, argv: list[str]) -> int:
     """In the child: patch the planned spot to SIGKILL this process, then run `textdiff <argv>`."""
@@ -43,7 +44,9 @@ def child_main(plan: dict, argv: list[str]) -> int:
     saves, calls, steps = [0], [0], [0]
     mode = plan["mode"]
 
-    def die():
+    def die(spot: str):
+        with open(plan["note"], "a") as f:  # where the kill really landed, for the counts
+            f.write(spot + "\n")
         os.kill(os.getpid(), signal.SIGKILL)
 
     def armed():  # inside the planned checkpoint write
@@ -60,14 +63,14 @@ def child_main(plan: dict, argv: list[str]) -> int:
         out = real_step(self, step)
         steps[0] += 1
         if mode == "step" and steps[0] == plan["step"]:
-            die()
+            die("step")
         return out
 
     def save(self):
         saves[0] += 1
         real_save(self)
         if armed():  # the planned spot never came (e.g. nothing to prune yet): die right after the write
-            die()
+            die("after-save")
 
     def save_file(tensors, path, metadata=None):
         if armed() and mode == "file" and hit():
@@ -76,23 +79,23 @@ def child_main(plan: dict, argv: list[str]) -> int:
             data = to_bytes(tensors, metadata=metadata)
             with open(path, "wb") as f:
                 f.write(data[: len(data) // 2])
-            die()
+            die("file")
         real_save_file(tensors, path, metadata=metadata)
 
     def replace(src, dst):
         fire = armed() and mode in ("rename", "renamed") and hit()
         if fire and mode == "rename":
-            die()
+            die("rename")
         real_replace(src, dst)
         if fire:
-            die()
+            die("renamed")
 
     def rmtree(path, ignore_errors=False):
         files = sorted(p for p in Path(path).rglob("*") if p.is_file())
         if armed() and mode == "prune" and files:
             for p in files[: max(1, len(files) // 2)]:
                 p.unlink()
-            die()
+            die("prune")
         real_rmtree(path, ignore_errors=ignore_errors)
 
     training.Trainer.train_step, training.Trainer.save, ckpt.save_file = train_step, save, save_file
@@ -103,7 +106,7 @@ def child_main(plan: dict, argv: list[str]) -> int:
 @dataclass
 class SoakResult:
     kills: int = 0
-    by_mode: dict = field(default_factory=lambda: {m: 0 for m in MODES})
+    by_mode: dict = field(default_factory=lambda: {m: 0 for m in SPOTS})
     checkpoints_checked: int = 0
     resumes: int = 0
     equal: bool = False
@@ -185,6 +188,9 @@ def _child(plan: dict, argv: list[str], run: Path, fork: bool, env: dict, delay:
         if pid == 0:  # the child: never returns into the caller (or pytest)
             rc = 1
             try:
+                log = os.open(run.parent / "children.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
                 rc = child_main(plan, argv)
             finally:
                 os._exit(rc)
@@ -192,8 +198,9 @@ def _child(plan: dict, argv: list[str], run: Path, fork: bool, env: dict, delay:
         kill = lambda: os.kill(pid, signal.SIGKILL)  # noqa: E731
         alive = lambda: os.waitpid(pid, os.WNOHANG) == (0, 0)  # noqa: E731
     else:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(plan), *argv], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(run.parent / "children.log", "a") as log:
+            proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(plan), *argv], env=env,
+                                    stdout=log, stderr=log)
         wait, kill, alive = (lambda: proc.wait()), proc.kill, (lambda: proc.poll() is None)
     if plan["mode"] == "timer":
         started = run / "config.json"
@@ -206,10 +213,10 @@ def _child(plan: dict, argv: list[str], run: Path, fork: bool, env: dict, delay:
     finished = (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0) if fork else status == 0
     if not (finished if plan["mode"] == "none" else killed):
         raise RuntimeError(f"the training child ended with status {status}, expected "
-                           f"{'exit 0' if plan['mode'] == 'none' else 'SIGKILL'}; plan {plan}")
+                           f"{'exit 0' if plan['mode'] == 'none' else 'SIGKILL'}; plan {plan}; see {run.parent}/children.log")
 
 
-def soak(kills: int = 20, seed: int = 0, workdir: Path | None = None, fork: bool = False, log=print) -> SoakResult:
+def soak(kills: int = 20, seed: int = 0, workdir: Path | None = None, fork: bool = True, log=print) -> SoakResult:
     """Kill, check, resume, `kills` times; then finish and compare with an uninterrupted run. `fork`: start each
     training child by forking this process (fast: no imports; the test suite) instead of a fresh interpreter."""
     import torch
@@ -237,19 +244,23 @@ def soak(kills: int = 20, seed: int = 0, workdir: Path | None = None, fork: bool
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
     run = work / "killed"
-    for i in range(kills):
-        plan = _plan(rng, rng.choice(MODES), every)
+    modes = [MODES[i % len(MODES)] for i in range(kills)]
+    rng.shuffle(modes)
+    note = work / "kill-spots.txt"
+    for i, mode in enumerate(modes):
+        plan = {**_plan(rng, mode, every), "note": str(note)}
         resume = (run / "config.json").exists()
         argv = ["train", str(recipe), "--no-samples", "--device", "cpu", *(["--resume"] if resume else [])]
         _child(plan, argv, run, fork, env, rng.uniform(0.0, 2 * every * step_s + 0.05))
         result.kills += 1
         result.resumes += resume
-        result.by_mode[plan["mode"]] += 1
+        spots = note.read_text().split() if note.exists() else []
+        result.by_mode["timer" if mode == "timer" else spots[-1]] += 1
         result.checkpoints_checked += check_run_readable(run)
-        log(f"kill {i + 1}/{kills}: {json.dumps(plan)}; resumed: {resume}; checkpoints on disk readable "
+        log(f"kill {i + 1}/{kills}: {json.dumps({k: v for k, v in plan.items() if k != 'note'})}; resumed: {resume}; checkpoints on disk readable "
             f"({', '.join(p.name for p in sorted((run / 'checkpoints').glob('step_*'))) or 'none yet'})")
     resume = (run / "config.json").exists()
-    _child({"mode": "none"}, ["train", str(recipe), "--no-samples", "--device", "cpu", *(["--resume"] if resume else [])],
+    _child({"mode": "none", "note": str(note)}, ["train", str(recipe), "--no-samples", "--device", "cpu", *(["--resume"] if resume else [])],
            run, fork, env, 0.0)
     result.resumes += resume
     a, b = final_state(reference), final_state(run)
@@ -266,13 +277,14 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="seeds the kill plan")
     parser.add_argument("--keep", help="keep the run directories in this folder")
-    parser.add_argument("--fork", action="store_true", help="fork this process for each child (faster start)")
+    parser.add_argument("--spawn", action="store_true", help="start each child as a fresh interpreter instead of a "
+                        "fork of this process (slower: every child imports torch again)")
     if len(sys.argv) > 2 and sys.argv[1] == "--child":  # a training child: python soak.py --child PLAN ARGV...
         sys.exit(child_main(json.loads(sys.argv[2]), sys.argv[3:]))
     args = parser.parse_args()
     if args.keep:
         Path(args.keep).mkdir(parents=True, exist_ok=True)
-    result = soak(args.kills, args.seed, Path(args.keep) if args.keep else None, args.fork)
+    result = soak(args.kills, args.seed, Path(args.keep) if args.keep else None, fork=not args.spawn)
     print("\n".join(result.lines()))
     sys.exit(0 if result.equal and result.kills == args.kills else 1)
 

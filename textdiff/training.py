@@ -201,6 +201,13 @@ class Trainer:
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step)
         bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True,
                    mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
+        try:
+            self._loop(bar, metrics)
+        finally:  # an error is printed after the bar's own line, never glued to it
+            bar.close()
+        plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+
+    def _loop(self, bar, metrics: "MetricsLog") -> None:
         busy, tokens = 0.0, 0  # seconds spent in training steps (not evaluation or checkpoints)
         while self.step < self.cfg.steps:
             t0 = time.perf_counter()
@@ -220,8 +227,6 @@ class Trainer:
                     self._log_validation(metrics, bar, val)
             if self._due(self.cfg.checkpoint_every):
                 self.save()
-        bar.close()
-        plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
 
     def _due(self, every: int) -> bool:
         return self.step == self.cfg.steps or (every > 0 and self.step % every == 0)
