@@ -114,3 +114,65 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_and_no_temporary(tmp_
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000001"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000001"]
     assert torch.equal(ckpt.load_tensors(tmp_path / "checkpoints/step_00000001/model.safetensors")["w"], torch.ones(3))
+
+
+# --- properties: any config.json, any bytes named .safetensors: a result or a TextdiffError ----------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                           max_leaves=10)
+configs = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"type": st.sampled_from(["textdiff", "other"]) | json_values,
+                           "recipe": st.just({"data": {"path": "x.jsonl"}}) | json_values},
+                          optional={"vocab_size": st.integers(-2, 70) | json_values, "max_len": st.integers(-2, 70) | json_values,
+                                    "backend": st.sampled_from(["masked", "ar"]) | json_values}),
+)
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(cfg=configs)
+def test_random_config_json_gives_a_config_or_textdiff_error(cfg, tmp_path_factory):
+    run = tmp_path_factory.getbasetemp() / "fuzz-run"
+    run.mkdir(exist_ok=True)
+    (run / "config.json").write_text(json.dumps(cfg))
+    try:
+        out = ckpt.read_run_config(run)
+        recipe_from_dict(out["recipe"], "config.json")
+    except TextdiffError as e:
+        assert "\n" not in str(e)
+
+
+def _valid_safetensors() -> bytes:
+    from safetensors.torch import save
+
+    return save({"a": torch.arange(6.0).view(2, 3), "b": torch.ones(4, dtype=torch.int64)}, metadata={"k": "v"})
+
+
+@FUZZ
+@given(data=st.data())
+def test_damaged_safetensors_give_tensors_or_textdiff_error(data, tmp_path_factory):
+    raw = bytearray(_valid_safetensors())
+    how = data.draw(st.sampled_from(["truncate", "flip", "random", "header"]))
+    if how == "truncate":
+        raw = raw[:data.draw(st.integers(0, len(raw)))]
+    elif how == "flip":
+        for _ in range(data.draw(st.integers(1, 4))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    elif how == "random":
+        raw = bytearray(data.draw(st.binary(max_size=64)))
+    else:  # a header length that lies
+        raw[:8] = data.draw(st.integers(0, 2 ** 64 - 1)).to_bytes(8, "little")
+    path = tmp_path_factory.getbasetemp() / "fuzz.safetensors"
+    path.write_bytes(bytes(raw))
+    try:
+        tensors = ckpt.load_tensors(path)
+        ckpt.tensors_metadata(path)
+    except TextdiffError as e:
+        assert "\n" not in str(e)
+        return
+    assert all(isinstance(v, torch.Tensor) for v in tensors.values())
