@@ -239,7 +239,7 @@ def read_state(checkpoint: Path) -> dict:
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise TextdiffError(f"{path}: not readable JSON; delete this checkpoint to resume from the one before") from None
+        raise TextdiffError(f"{path}: not readable JSON") from None
     step = state.get("step") if isinstance(state, dict) else None
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise TextdiffError(f"{path}: 'step' must be a whole number >= 0, got {step!r}")

@@ -47,7 +47,8 @@ class TextDiffusionPipeline:
                                 f"backend.name={recipe.backend.name!r}; the file was edited or mixed from two runs")
         tokenizer = load_tokenizer(run_dir)
         if len(tokenizer) != cfg.get("vocab_size"):
-            raise TextdiffError(f"{run_dir}: tokenizer has {len(tokenizer)} tokens, config.json says {cfg.get('vocab_size')}")
+            raise TextdiffError(f"{run_dir}: tokenizer has {len(tokenizer)} tokens, config.json says {cfg.get('vocab_size')}; "
+                                "the tokenizer files come from another run: copy this run's tokenizer.json back")
         model = build_model(recipe, cfg["vocab_size"], cfg["max_len"])
         weights = run_dir / "model.safetensors"
         if not weights.is_file():

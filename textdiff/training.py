@@ -177,19 +177,25 @@ class Trainer:
         if not found:
             return False
         last = found[-1]
+        try:
+            self._load_checkpoint(last)
+        except TextdiffError as e:
+            raise TextdiffError(f"{e}; to resume from the checkpoint before it (or from the start), delete {last}") from None
+        return True
+
+    def _load_checkpoint(self, last: Path) -> None:
         state = ckpt.read_state(last)
         ckpt.check_backend(last / "model.safetensors", self.recipe.backend.name)
         ckpt.load_model_tensors(self.model, ckpt.load_tensors(last / "model.safetensors"), last / "model.safetensors")
         ckpt.load_optimizer(self.opt, last / "trainer.safetensors")
         rng = ckpt.load_tensors(last / "trainer.safetensors").get("rng.torch")
-        if rng is not None and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape:  # for the record only: every step reseeds itself
-            torch.set_rng_state(rng)
+        if rng is not None and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape:
+            torch.set_rng_state(rng)  # for the record only: every step reseeds itself
         if self.ema is not None:
             shadow = ckpt.load_tensors(last / "ema.safetensors")
             ckpt.check_fits(self.ema.shadow, shadow, last / "ema.safetensors")
             self.ema.shadow = shadow
         self.step = state["step"]
-        return True
 
     # --- the loop ----------------------------------------------------------------------------------------------
 
