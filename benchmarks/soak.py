@@ -1,7 +1,7 @@
 """Soak test of atomic checkpoints: SIGKILL a tiny training run at N random moments, resume it each time, and
 check that every checkpoint on disk stays readable and that the final weights equal an uninterrupted run's.
 
-    python benchmarks/soak.py                 # 20 kills, about a minute on one CPU thread
+    python benchmarks/soak.py                 # 20 kills, about 15 s on one CPU thread
     python benchmarks/soak.py --kills 3 --seed 1 --spawn   # each child a fresh interpreter (slow start)
 
 Each kill is one of these moments, in a random order and at a random point (the plan is printed):
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import shutil
@@ -34,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("step", "file", "rename", "renamed", "prune", "timer")
 SPOTS = (*MODES, "after-save")  # after-save: a planned spot that never came (nothing to prune yet, ...)
+
 
 def child_main(plan: dict, argv: list[str]) -> int:
     """In the child: patch the planned spot to SIGKILL this process, then run `textdiff <argv>`."""
@@ -194,9 +194,15 @@ def _child(plan: dict, argv: list[str], run: Path, fork: bool, env: dict, delay:
                 rc = child_main(plan, argv)
             finally:
                 os._exit(rc)
-        wait = lambda: os.waitpid(pid, 0)[1]  # noqa: E731
-        kill = lambda: os.kill(pid, signal.SIGKILL)  # noqa: E731
-        alive = lambda: os.waitpid(pid, os.WNOHANG) == (0, 0)  # noqa: E731
+        reaped: list[int] = []
+
+        def alive() -> bool:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            reaped.extend([status] if done else [])
+            return not done
+
+        wait = lambda: reaped[0] if reaped else os.waitpid(pid, 0)[1]  # noqa: E731
+        kill = lambda: reaped or os.kill(pid, signal.SIGKILL)  # noqa: E731
     else:
         with open(run.parent / "children.log", "a") as log:
             proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(plan), *argv], env=env,
@@ -212,8 +218,9 @@ def _child(plan: dict, argv: list[str], run: Path, fork: bool, env: dict, delay:
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL if fork else status == -signal.SIGKILL
     finished = (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0) if fork else status == 0
     if not (finished if plan["mode"] == "none" else killed):
-        raise RuntimeError(f"the training child ended with status {status}, expected "
-                           f"{'exit 0' if plan['mode'] == 'none' else 'SIGKILL'}; plan {plan}; see {run.parent}/children.log")
+        expected = "exit 0" if plan["mode"] == "none" else "SIGKILL"
+        raise RuntimeError(f"the training child ended with status {status}, expected {expected}; plan {plan}; "
+                           f"see {run.parent}/children.log")
 
 
 def soak(kills: int = 20, seed: int = 0, workdir: Path | None = None, fork: bool = True, log=print) -> SoakResult:
@@ -257,11 +264,12 @@ def soak(kills: int = 20, seed: int = 0, workdir: Path | None = None, fork: bool
         spots = note.read_text().split() if note.exists() else []
         result.by_mode["timer" if mode == "timer" else spots[-1]] += 1
         result.checkpoints_checked += check_run_readable(run)
-        log(f"kill {i + 1}/{kills}: {json.dumps({k: v for k, v in plan.items() if k != 'note'})}; resumed: {resume}; checkpoints on disk readable "
-            f"({', '.join(p.name for p in sorted((run / 'checkpoints').glob('step_*'))) or 'none yet'})")
+        shown = json.dumps({k: v for k, v in plan.items() if k != "note"})
+        on_disk = ", ".join(p.name for p in sorted((run / "checkpoints").glob("step_*"))) or "none yet"
+        log(f"kill {i + 1}/{kills}: {shown}; resumed: {resume}; checkpoints on disk readable ({on_disk})")
     resume = (run / "config.json").exists()
-    _child({"mode": "none", "note": str(note)}, ["train", str(recipe), "--no-samples", "--device", "cpu", *(["--resume"] if resume else [])],
-           run, fork, env, 0.0)
+    argv = ["train", str(recipe), "--no-samples", "--device", "cpu", *(["--resume"] if resume else [])]
+    _child({"mode": "none", "note": str(note)}, argv, run, fork, env, 0.0)
     result.resumes += resume
     a, b = final_state(reference), final_state(run)
     result.equal = a.keys() == b.keys() and all(
