@@ -161,6 +161,68 @@ def _plant_pickle(ctx: Ctx, run: Path, name: str) -> Path:
     return run
 
 
+def _last_checkpoint(run: Path) -> Path:
+    from textdiff.checkpoint import list_checkpoints
+
+    return list_checkpoints(run)[-1]
+
+
+def _write(path: Path, data: bytes | str) -> Path:
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def _damage_checkpoint(name: str, data: Callable[[Path], bytes | str]) -> Callable[[Path], Path]:
+    """Replace checkpoints/<newest>/<name> of a run by data(old path); returns the run."""
+    def damage(run: Path) -> Path:
+        path = _last_checkpoint(run) / name
+        _write(path, data(path))
+        return run
+    return damage
+
+
+def _optimizer_without_metadata(run: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    path = _last_checkpoint(run) / "trainer.safetensors"
+    save_file(load_file(str(path)), str(path))
+    return run
+
+
+def _nan_weights(run: Path) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(run / "model.safetensors"))
+    tensors[sorted(tensors)[0]].view(-1)[0] = float("nan")
+    save_file(tensors, str(run / "model.safetensors"), metadata={"textdiff.backend": "masked"})
+    return run
+
+
+def _tokenizer_without_specials(ctx: "Ctx") -> Path:
+    """A saved tokenizer directory whose vocabulary lacks [PAD] [MASK] [BOS] [EOS] [SEP]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1, "king": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    out = ctx.tmp / "tok-no-specials"
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(str(out))
+    return ctx.watch(out)
+
+
+def _empty_vocab(run: Path) -> Path:
+    path = run / "tokenizer.json"
+    raw = json.loads(path.read_text())
+    raw["model"]["vocab"], raw["added_tokens"] = {}, []
+    path.write_text(json.dumps(raw))
+    return run
+
+
+def _swap_weights(ctx: "Ctx", run: Path, other: str) -> Path:
+    shutil.copy(ctx.run(other) / "model.safetensors", run / "model.safetensors")
+    return run
+
+
 # --- the table -----------------------------------------------------------------------------------------------
 
 
@@ -327,7 +389,101 @@ CASES = [
                                                 "the [MASK] king"], ("model.safetensors", "not a readable safetensors")),
     Case("planted-pickle-on-resume", lambda c: c.train("--resume", out_dir=str(_plant_pickle(c, c.run_copy(), "optimizer.pt"))),
          ("optimizer.pt", "pickle")),
+    # --- more data files
+    Case("data-path-is-a-directory", lambda c: c.train(data={"path": str(c.watch(_mkdir(c.tmp / "corpus.jsonl")))}),
+         ("corpus.jsonl", "is a directory")),
+    Case("utf16-data-file", lambda c: c.train(data={"path": str(c.data_file(
+        "u16.jsonl", '{"text": "the king", "split": "train"}\n'.encode("utf-16") * 40))}), ("u16.jsonl", "NUL")),
+    Case("garbage-parquet", lambda c: c.train(data={"path": str(c.data_file("g.parquet", b"not a parquet file"))}),
+         ("g.parquet", "could not read")),
+    Case("text-field-not-strings", lambda c: c.train(data={"path": str(c.data_file(
+        "nums.jsonl", _jsonl({"text": i, "split": "train"} for i in range(40))))}), ("nums.jsonl", "no training text")),
+    Case("csv-without-text-column", lambda c: c.train(data={"path": str(c.data_file("c.csv", "body,split\nhi,train\n")),
+                                                           "text_field": "text"}), ("data.text_field", "body")),
+    Case("json-array-of-numbers", lambda c: c.train(data={"path": str(c.data_file("a.json", "[1, 2, 3]"))}),
+         ("a.json",)),
+    Case("empty-data-path", lambda c: c.train(data={"path": ""}), ("data.path is required",)),
+    Case("zero-max-examples", lambda c: c.train(data={"max_examples": 0}), ("data.max_examples=0",)),
+    Case("too-long-wordpiece-pad", lambda c: c.train(data={"mode": "pad", "truncate": False, "max_length": 6},
+                                                     tokenizer={"kind": "wordpiece"}), ("data.max_length=6", "truncate")),
+    # --- tokenizers
+    Case("tokenizer-without-special-tokens", lambda c: c.train(tokenizer={"path": str(_tokenizer_without_specials(c))}),
+         ("special tokens", "[MASK]", "are missing")),
+    Case("run-tokenizer-missing", lambda c: ["sample", str(_unlink(c.run_copy(), "tokenizer.json"))], ("no tokenizer.json",)),
+    Case("run-tokenizer-empty-vocab", lambda c: ["sample", str(_empty_vocab(c.run_copy()))], ("tokenizer has",)),
+    Case("tiny-tokenizer-vocab", lambda c: c.train(tokenizer={"vocab_size": 8}), ("tokenizer.vocab_size=8", ">= 16")),
+    # --- more CLI
+    Case("sample-steps-over-length", lambda c: ["sample", str(c.run()), "--sampler", "confidence", "--length", "4",
+                                                "--steps", "10"], ("steps=10", "4 tokens", "--steps 4")),
+    Case("sample-n-negative", lambda c: ["sample", str(c.run()), "-n", "-3"], ("n=-3",)),
+    Case("infill-empty-template", lambda c: ["infill", str(c.run()), ""], ("has no hole",)),
+    Case("infill-mask-negative", lambda c: ["infill", str(c.run()), "the [MASK:-2] king"], ("[MASK:-2]", "whole number")),
+    Case("infill-mask-huge", lambda c: ["infill", str(c.run()), "the [MASK:" + "9" * 30 + "] king"], ("1 to 4096",)),
+    Case("ar-infill-leading-hole", lambda c: ["infill", str(c.run("ar")), "[MASK:2] the king"], ("only continue a prefix",)),
+    Case("negative-block-size", lambda c: ["sample", str(c.run()), "--block-size", "-1"], ("--block-size=-1",)),
+    Case("nan-temperature-cli", lambda c: ["sample", str(c.run()), "--temperature", "nan"], ("--temperature=nan",)),
+    Case("seed-too-large", lambda c: ["sample", str(c.run()), "--seed", "9" * 30], ("--seed", "2**63")),
+    Case("seed-negative", lambda c: ["infill", str(c.run()), "the [MASK] king", "--seed", "-1"], ("--seed", "2**63")),
+    Case("eval-seed-not-a-number", lambda c: ["eval", str(c.run()), "--seed", "abc"], ("--seed", "'abc'")),
+    Case("recipe-seed-too-large", lambda c: c.train(train={"seed": 2 ** 40}), ("train.seed", "2**32")),
+    Case("eval-data-file-gone", lambda c: ["eval", str(_config(c.run_copy(), lambda d: d["recipe"]["data"].update(
+        path=str(c.tmp / "moved.jsonl"))))], ("moved.jsonl", "not found")),
+    # --- run directories from another back-end
+    Case("resume-run-of-another-backend", lambda c: c.train("--resume", out_dir=str(c.run_copy("ar"))),
+         ("--resume", "backend.name")),
+    Case("config-backend-not-registered", lambda c: ["sample", str(_config(c.run_copy(), lambda d: d["recipe"]["backend"]
+                                                                          .update(name="gaussian")))],
+         ("backend.name='gaussian'", "masked")),
+    Case("config-backend-key-disagrees", lambda c: ["sample", str(_config(c.run_copy(), lambda d: d.update(backend="ar")))],
+         ("\"backend\": 'ar'", "masked")),
+    Case("ar-weights-under-masked-config", lambda c: ["sample", str(_swap_weights(c, c.run_copy(), "ar"))],
+         ("trained with the ar back-end", "config.json says masked")),
+    Case("masked-weights-under-ar-config", lambda c: ["infill", str(_swap_weights(c, c.run_copy("ar"), "masked")),
+                                                      "the king [MASK]"], ("trained with the masked back-end",)),
+    # --- more damaged checkpoints
+    Case("config-json-is-a-directory", lambda c: ["sample", str(_mkdir(_unlink(c.run_copy(), "config.json") / "config.json")
+                                                                .parent)], ("no config.json",)),
+    Case("weights-empty-file", lambda c: ["sample", str(_damage(c.run_copy(), "model.safetensors", b""))],
+         ("not a readable safetensors", "header too small")),
+    Case("weights-header-too-large", lambda c: ["sample", str(_damage(c.run_copy(), "model.safetensors",
+                                                                      (2 ** 60).to_bytes(8, "little") + b"{}"))],
+         ("not a readable safetensors",)),
+    Case("weights-with-nan", lambda c: ["sample", str(_nan_weights(c.run_copy()))], ("NaN or inf",)),
+    Case("resume-truncated-checkpoint", lambda c: c.train("--resume", out_dir=str(_damage_checkpoint(
+        "model.safetensors", lambda p: p.read_bytes()[:100])(c.run_copy()))), ("model.safetensors", "not a readable")),
+    Case("resume-corrupt-state-json", lambda c: c.train("--resume", out_dir=str(_damage_checkpoint(
+        "state.json", lambda p: "{oops")(c.run_copy()))), ("state.json", "not readable JSON")),
+    Case("resume-state-without-step", lambda c: c.train("--resume", out_dir=str(_damage_checkpoint(
+        "state.json", lambda p: '{"seed": 0}')(c.run_copy()))), ("state.json", "'step'")),
+    Case("resume-optimizer-missing", lambda c: c.train("--resume", out_dir=str(_unlink(
+        _last_checkpoint(c.run_copy()), "trainer.safetensors").parents[1])), ("trainer.safetensors", "not found")),
+    Case("resume-optimizer-without-metadata", lambda c: c.train("--resume", out_dir=str(_optimizer_without_metadata(
+        c.run_copy()))), ("trainer.safetensors", "not an optimizer state")),
+    Case("resume-model-file-as-optimizer", lambda c: c.train("--resume", out_dir=str(_damage_checkpoint(
+        "trainer.safetensors", lambda p: (p.parent / "model.safetensors").read_bytes())(c.run_copy()))),
+        ("trainer.safetensors", "not an optimizer state")),
+    Case("resume-checkpoint-other-shape", lambda c: c.train("--resume", out_dir=str(_ckpt_other_shape(c.run_copy()))),
+         ("shape mismatch",)),
+    Case("planted-pickle-in-checkpoint", lambda c: c.train("--resume", out_dir=str(_plant_pickle(
+        c, _last_checkpoint(c.run_copy()), "optimizer.pt").parents[1])), ("optimizer.pt", "pickle")),
+    Case("planted-pt-file", lambda c: ["eval", str(_plant_pickle(c, c.run_copy(), "weights.pt"))], ("weights.pt", "pickle")),
 ]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _damage(run: Path, name: str, data: bytes) -> Path:
+    (run / name).write_bytes(data)
+    return run
+
+
+def _ckpt_other_shape(run: Path) -> Path:
+    """The newest checkpoint's model.safetensors replaced by the run's other-shape weights."""
+    shutil.copy(_other_shape_weights(run) / "model.safetensors", _last_checkpoint(run) / "model.safetensors")
+    return run
 
 
 def _unlink(run: Path, name: str) -> Path:

@@ -217,3 +217,30 @@ def test_random_overrides_give_recipe_or_textdiff_error(overrides, tmp_path_fact
         assert isinstance(load_recipe(path, overrides), Recipe)
     except TextdiffError as e:
         assert "\n" not in str(e)
+
+
+# --- property: any recipe FILE (YAML text, or bytes) gives a Recipe or a TextdiffError ---------------------------
+
+_pieces = list("abdeinprstly_.:-[]{},!&*|>'\"#%@ \n\t0123456789") + [
+    "train", "data", "path", "steps", "lr", "1e400", "~", "!!python/object", "!!binary", "&a ", "*a", "? ", "--- "]
+yaml_ish = st.lists(st.sampled_from(_pieces), max_size=40).map("".join)
+recipe_texts = st.one_of(
+    yaml_ish,
+    recipes.map(lambda raw: yaml.safe_dump(raw) if not isinstance(raw, float) else str(raw)),
+    st.tuples(recipes.map(lambda raw: yaml.safe_dump(raw) if isinstance(raw, dict) else ""), yaml_ish).map("".join),
+    st.binary(max_size=40),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(text=recipe_texts, overrides=st.lists(st.sampled_from(["train.lr=1e-3", "train.steps=3", "data.path=x.jsonl",
+                                                              "train=1", "x=[", "model.n_head=0"]), max_size=2))
+def test_random_recipe_files_give_recipe_or_textdiff_error(text, overrides, tmp_path_factory):
+    path = tmp_path_factory.getbasetemp() / "random-recipe.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    try:
+        recipe = load_recipe(path, overrides)
+    except TextdiffError as e:
+        assert "\n" not in str(e)
+        return
+    assert isinstance(recipe, Recipe)

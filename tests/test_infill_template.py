@@ -143,3 +143,21 @@ def test_random_strings_raise_only_textdiff_error(text):
     assert all(1 <= n <= MAX_HOLE for n in template.holes)
     assert sum(map(len, template.texts)) < len(text)
     assert template_ids(template, encode, MASK).count(MASK) == sum(template.holes)
+
+
+def render(template: Template) -> str:
+    """A parsed template written back in canonical form: every hole as [MASK:n]."""
+    return template.texts[0] + "".join(f"[MASK:{n}]{t}" for n, t in zip(template.holes, template.texts[1:]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(templates().map(lambda c: c[0]), st.tuples(noise, templates().map(lambda c: c[0]), noise).map("".join)))
+def test_parse_render_parse_is_the_identity(text):
+    """Round trip: whatever parses, rendered canonically, parses to the same template (and renders the same)."""
+    try:
+        template = parse_template(text)
+    except TextdiffError:
+        return
+    again = parse_template(render(template))
+    assert again == template
+    assert render(again) == render(template)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,9 +44,15 @@ def _kill_after_first_checkpoint(cmd: list[str], run: Path, env: dict) -> int:
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(write_recipe, tmp_path):
-    train = {"steps": 240, "checkpoint_every": 40, "eval_every": 80}
+    # one thread in both processes: the reference runs here, the killed run in a child, and float sums differ
+    # with the thread count (the child would inherit OMP_NUM_THREADS, this process has conftest's 2)
+    train = {"steps": 240, "checkpoint_every": 40, "eval_every": 80, "threads": 1}
     recipe = write_recipe(train=train, model={"n_layer": 2, "n_embd": 32, "n_head": 2, "dropout": 0.1})
-    reference = train_recipe(load_recipe(recipe, ["out_dir=" + str(tmp_path / "ref")]), progress=False)
+    threads = torch.get_num_threads()
+    try:
+        reference = train_recipe(load_recipe(recipe, ["out_dir=" + str(tmp_path / "ref")]), progress=False)
+    finally:
+        torch.set_num_threads(threads)
 
     run = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -138,3 +145,101 @@ def test_grad_accumulation_matches_one_big_batch(write_recipe, tmp_path):
     a, b = ckpt.load_tensors(one / "model.safetensors"), ckpt.load_tensors(two / "model.safetensors")
     # same data and optimizer; the masks differ per micro-batch, so the weights are close, not equal
     assert all(torch.allclose(a[k], b[k], atol=5e-2) for k in a)
+
+
+# --- three SIGKILLs at random moments (benchmarks/soak.py, which runs 20) -----------------------------------------
+
+
+def _soak_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("textdiff_soak", ROOT / "benchmarks" / "soak.py")
+    module = sys.modules.setdefault("textdiff_soak", importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_three_random_sigkills_leave_readable_checkpoints_and_exact_weights(seed, tmp_path):
+    soak = _soak_module()
+    result = soak.soak(kills=3, seed=seed, workdir=tmp_path, fork=True, log=lambda line: None)
+    assert result.kills == 3 and result.equal, result.lines()
+    assert not list((tmp_path / "killed" / "checkpoints").glob(".tmp*")), "a finished run left temporaries"
+
+
+# --- NaN / inf in the loss or the gradients ----------------------------------------------------------------------
+
+
+class NanGrad(torch.autograd.Function):
+    """Identity forward (the loss stays finite), NaN backward (every gradient becomes NaN)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def _poison(monkeypatch, at_calls: set[int], kind: str) -> None:
+    """Make the training loss (kind='loss') or only its gradient (kind='grad') NaN on the given loss calls."""
+    from textdiff.noising.masked import MaskedDiffusion
+
+    real, calls = MaskedDiffusion.loss, {"n": 0}
+
+    def poisoned(self, model, batch, generator):
+        out = real(self, model, batch, generator)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] in at_calls:
+                out.loss = out.loss * float("nan") if kind == "loss" else NanGrad.apply(out.loss)
+        return out
+
+    monkeypatch.setattr(MaskedDiffusion, "loss", poisoned)
+
+
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+def test_nonfinite_stop_through_the_cli(kind, write_recipe, monkeypatch, capsys):
+    """stop: exit 2, one line naming the step; the last good checkpoint is untouched and the run still loads."""
+    from tests.test_cli_errors import assert_one_line_error, snapshot
+    from textdiff.cli import main
+    from textdiff.pipeline import TextDiffusionPipeline
+
+    recipe = write_recipe(train={"steps": 12, "checkpoint_every": 4, "eval_every": 0})
+    run = load_recipe(recipe).run_dir()
+    _poison(monkeypatch, {7}, kind)
+    seen = {}
+    real_save = ckpt.write_checkpoint
+
+    def save(*args, **kwargs):  # record the good checkpoint's bytes as written
+        out = real_save(*args, **kwargs)
+        seen.update(snapshot(out))
+        return out
+
+    monkeypatch.setattr(ckpt, "write_checkpoint", save)
+    capsys.readouterr()
+    rc = main(["train", str(recipe), "--no-samples", "--device", "cpu"])
+    needle = "loss=nan" if kind == "loss" else "grad_norm=nan"
+    err = capsys.readouterr().err
+    bar = [ln for ln in re.split(r"[\r\n]", err) if re.search(r"\d+%\|", ln)]  # tqdm's, closed before the error
+    assert bar and err.endswith("\n") and not err.splitlines()[-1].startswith("\r"), err
+    err = "".join(ln + "\n" for ln in re.split(r"[\r\n]", err) if ln.strip() and ln not in bar)
+    line = assert_one_line_error(rc, err, ("step 7:", needle, "step_00000004", "train.nonfinite"))
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_00000004"], line
+    assert snapshot(ckpt.list_checkpoints(run)[-1]) == {k: v for k, v in seen.items() if "step_00000004" in k}
+    pipe = TextDiffusionPipeline.from_pretrained(run)  # finite weights of step 4 (NaN weights would be refused)
+    assert len(pipe.generate(1, steps=2).texts) == 1
+
+
+@pytest.mark.parametrize("kind", ["loss", "grad"])
+def test_nonfinite_skip_continues_with_finite_weights(kind, write_recipe, monkeypatch, capsys):
+    recipe = load_recipe(write_recipe(train={"steps": 8, "checkpoint_every": 4, "eval_every": 0, "nonfinite": "skip"}))
+    _poison(monkeypatch, {2, 5, 6}, kind)
+    run = train_recipe(recipe, progress=False)
+    out = capsys.readouterr().out
+    assert [ln.split(":")[1].strip() for ln in out.splitlines() if "skipped that step" in ln] == ["step 2", "step 5",
+                                                                                               "step 6"]
+    assert json.loads((ckpt.list_checkpoints(run)[-1] / "state.json").read_text())["step"] == 8
+    for path in (run / "model.safetensors", ckpt.list_checkpoints(run)[-1] / "model.safetensors"):
+        assert all(torch.isfinite(v).all() for v in ckpt.load_tensors(path).values())

@@ -26,6 +26,8 @@ from textdiff.errors import TextdiffError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 CONFIG_TYPE = "textdiff"
+BACKEND_KEY = "textdiff.backend"
+"""safetensors metadata key naming the back-end that trained the weights."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -69,6 +71,26 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise TextdiffError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
 
 
+def tensors_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (empty when it has none); read from the header only."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TextdiffError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+
+
+def check_backend(path: Path, backend: str) -> None:
+    """Weights record the back-end that trained them; loading them under another back-end's config is refused
+    (an AR model and a masked denoiser have the same tensors, so the shapes alone cannot tell)."""
+    saved = tensors_metadata(path).get(BACKEND_KEY)
+    if saved is not None and saved != backend:
+        raise TextdiffError(f"{path}: these weights were trained with the {saved} back-end, but config.json says "
+                            f"{backend}; the files come from different runs")
+
+
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Parameters and persistent buffers, each shared tensor once (tied embeddings)."""
     seen, out = set(), {}
@@ -82,6 +104,14 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
     expected = model_tensors(model)
+    check_fits(expected, tensors, where)
+    with torch.no_grad():
+        for name, t in tensors.items():
+            expected[name].copy_(t)
+
+
+def check_fits(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """The same names and shapes as `expected`, and finite values; else a TextdiffError naming the first misfit."""
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
@@ -90,14 +120,23 @@ def load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
         if t.shape != expected[name].shape:
             raise TextdiffError(f"{where}: shape mismatch for '{name}': file {tuple(t.shape)}, model "
                                 f"{tuple(expected[name].shape)} (is config.json from another run?)")
-    with torch.no_grad():
-        for name, t in tensors.items():
-            expected[name].copy_(t)
+    check_finite(tensors, where)
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """Weights holding NaN or inf are refused on load: they come from a diverged run and sample garbage."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise TextdiffError(f"{where}: tensor '{name}' holds NaN or inf values (a diverged run?); "
+                                "load an earlier checkpoint or retrain with a lower train.lr")
 
 
 def refuse_pickles(run_dir: Path) -> None:
-    """A run directory holding pickle files is refused before anything is loaded: pickles can run code."""
-    found = [p.name for p in Path(run_dir).iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+    """A run directory holding pickle files (beside the config or in a checkpoint) is refused before anything
+    is loaded: pickles can run code."""
+    run_dir = Path(run_dir)
+    dirs = [run_dir, *list_checkpoints(run_dir)]
+    found = [str(p.relative_to(run_dir)) for d in dirs for p in d.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
     if found:
         raise TextdiffError(f"{run_dir}: refusing to load a directory with pickle files ({', '.join(sorted(found))}); "
                             "textdiff reads safetensors only: delete them or convert the weights")
@@ -145,16 +184,25 @@ def write_checkpoint(run_dir: Path, step: int, files: dict[str, tuple[dict, dict
             save_tensors(tmp / f"{name}.safetensors", tensors, meta)
         atomic_write_json(tmp / "state.json", state)
         if final.exists():
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
     for stale in root.glob(".tmp_step_*"):  # left by a killed writer
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _discard(checkpoint: Path) -> None:
+    """Rename a checkpoint out of the listing first, then delete it: a kill halfway through the deletion leaves
+    a stale temporary directory (removed by the next write), never a half-deleted checkpoint."""
+    doomed = checkpoint.with_name(f".tmp_step_del_{checkpoint.name}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(checkpoint, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -165,15 +213,34 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
 
 
 def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
-    from safetensors import safe_open
-
     tensors = load_tensors(path)
-    with safe_open(str(path), "pt") as f:
-        groups = json.loads(f.metadata()["param_groups"])
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if not key.startswith("state."):
-            continue  # e.g. rng.torch, stored beside the optimizer
-        _, i, name = key.split(".", 2)
-        state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    try:
+        groups = json.loads(tensors_metadata(path)["param_groups"])
+        state: dict[int, dict] = {}
+        for key, v in tensors.items():
+            if not key.startswith("state."):
+                continue  # e.g. rng.torch, stored beside the optimizer
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+        params = [p for group in opt.param_groups for p in group["params"]]
+        for i, st in state.items():  # load_state_dict checks the group sizes, not the moments' shapes
+            for name, v in st.items():
+                if v.dim() and v.shape != params[i].shape:
+                    raise ValueError(f"state {i}.{name} has shape {tuple(v.shape)}, parameter {tuple(params[i].shape)}")
+        opt.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        raise TextdiffError(f"{path}: not an optimizer state written by this model's training "
+                            f"({type(e).__name__}: {str(e)[:100]})") from None
+
+
+def read_state(checkpoint: Path) -> dict:
+    """A checkpoint's state.json: {"step": int, ...}."""
+    path = Path(checkpoint) / "state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise TextdiffError(f"{path}: not readable JSON") from None
+    step = state.get("step") if isinstance(state, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise TextdiffError(f"{path}: 'step' must be a whole number >= 0, got {step!r}")
+    return state

@@ -28,6 +28,16 @@ def _positive(kind):
     return parse
 
 
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"{text} must lie in [0, 2**63)")
+    return value
+
+
 def _sampling_args(p, seed_and_device: bool = True):
     p.add_argument("--steps", type=_positive(int), help="denoising steps (default: the recipe's sample.steps)")
     p.add_argument("--sampler", help="sampler name (default: the recipe's; see textdiff.sampling.SAMPLERS)")
@@ -39,7 +49,7 @@ def _sampling_args(p, seed_and_device: bool = True):
     p.add_argument("--clamp", action="store_true", default=None,
                    help="snap x0 estimates to the nearest token embedding every step (Gaussian back-ends)")
     if seed_and_device:
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=_seed, default=0)
         p.add_argument("--device", default="cpu")
 
 
@@ -87,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_false", dest="reference",
                    help="genppl: do not score real test text beside the samples")
     p.add_argument("--length", type=_positive(int), help="genppl: tokens per sample (default: the training length)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default="cpu")
     _sampling_args(p, seed_and_device=False)
     _judge_args(p)
@@ -112,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--samplers", help="comma-separated samplers (default: every sampler of each run's back-end)")
     b.add_argument("--out-dir", default="benchmarks/results/frontier", dest="out_dir",
                    help="writes frontier.json, frontier.md and frontier.png here")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=_seed, default=0)
     b.add_argument("--device", default="cpu")
     _judge_args(b)
 

@@ -261,6 +261,8 @@ class TrainConfig:
             raise ValueError(f"train.betas={list(self.betas)!r} must be two numbers in [0, 1)")
         _check_choice("train.precision", self.precision, ("bf16", "fp32"))
         _check_choice("train.nonfinite", self.nonfinite, ("stop", "skip"))
+        if not 0 <= self.seed < 2 ** 32:  # data order seeds torch with seed * 1_000_003 + epoch
+            raise ValueError(f"train.seed={self.seed} must lie in [0, 2**32)")
 
 
 @dataclass(frozen=True)
@@ -433,9 +435,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         path, value = parse_override(text)
         node = raw
         for part in path[:-1]:
-            if not isinstance(node.get(part, {}), dict):
+            if node.get(part) is None:  # absent, or an empty section (`train:` in YAML)
+                node[part] = {}
+            if not isinstance(node[part], dict):
                 raise TextdiffError(f"--set {text!r}: '{part}' is not a section")
-            node = node.setdefault(part, {})
+            node = node[part]
         node[path[-1]] = value
     return raw
 

@@ -49,6 +49,8 @@ def resolve_path(cfg: DataConfig) -> Path | str:
 
 
 def _check_text_file(path: Path) -> None:
+    if path.is_dir():
+        raise TextdiffError(f"data.path: {path} is a directory; name one data file")
     if not path.is_file():
         raise TextdiffError(f"data.path: file {path} not found")
     if path.stat().st_size == 0:

@@ -42,13 +42,18 @@ class TextDiffusionPipeline:
         run_dir = Path(run_dir)
         cfg = ckpt.read_run_config(run_dir)
         recipe = recipe_from_dict(cfg["recipe"], str(run_dir / "config.json"))
+        if cfg.get("backend", recipe.backend.name) != recipe.backend.name:
+            raise TextdiffError(f"{run_dir / 'config.json'}: \"backend\": {cfg['backend']!r} disagrees with the recipe's "
+                                f"backend.name={recipe.backend.name!r}; the file was edited or mixed from two runs")
         tokenizer = load_tokenizer(run_dir)
         if len(tokenizer) != cfg.get("vocab_size"):
-            raise TextdiffError(f"{run_dir}: tokenizer has {len(tokenizer)} tokens, config.json says {cfg.get('vocab_size')}")
+            raise TextdiffError(f"{run_dir}: tokenizer has {len(tokenizer)} tokens, config.json says {cfg.get('vocab_size')}; "
+                                "the tokenizer files come from another run: copy this run's tokenizer.json back")
         model = build_model(recipe, cfg["vocab_size"], cfg["max_len"])
         weights = run_dir / "model.safetensors"
         if not weights.is_file():
             raise TextdiffError(f"{run_dir}: no model.safetensors yet (training has not reached its first checkpoint)")
+        ckpt.check_backend(weights, recipe.backend.name)
         ckpt.load_model_tensors(model, ckpt.load_tensors(weights), weights)
         backend = get_backend(recipe.backend, special_tokens(tokenizer), cfg["vocab_size"])
         return cls(recipe, model.to(device), backend, tokenizer, device)
@@ -72,6 +77,8 @@ class TextDiffusionPipeline:
             raise TextdiffError(f"steps={opts.steps} is more than the {holes} tokens to generate; use --steps {holes} or fewer")
         if opts.steps < n_blocks:
             raise TextdiffError(f"steps={opts.steps} is fewer than the {n_blocks} blocks of block_size={opts.block_size}")
+        if not 0 <= seed < 2 ** 63:
+            raise TextdiffError(f"seed={seed} must lie in [0, 2**63)")
         gen = torch.Generator(self.device).manual_seed(seed)
         try:
             with torch.no_grad():

@@ -162,13 +162,14 @@ class Trainer:
     def save(self) -> None:
         opt_tensors, opt_meta = ckpt.optimizer_tensors(self.opt)
         opt_tensors["rng.torch"] = torch.get_rng_state()
-        files = {"model": (ckpt.model_tensors(self.model), None), "trainer": (opt_tensors, opt_meta)}
+        tag = {ckpt.BACKEND_KEY: self.recipe.backend.name}
+        files = {"model": (ckpt.model_tensors(self.model), tag), "trainer": (opt_tensors, opt_meta)}
         if self.ema is not None:
-            files["ema"] = (self.ema.shadow, None)
+            files["ema"] = (self.ema.shadow, tag)
         state = {"step": self.step, "data_position": self.step * self.cfg.batch_size, "seed": self.cfg.seed,
                  "lr": lr_at(max(self.step - 1, 0), self.cfg)}
         ckpt.write_checkpoint(self.run_dir, self.step, files, state, self.cfg.keep_checkpoints)
-        ckpt.save_tensors(self.run_dir / "model.safetensors", self.weights_for_inference())
+        ckpt.save_tensors(self.run_dir / "model.safetensors", self.weights_for_inference(), tag)
 
     def restore(self) -> bool:
         """Load the newest checkpoint; False when there is none."""
@@ -176,13 +177,25 @@ class Trainer:
         if not found:
             return False
         last = found[-1]
-        ckpt.load_model_tensors(self.model, ckpt.load_tensors(last / "model.safetensors"), last)
-        ckpt.load_optimizer(self.opt, last / "trainer.safetensors")
-        torch.set_rng_state(ckpt.load_tensors(last / "trainer.safetensors")["rng.torch"])
-        if self.ema is not None:
-            self.ema.shadow = ckpt.load_tensors(last / "ema.safetensors")
-        self.step = json.loads((last / "state.json").read_text())["step"]
+        try:
+            self._load_checkpoint(last)
+        except TextdiffError as e:
+            raise TextdiffError(f"{e}; to resume from the checkpoint before it (or from the start), delete {last}") from None
         return True
+
+    def _load_checkpoint(self, last: Path) -> None:
+        state = ckpt.read_state(last)
+        ckpt.check_backend(last / "model.safetensors", self.recipe.backend.name)
+        ckpt.load_model_tensors(self.model, ckpt.load_tensors(last / "model.safetensors"), last / "model.safetensors")
+        ckpt.load_optimizer(self.opt, last / "trainer.safetensors")
+        rng = ckpt.load_tensors(last / "trainer.safetensors").get("rng.torch")
+        if rng is not None and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape:
+            torch.set_rng_state(rng)  # for the record only: every step reseeds itself
+        if self.ema is not None:
+            shadow = ckpt.load_tensors(last / "ema.safetensors")
+            ckpt.check_fits(self.ema.shadow, shadow, last / "ema.safetensors")
+            self.ema.shadow = shadow
+        self.step = state["step"]
 
     # --- the loop ----------------------------------------------------------------------------------------------
 
@@ -194,6 +207,13 @@ class Trainer:
         metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step)
         bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True,
                    mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
+        try:
+            self._loop(bar, metrics)
+        finally:  # an error is printed after the bar's own line, never glued to it
+            bar.close()
+        plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+
+    def _loop(self, bar, metrics: "MetricsLog") -> None:
         busy, tokens = 0.0, 0  # seconds spent in training steps (not evaluation or checkpoints)
         while self.step < self.cfg.steps:
             t0 = time.perf_counter()
@@ -213,8 +233,6 @@ class Trainer:
                     self._log_validation(metrics, bar, val)
             if self._due(self.cfg.checkpoint_every):
                 self.save()
-        bar.close()
-        plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
 
     def _due(self, every: int) -> bool:
         return self.step == self.cfg.steps or (every > 0 and self.step % every == 0)
