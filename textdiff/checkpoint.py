@@ -158,13 +158,22 @@ def write_checkpoint(run_dir: Path, step: int, files: dict[str, tuple[dict, dict
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    sd = opt.state_dict()
+    return optimizer_state_tensors(opt.state_dict())
+
+
+def optimizer_state_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """An optimizer state dict (parameters numbered 0..n-1) as safetensors tensors + metadata."""
     tensors = {f"state.{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v))
                for i, st in sd["state"].items() for k, v in st.items()}
     return tensors, {"param_groups": json.dumps(sd["param_groups"])}
 
 
 def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    opt.load_state_dict(read_optimizer_state(path))
+
+
+def read_optimizer_state(path: Path) -> dict:
+    """The optimizer state dict written by `optimizer_state_tensors`."""
     from safetensors import safe_open
 
     tensors = load_tensors(path)
@@ -176,4 +185,4 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
             continue  # e.g. rng.torch, stored beside the optimizer
         _, i, name = key.split(".", 2)
         state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
