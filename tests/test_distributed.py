@@ -70,3 +70,20 @@ def test_grad_accum_must_be_a_multiple_of_the_world_size(write_recipe, tmp_path)
     recipe = load_recipe(write_recipe(train={"grad_accum": 2}))
     with pytest.raises(TextdiffError, match=r"train.grad_accum=2 must be a multiple of the 3 processes"):
         Trainer(recipe, tmp_path, None, None, None, None, world=World(rank=0, size=3))
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    from textdiff.config import DataConfig, ModelConfig, Recipe
+    from textdiff.models import build_model
+
+    recipe = Recipe(data=DataConfig(path="x", max_length=12), model=ModelConfig(n_layer=2, n_embd=16, n_head=2))
+    torch.manual_seed(0)
+    model = build_model(recipe, 32, 12)
+    ids = torch.randint(0, 32, (3, 12))
+    grads = []
+    for flag in (False, True):
+        model.zero_grad()
+        model.checkpoint_blocks = flag
+        model(ids).logsumexp(-1).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
