@@ -52,7 +52,8 @@ def validation(run: Path) -> list[float]:
 def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(write_recipe, tmp_path, strategy):
     train = {"steps": 6, "checkpoint_every": 3, "eval_every": 3, "eval_batches": 2, "grad_accum": 2,
              "strategy": strategy, "ema": 0.9 if strategy == "fsdp" else 0.0}
-    recipe = write_recipe(train=train, model={"n_layer": 2, "n_embd": 32, "n_head": 2, "dropout": 0.1})
+    model = {"n_layer": 2, "n_embd": 32, "n_head": 2, "dropout": 0.1, "self_conditioning": strategy == "ddp"}
+    recipe = write_recipe(train=train, model=model)  # self-conditioning: some steps leave a layer unused
     one = train_recipe(load_recipe(recipe, [f"out_dir={tmp_path / 'one'}"]), progress=False)
     two = tmp_path / "two"
     torchrun(recipe, two)
@@ -87,3 +88,13 @@ def test_activation_checkpointing_gives_the_same_gradients():
         model(ids).logsumexp(-1).sum().backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_fsdp_refuses_self_conditioning_before_any_collective():
+    from textdiff.config import DataConfig, ModelConfig, Recipe
+    from textdiff.distributed import wrap_model
+    from textdiff.models import build_model
+
+    recipe = Recipe(data=DataConfig(path="x"), model=ModelConfig(n_layer=1, n_embd=16, n_head=2, self_conditioning=True))
+    with pytest.raises(TextdiffError, match="train.strategy=fsdp does not support model.self_conditioning"):
+        wrap_model(build_model(recipe, 32, 8), "fsdp", World(rank=0, size=2), torch.device("cpu"))

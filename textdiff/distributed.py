@@ -103,8 +103,13 @@ def wrap_model(model: torch.nn.Module, strategy: str, world: World, device: torc
     """DDP (replicated weights, all-reduced gradients) or FSDP (each block's weights sharded over processes)."""
     if not world.distributed:
         return model
-    if strategy == "ddp":
-        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    self_cond = bool(getattr(getattr(model, "cfg", None), "self_conditioning", False))
+    if strategy == "ddp":  # self-conditioning leaves its input layer unused in the steps that skip it
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+                   find_unused_parameters=self_cond)
+    if strategy == "fsdp" and self_cond:
+        raise TextdiffError("train.strategy=fsdp does not support model.self_conditioning yet (the back-end embeds "
+                            "its x0 estimate outside the model's forward); use train.strategy=ddp")
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
