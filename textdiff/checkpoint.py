@@ -206,13 +206,32 @@ def _discard(checkpoint: Path) -> None:
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    sd = opt.state_dict()
+    return optimizer_state_tensors(opt.state_dict())
+
+
+def optimizer_state_tensors(sd: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """An optimizer state dict (parameters numbered 0..n-1) as safetensors tensors + metadata."""
     tensors = {f"state.{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v))
                for i, st in sd["state"].items() for k, v in st.items()}
     return tensors, {"param_groups": json.dumps(sd["param_groups"])}
 
 
 def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    sd = read_optimizer_state(path)
+    try:
+        params = [p for group in opt.param_groups for p in group["params"]]
+        for i, st in sd["state"].items():  # load_state_dict checks the group sizes, not the moments' shapes
+            for name, v in st.items():
+                if v.dim() and v.shape != params[i].shape:
+                    raise ValueError(f"state {i}.{name} has shape {tuple(v.shape)}, parameter {tuple(params[i].shape)}")
+        opt.load_state_dict(sd)
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        raise TextdiffError(f"{path}: not an optimizer state written by this model's training "
+                            f"({type(e).__name__}: {str(e)[:100]})") from None
+
+
+def read_optimizer_state(path: Path) -> dict:
+    """The optimizer state dict written by `optimizer_state_tensors`."""
     tensors = load_tensors(path)
     try:
         groups = json.loads(tensors_metadata(path)["param_groups"])
@@ -222,15 +241,10 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
                 continue  # e.g. rng.torch, stored beside the optimizer
             _, i, name = key.split(".", 2)
             state.setdefault(int(i), {})[name] = v
-        params = [p for group in opt.param_groups for p in group["params"]]
-        for i, st in state.items():  # load_state_dict checks the group sizes, not the moments' shapes
-            for name, v in st.items():
-                if v.dim() and v.shape != params[i].shape:
-                    raise ValueError(f"state {i}.{name} has shape {tuple(v.shape)}, parameter {tuple(params[i].shape)}")
-        opt.load_state_dict({"state": state, "param_groups": groups})
-    except (KeyError, ValueError, TypeError, IndexError) as e:
+    except (KeyError, ValueError, TypeError) as e:
         raise TextdiffError(f"{path}: not an optimizer state written by this model's training "
                             f"({type(e).__name__}: {str(e)[:100]})") from None
+    return {"state": state, "param_groups": groups}
 
 
 def read_state(checkpoint: Path) -> dict:

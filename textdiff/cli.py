@@ -140,7 +140,11 @@ def cmd_train(args) -> None:
     if recipe.run_dir().exists() and not recipe.run_dir().is_dir():
         raise TextdiffError(f"{recipe.run_dir()}: the run directory (out_dir) exists and is not a directory")
     run_dir = train_recipe(recipe, resume=args.resume, device=args.device)
-    if args.no_samples:
+    from textdiff import distributed
+
+    world = distributed.init_world(args.device)
+    distributed.close_world(world)
+    if args.no_samples or not world.is_main:  # under torchrun / accelerate launch, rank 0 prints the samples
         return
     from textdiff.pipeline import TextDiffusionPipeline
 

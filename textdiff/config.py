@@ -167,6 +167,12 @@ class DataConfig:
     """In `pad` mode, cut examples longer than max_length; when False they are an error."""
     max_examples: Optional[int] = None
     """Use only the first N training examples (tiny recipes, tests)."""
+    streaming: bool = False
+    """Read a local file as a `datasets` stream instead of loading it into memory (corpora larger than memory):
+    `pack` mode only, batches taken in file order (shuffle the file beforehand), resumed exactly where the
+    checkpoint left off. The tokenizer then trains on the first `tokenizer_examples` texts."""
+    tokenizer_examples: int = 100_000
+    """With `streaming`, how many leading training texts the tokenizer is trained on."""
 
     def __post_init__(self):
         if not self.path:
@@ -179,6 +185,9 @@ class DataConfig:
             _check_choice("data.prepare", self.prepare, ("bible",))
         if self.max_examples is not None:
             _check_positive("data.max_examples", self.max_examples)
+        if self.streaming and self.mode != "pack":
+            raise ValueError(f"data.streaming=true needs data.mode='pack' (got {self.mode!r}); allowed: pack")
+        _check_positive("data.tokenizer_examples", self.tokenizer_examples)
 
 
 @dataclass(frozen=True)
@@ -243,6 +252,15 @@ class TrainConfig:
     """Newest checkpoints kept on disk."""
     nonfinite: str = "stop"
     """On a NaN / inf loss: `stop` (keep the last good checkpoint) or `skip` the step."""
+    strategy: str = "ddp"
+    """Under many processes (`torchrun`, `accelerate launch`): `ddp` (every process holds the whole model) or
+    `fsdp` (each block's weights, gradients and optimizer state sharded over the processes). One process
+    ignores it."""
+    compile: bool = False
+    """Compile each transformer block with `torch.compile` (a GPU speed-up; the first steps are slow)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass instead of storing them (less memory, ~30%
+    more compute)."""
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "lr"):
@@ -263,6 +281,7 @@ class TrainConfig:
         _check_choice("train.nonfinite", self.nonfinite, ("stop", "skip"))
         if not 0 <= self.seed < 2 ** 32:  # data order seeds torch with seed * 1_000_003 + epoch
             raise ValueError(f"train.seed={self.seed} must lie in [0, 2**32)")
+        _check_choice("train.strategy", self.strategy, ("ddp", "fsdp"))
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,15 @@
 """The training loop: AdamW, warm-up + cosine decay, clipping, EMA, bf16 autocast, gradient accumulation,
 periodic validation bound, atomic safetensors checkpoints and exact resume.
 
-Exact resume: the data order of step k is a pure function of (seed, k) and every step reseeds its noise
-generator and torch's RNG (dropout) from (seed, k), so the state to restore is only the weights, the EMA,
-the optimizer moments and the step. RNG states are saved too, for the record.
+Exact resume: the data order of step k is a pure function of (seed, k) and every micro-batch reseeds its noise
+generator and torch's RNG (dropout) from (seed, k, its index), so the state to restore is only the weights, the
+EMA, the optimizer moments and the step. RNG states are saved too, for the record.
+
+Many processes (torchrun / accelerate launch, see textdiff/distributed.py): the step's train.batch_size
+sequences are cut into train.grad_accum micro-batches, numbered 0..grad_accum-1 whatever the world size; each
+process runs grad_accum / world_size consecutive ones, and DDP / FSDP average the gradients. A micro-batch's data
+and noise depend only on (seed, step, its number), so one process and N processes compute the same step (up to
+float summation order), and a checkpoint (always unsharded) resumes on any world size dividing grad_accum.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from pathlib import Path
 import torch
 
 from textdiff import checkpoint as ckpt
+from textdiff import distributed as dist
 from textdiff.config import Recipe, TrainConfig
 from textdiff.data import Sequences, batch_indices
 from textdiff.errors import TextdiffError
+from textdiff.noising.base import Batch
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -49,13 +57,19 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
 class EMA:
     """Exponential moving average of the parameters (used for sampling and evaluation)."""
 
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in ckpt.model_tensors(model).items()}
+    def __init__(self, model: torch.nn.Module, decay: float, names: list[str] | None = None):
+        self.decay, self.names = decay, names
+        self.shadow = {k: v.detach().clone() for k, v in self._tensors(model).items()}
+
+    def _tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        if self.names is None:
+            return ckpt.model_tensors(model)
+        sd = model.state_dict()  # sharded (FSDP): the names of the unsharded model, shards as values
+        return {k: sd[k] for k in self.names}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        for k, v in ckpt.model_tensors(model).items():
+        for k, v in self._tensors(model).items():
             self.shadow[k].lerp_(v.detach(), 1.0 - self.decay)
 
 
@@ -70,12 +84,26 @@ class Trainer:
     """Runs one recipe's training in a run directory; `fit()` trains to cfg.steps, resuming if asked."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, model, backend, train: Sequences, val: Sequences | None,
-                 device: torch.device | str = "cpu"):
-        self.recipe, self.cfg, self.run_dir = recipe, recipe.train, Path(run_dir)
-        self.model, self.backend, self.train_seq, self.val_seq = model.to(device), backend, train, val
+                 device: torch.device | str = "cpu", world: dist.World = dist.World()):
+        self.recipe, self.cfg, self.run_dir, self.world = recipe, recipe.train, Path(run_dir), world
+        if self.cfg.grad_accum % world.size:
+            raise TextdiffError(f"train.grad_accum={self.cfg.grad_accum} must be a multiple of the {world.size} processes: "
+                                f"each runs grad_accum / {world.size} micro-batches of batch_size / grad_accum sequences "
+                                f"(e.g. --set train.grad_accum={world.size})")
         self.device = torch.device(device)
-        self.opt = build_optimizer(self.model, self.cfg)
-        self.ema = EMA(self.model, self.cfg.ema) if self.cfg.ema > 0 else None
+        self.module = model.to(self.device)  # the unwrapped model (FSDP shards it in place)
+        self.module.checkpoint_blocks = self.cfg.activation_checkpointing
+        self.tensor_names = list(ckpt.model_tensors(self.module))
+        self.model = dist.wrap_model(self.module, self.cfg.strategy, world, self.device)  # what the loss calls
+        if self.cfg.compile:
+            for block in self.module.blocks:
+                block.compile()
+        self.backend, self.train_seq, self.val_seq = backend, train, val
+        self.opt = build_optimizer(self.module, self.cfg)
+        names = {id(p): n for n, p in self.module.named_parameters()}
+        self.param_names = [names[id(p)] for g in self.opt.param_groups for p in g["params"]]
+        self.sharded = dist.is_sharded(self.model)
+        self.ema = EMA(self.module, self.cfg.ema, self.tensor_names) if self.cfg.ema > 0 else None
         self.step = 0
 
     def autocast(self):
@@ -85,24 +113,37 @@ class Trainer:
 
     # --- one optimizer step ----------------------------------------------------------------------------------
 
+    def global_batch(self, step: int) -> Batch:
+        """The step's train.batch_size sequences: a pure function of (seed, step) in memory, the next ones of a stream."""
+        if isinstance(self.train_seq, Sequences):
+            return self.train_seq.batch(batch_indices(len(self.train_seq), self.cfg.batch_size, step, self.cfg.seed))
+        return self.train_seq.batch_at(step)
+
     def train_step(self, step: int) -> StepStats:
-        cfg = self.cfg
-        seed = step_seed(cfg.seed, step)
-        torch.manual_seed(seed)
-        gen = torch.Generator(self.device).manual_seed(seed + 1)
-        idx = batch_indices(len(self.train_seq), cfg.batch_size, step, cfg.seed)
+        cfg, world = self.cfg, self.world
+        batch = self.global_batch(step)
+        size = cfg.batch_size // cfg.grad_accum
+        per_rank = cfg.grad_accum // world.size
+        mine = range(world.rank * per_rank, (world.rank + 1) * per_rank)  # this process's micro-batches
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
         total, tokens = 0.0, 0
-        for chunk in idx.chunk(cfg.grad_accum):
-            batch = self.train_seq.batch(chunk).to(self.device)
-            with self.autocast():
-                out = self.backend.loss(self.model, batch, gen)
-            (out.loss / cfg.grad_accum).backward()
+        for j in mine:
+            seed = step_seed(cfg.seed, step) + 2 * j
+            torch.manual_seed(seed)
+            gen = torch.Generator(self.device).manual_seed(seed + 1)
+            micro = Batch(batch.ids[j * size:(j + 1) * size], batch.loss_mask[j * size:(j + 1) * size]).to(self.device)
+            with dist.sync_gradients(self.model, sync=j == mine[-1]):
+                with self.autocast():
+                    out = self.backend.loss(self.model, micro, gen)
+                (out.loss / (cfg.grad_accum / world.size)).backward()  # DDP / FSDP average over processes
             total += out.loss.item() / cfg.grad_accum
-            tokens += batch.ids.numel()
+            tokens += micro.ids.numel()
+        if world.distributed:
+            total, tokens = world.sum([total, tokens])
+            tokens = int(tokens)
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        grad_norm = float(dist.full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)))
         if not (math.isfinite(total) and math.isfinite(grad_norm)):
             self._nonfinite(step, total, grad_norm)
             return StepStats(total, grad_norm, tokens)
@@ -110,14 +151,15 @@ class Trainer:
             group["lr"] = lr_at(step, cfg)
         self.opt.step()
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.module)
         return StepStats(total, grad_norm, tokens)
 
     def _nonfinite(self, step: int, loss: float, grad_norm: float) -> None:
         what = f"step {step + 1}: loss={loss} grad_norm={grad_norm} is not finite"
         self.opt.zero_grad(set_to_none=True)
         if self.cfg.nonfinite == "skip":
-            print(f"textdiff: {what}; skipped that step (train.nonfinite=skip)")
+            if self.world.is_main:
+                    print(f"textdiff: {what}; skipped that step (train.nonfinite=skip)")
             return
         last = ckpt.list_checkpoints(self.run_dir)
         kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
@@ -127,23 +169,31 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Validation nats per token (ELBO bound for diffusion, exact for AR) on the first eval_batches batches;
-        for a back-end without a bound (`has_bound` False), its training loss per token on those batches."""
+        """Validation nats per token (ELBO bound for diffusion, exact for AR) on the first eval_batches batches; for a
+        back-end without a bound (`has_bound` False), its training loss per token on those batches.
+
+        Batch b draws its noise from seed 1234 + b; under many processes batch b runs on process b % world_size and
+        the nll / token sums are all-reduced, so the number does not depend on the world size."""
         if self.val_seq is None or len(self.val_seq) == 0:
             return None
-        self.model.eval()
-        gen = torch.Generator(self.device).manual_seed(1234)
+        self.module.eval()
         n = min(len(self.val_seq), self.cfg.eval_batches * self.cfg.batch_size)
+        batches = torch.arange(n).split(self.cfg.batch_size)
         nll, tokens = 0.0, 0
         with self.autocast():
-            for idx in torch.arange(n).split(self.cfg.batch_size):
-                batch = self.val_seq.batch(idx).to(self.device)
-                if not self.backend.has_bound:
-                    out = self.backend.loss(self.model, batch, gen)
-                    nll, tokens = nll + float(out.loss) * out.n_tokens, tokens + out.n_tokens
-                    continue
-                out = self.backend.bound(self.model, batch, 1, gen)
-                nll, tokens = nll + float(out.nll.sum()), tokens + int(out.n_tokens.sum())
+            for first in range(0, len(batches), self.world.size):  # every process runs as many forwards (FSDP)
+                b = first + self.world.rank
+                gen = torch.Generator(self.device).manual_seed(1234 + b)
+                batch = self.val_seq.batch(batches[min(b, len(batches) - 1)]).to(self.device)
+                if self.backend.has_bound:
+                    out = self.backend.bound(self.module, batch, 1, gen)
+                    value, count = float(out.nll.sum()), int(out.n_tokens.sum())
+                else:
+                    out = self.backend.loss(self.module, batch, gen)
+                    value, count = float(out.loss) * out.n_tokens, out.n_tokens
+                if b < len(batches):
+                    nll, tokens = nll + value, tokens + count
+        nll, tokens = self.world.sum([nll, tokens])
         return nll / max(tokens, 1)
 
     def _log_validation(self, metrics: "MetricsLog", bar, val: float) -> None:
@@ -157,22 +207,49 @@ class Trainer:
     # --- checkpoints -----------------------------------------------------------------------------------------
 
     def weights_for_inference(self) -> dict[str, torch.Tensor]:
-        return self.ema.shadow if self.ema is not None else ckpt.model_tensors(self.model)
+        return self.ema.shadow if self.ema is not None else ckpt.model_tensors(self.module)
+
+    def _full_model(self) -> dict[str, torch.Tensor]:
+        """Unsharded weights (a collective under FSDP: every process calls it; rank 0 gets the tensors)."""
+        if not self.sharded:
+            return ckpt.model_tensors(self.module)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k: sd[k] for k in self.tensor_names} if self.world.is_main else {}
+
+    def _full_optimizer(self) -> dict:
+        """The optimizer state with parameters numbered as in one process (a collective under FSDP)."""
+        if not self.sharded:
+            return self.opt.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        sd = get_optimizer_state_dict(self.model, self.opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.world.is_main:
+            return {}
+        number = {name: i for i, name in enumerate(self.param_names)}
+        return {"state": {number[k]: v for k, v in sd["state"].items()},
+                "param_groups": [{**g, "params": [number[k] for k in g["params"]]} for g in sd["param_groups"]]}
 
     def save(self) -> None:
-        opt_tensors, opt_meta = ckpt.optimizer_tensors(self.opt)
-        opt_tensors["rng.torch"] = torch.get_rng_state()
-        tag = {ckpt.BACKEND_KEY: self.recipe.backend.name}
-        files = {"model": (ckpt.model_tensors(self.model), tag), "trainer": (opt_tensors, opt_meta)}
-        if self.ema is not None:
-            files["ema"] = (self.ema.shadow, tag)
-        state = {"step": self.step, "data_position": self.step * self.cfg.batch_size, "seed": self.cfg.seed,
-                 "lr": lr_at(max(self.step - 1, 0), self.cfg)}
-        ckpt.write_checkpoint(self.run_dir, self.step, files, state, self.cfg.keep_checkpoints)
-        ckpt.save_tensors(self.run_dir / "model.safetensors", self.weights_for_inference(), tag)
+        """Write a checkpoint of unsharded tensors; only rank 0 writes, the others wait for it."""
+        weights, opt_state = self._full_model(), self._full_optimizer()
+        ema = {k: dist.full_tensor(v) for k, v in self.ema.shadow.items()} if self.ema is not None else None
+        if self.world.is_main:
+            opt_tensors, opt_meta = ckpt.optimizer_state_tensors(opt_state)
+            opt_tensors["rng.torch"] = torch.get_rng_state()
+            tag = {ckpt.BACKEND_KEY: self.recipe.backend.name}
+            files = {"model": (weights, tag), "trainer": (opt_tensors, opt_meta)}
+            if ema is not None:
+                files["ema"] = (ema, tag)
+            state = {"step": self.step, "data_position": self.step * self.cfg.batch_size, "seed": self.cfg.seed,
+                     "lr": lr_at(max(self.step - 1, 0), self.cfg)}
+            ckpt.write_checkpoint(self.run_dir, self.step, files, state, self.cfg.keep_checkpoints)
+            ckpt.save_tensors(self.run_dir / "model.safetensors", ema if ema is not None else weights, tag)
+        self.world.barrier()
 
     def restore(self) -> bool:
-        """Load the newest checkpoint; False when there is none."""
+        """Load the newest checkpoint (every process reads it); False when there is none."""
         found = ckpt.list_checkpoints(self.run_dir)
         if not found:
             return False
@@ -186,34 +263,56 @@ class Trainer:
     def _load_checkpoint(self, last: Path) -> None:
         state = ckpt.read_state(last)
         ckpt.check_backend(last / "model.safetensors", self.recipe.backend.name)
-        ckpt.load_model_tensors(self.model, ckpt.load_tensors(last / "model.safetensors"), last / "model.safetensors")
-        ckpt.load_optimizer(self.opt, last / "trainer.safetensors")
+        weights = ckpt.load_tensors(last / "model.safetensors")
+        if self.sharded:
+            self._load_sharded(weights, ckpt.read_optimizer_state(last / "trainer.safetensors"), last)
+        else:
+            ckpt.load_model_tensors(self.module, weights, last / "model.safetensors")
+            ckpt.load_optimizer(self.opt, last / "trainer.safetensors")
         rng = ckpt.load_tensors(last / "trainer.safetensors").get("rng.torch")
         if rng is not None and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape:
             torch.set_rng_state(rng)  # for the record only: every step reseeds itself
         if self.ema is not None:
-            shadow = ckpt.load_tensors(last / "ema.safetensors")
-            ckpt.check_fits(self.ema.shadow, shadow, last / "ema.safetensors")
-            self.ema.shadow = shadow
+            saved = ckpt.load_tensors(last / "ema.safetensors")
+            ckpt.check_fits(self.ema.shadow, saved, last / "ema.safetensors")
+            self.ema.shadow = {k: dist.shard_like(saved[k], v) for k, v in self.ema.shadow.items()}
         self.step = state["step"]
+
+    def _load_sharded(self, weights: dict, opt_state: dict, where: Path) -> None:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        if sorted(weights) != sorted(self.tensor_names):
+            raise TextdiffError(f"{where}: weights do not fit this model")
+        options = StateDictOptions(full_state_dict=True, strict=False)  # tied weights are stored once
+        set_model_state_dict(self.model, weights, options=options)
+        named = {"state": {self.param_names[i]: v for i, v in opt_state["state"].items()},
+                 "param_groups": [{**g, "params": [self.param_names[i] for i in g["params"]]}
+                                  for g in opt_state["param_groups"]]}
+        set_optimizer_state_dict(self.model, self.opt, optim_state_dict=named, options=options)
 
     # --- the loop ----------------------------------------------------------------------------------------------
 
     def fit(self, resume: bool = False, progress: bool = True) -> None:
         from tqdm.auto import tqdm
 
-        if resume and self.restore():
+        main = self.world.is_main
+        if resume and self.restore() and main:
             print(f"textdiff: resumed from step {self.step}")
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step)
-        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True,
+        if hasattr(self.train_seq, "seek"):
+            self.train_seq.seek(self.step)
+        metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step) if main else None
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not (progress and main), unit="step", dynamic_ncols=True,
                    mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
         try:
             self._loop(bar, metrics)
         finally:  # an error is printed after the bar's own line, never glued to it
             bar.close()
-        plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        if main:
+            plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
 
-    def _loop(self, bar, metrics: "MetricsLog") -> None:
+    def _loop(self, bar, metrics: "MetricsLog | None") -> None:
+        """Train to cfg.steps; `metrics` is None on every process but rank 0."""
         busy, tokens = 0.0, 0  # seconds spent in training steps (not evaluation or checkpoints)
         while self.step < self.cfg.steps:
             t0 = time.perf_counter()
@@ -224,12 +323,12 @@ class Trainer:
             tok_s = tokens / max(busy, 1e-9)
             bar.update(1)
             bar.set_postfix(loss=f"{stats.loss:.3f}", tok_s=f"{tok_s:,.0f}", refresh=False)
-            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+            if metrics is not None and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps):
                 metrics.write(step=self.step, loss=stats.loss, grad_norm=stats.grad_norm,
                               lr=lr_at(self.step - 1, self.cfg), tok_per_s=round(tok_s, 1))
             if self._due(self.cfg.eval_every):
                 val = self.evaluate()
-                if val is not None:
+                if val is not None and metrics is not None:
                     self._log_validation(metrics, bar, val)
             if self._due(self.cfg.checkpoint_every):
                 self.save()
@@ -289,6 +388,11 @@ def plot_losses(metrics: Path, out: Path) -> None:
 # --- from a recipe to a trained run directory ---------------------------------------------------------------------
 
 
+# how long a run trains and how it is executed (not what it computes, up to float order) may change on --resume;
+# grad_accum too, so that a run resumes on a world size that does not divide the old value
+RESUME_MAY_CHANGE = ("steps", "grad_accum", "threads", "strategy", "compile", "activation_checkpointing")
+
+
 def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
     config = run_dir / "config.json"
     if not resume:
@@ -298,15 +402,17 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
         return
     saved = ckpt.read_run_config(run_dir)["recipe"]
     mine = json.loads(json.dumps(recipe.to_dict()))
-    for raw in (saved, mine):  # where the run lives and how long it trains may change; nothing else
-        raw.get("train", {}).pop("steps", None)
+    for raw in (saved, mine):  # where the run lives, how long it trains and how it is executed may change
+        for key in RESUME_MAY_CHANGE:
+            raw.get("train", {}).pop(key, None)
         raw.pop("out_dir", None)
         raw.pop("name", None)
     if saved != mine:
         diff = sorted(f"{s}.{k}" for s in mine if isinstance(mine[s], dict)
                       for k in mine[s] if saved.get(s, {}).get(k) != mine[s][k])
         raise TextdiffError(f"--resume: the recipe differs from the one {run_dir} was trained with "
-                            f"({', '.join(diff) or 'top-level keys'}); only train.steps may change")
+                            f"({', '.join(diff) or 'top-level keys'}); only "
+                            f"{', '.join('train.' + k for k in RESUME_MAY_CHANGE)} may change")
 
 
 def _tokenizer_for(recipe: Recipe, run_dir: Path, texts: list[str], resume: bool):
@@ -320,38 +426,67 @@ def _tokenizer_for(recipe: Recipe, run_dir: Path, texts: list[str], resume: bool
 
 
 def train_recipe(recipe: Recipe, resume: bool = False, progress: bool = True, device: str | None = None) -> Path:
-    """Tokenizer, data, model, training: everything `textdiff train` does. Returns the run directory."""
-    from textdiff.data import build_sequences, load_texts
+    """Tokenizer, data, model, training: everything `textdiff train` does. Returns the run directory.
+
+    Under torchrun / accelerate launch every process runs this: rank 0 prepares the data and writes the tokenizer
+    and config first, the others then load them; only rank 0 writes files."""
     from textdiff.models import build_model
     from textdiff.noising import get_backend
     from textdiff.tokenization import special_tokens
 
+    world = dist.init_world(device)
     run_dir = recipe.run_dir()
     _check_run_dir(recipe, run_dir, resume)
+    world.barrier()  # every process has checked the run directory before rank 0 writes into it
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
+    with world.main_first():
+        tokenizer, train, val = _prepare_data(recipe, run_dir, resume, world)
+    torch.manual_seed(recipe.train.seed)
+    model = build_model(recipe, len(tokenizer), recipe.data.max_length)
+    backend = get_backend(recipe.backend, special_tokens(tokenizer), len(tokenizer))
+    where = dist.device_for(world, device)
+    if world.is_main:
+        procs = f" on {world.size} processes ({recipe.train.strategy})" if world.distributed else ""
+        print(f"textdiff: {recipe.backend.name} model, {model.num_params() / 1e6:.1f}M parameters; "
+              f"{_describe(train)} of {recipe.data.max_length} tokens; run directory {run_dir}{procs}")
+    Trainer(recipe, run_dir, model, backend, train, val, where, world).fit(resume=resume, progress=progress)
+    return run_dir
+
+
+def _describe(train) -> str:
+    return f"{len(train):,} training sequences" if isinstance(train, Sequences) else "streamed training sequences"
+
+
+def _prepare_data(recipe: Recipe, run_dir: Path, resume: bool, world: dist.World):
+    """Tokenizer and train / validation sequences; rank 0 also writes the tokenizer and config.json."""
+    from textdiff.data import build_sequences, load_texts
+
+    if recipe.data.streaming:
+        from textdiff.streaming import prepare_streaming
+
+        return prepare_streaming(recipe, run_dir, resume, world)
     texts = load_texts(recipe.data)
-    tokenizer = _tokenizer_for(recipe, run_dir, texts["train"], resume)
+    tokenizer = _tokenizer_for(recipe, run_dir, texts["train"], resume or not world.is_main)
     train = build_sequences(recipe.data, tokenizer, texts["train"])
     val = build_sequences(recipe.data, tokenizer, texts["validation"]) if texts["validation"] else None
     if len(train) < recipe.train.batch_size:
         raise TextdiffError(f"data: {len(train)} training sequences of {recipe.data.max_length} tokens, fewer than "
                             f"train.batch_size={recipe.train.batch_size}; use more data or a smaller batch")
+    if world.is_main:
+        write_run_files(recipe, run_dir, tokenizer, resume)
+    return tokenizer, train, val
+
+
+def write_run_files(recipe: Recipe, run_dir: Path, tokenizer, resume: bool) -> None:
+    """The tokenizer and config.json of a new run; on resume, config.json again when train.steps changed."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         tokenizer.save_pretrained(str(run_dir))
         ckpt.atomic_write_json(run_dir / "config.json", {
             "type": ckpt.CONFIG_TYPE, "backend": recipe.backend.name, "recipe": recipe.to_dict(),
             "vocab_size": len(tokenizer), "max_len": recipe.data.max_length})
-    elif recipe.train.steps != ckpt.read_run_config(run_dir)["recipe"]["train"]["steps"]:
+    elif recipe.to_dict() != ckpt.read_run_config(run_dir)["recipe"]:
         cfg = ckpt.read_run_config(run_dir)
         cfg["recipe"] = recipe.to_dict()
         ckpt.atomic_write_json(run_dir / "config.json", cfg)
-    torch.manual_seed(recipe.train.seed)
-    model = build_model(recipe, len(tokenizer), recipe.data.max_length)
-    backend = get_backend(recipe.backend, special_tokens(tokenizer), len(tokenizer))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"textdiff: {recipe.backend.name} model, {model.num_params() / 1e6:.1f}M parameters; "
-          f"{len(train):,} training sequences of {recipe.data.max_length} tokens; run directory {run_dir}")
-    Trainer(recipe, run_dir, model, backend, train, val, device).fit(resume=resume, progress=progress)
-    return run_dir

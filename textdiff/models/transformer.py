@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from textdiff.config import ModelConfig
 
@@ -156,6 +157,7 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(D, elementwise_affine=not cfg.time_conditioning, bias=False)
         self.head = nn.Linear(D, vocab_size, bias=False) if vocab_head else None
         self.noise: Optional[nn.Module] = None
+        self.checkpoint_blocks = False  # activation checkpointing in training (train.activation_checkpointing)
         self._init_weights()
         if cfg.tie_embeddings and self.tok is not None and self.head is not None:
             self.head.weight = self.tok.weight
@@ -204,7 +206,10 @@ class Transformer(nn.Module):
         offset = cache.length if cache is not None else 0
         x, c, rope = self.embed(inputs, t, x0_prev, offset)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, c, i, cache)
+            if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, c, i, cache, use_reentrant=False)
+            else:
+                x = block(x, rope, c, i, cache)
         if cache is not None:
             cache.length += inputs.shape[1]
         x = self.ln_f(x)
