@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from textdiff.config import load_recipe
+from textdiff.config import load_recipe, recipe_from_dict
 from textdiff.evaluation import perplexity
 from textdiff.pipeline import TextDiffusionPipeline
 from textdiff.training import train_recipe
@@ -30,14 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {p.stem: p for p in sorted((ROOT / "recipes/kjv").glob("*.yaml"))}  # one per back-end; ar.yaml is the AR twin
 
 
+def same_recipe(run: Path, recipe) -> bool:
+    """The run was trained with this recipe (keys added to the config since then count as their defaults)."""
+    saved = recipe_from_dict(json.loads((run / "config.json").read_text())["recipe"])
+    return json.loads(json.dumps(saved.to_dict())) == json.loads(json.dumps(recipe.to_dict()))
+
+
 def train_one(family: str, steps: int, runs: Path, device: str, extra: list[str]) -> Path:
     tag = "-".join([str(steps)] + [s.split(".")[-1].replace("=", "") for s in extra])
     out = runs / f"{family}-{tag}"
     overrides = [f"train.steps={steps}", f"out_dir={out}", f"train.eval_every={max(steps // 4, 1)}",
                  f"train.checkpoint_every={steps}", *extra]
     recipe = load_recipe(RECIPES[family], overrides)
-    if (out / "model.safetensors").is_file() and json.loads((out / "config.json").read_text())["recipe"] == json.loads(
-            json.dumps(recipe.to_dict())):
+    if (out / "model.safetensors").is_file() and same_recipe(out, recipe):
         print(f"reusing {out}")
         return out
     if out.exists():
