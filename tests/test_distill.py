@@ -83,7 +83,7 @@ def test_the_progressive_loss_is_zero_for_a_student_that_outputs_the_target(monk
         return pred
     monkeypatch.setattr(backend, "predict", predict)
     out = progressive_loss(model, student, backend, b, 4, torch.Generator().manual_seed(0))
-    captured["zero"] = float(out.loss)
+    captured["zero"] = float(out.loss.detach())
     monkeypatch.setattr(backend, "predict", real)
     out = progressive_loss(model, student, backend, b, 4, torch.Generator().manual_seed(0))
     assert captured["zero"] < 1e-6 < float(out.loss)
@@ -205,21 +205,26 @@ def _one_line_error(capsys, argv, needle):
     assert len(err.splitlines()) == 1 and needle in err, err
 
 
-def test_distill_refuses_bad_input_in_one_line(tmp_path, capsys, ar_run, masked_run):
+def test_distill_refuses_bad_input_in_one_line(tmp_path, capsys, embedding_run):
     _one_line_error(capsys, ["distill", str(tmp_path / "nope")], "not found")
-    _one_line_error(capsys, ["distill", str(ar_run)], "no distillation")
-    _one_line_error(capsys, ["distill", str(masked_run), "--stages", "0"], "must be > 0")
-    _one_line_error(capsys, ["distill", str(masked_run), "--stages", "3", "--steps-start", "12"], "divisible")
+    ar = tmp_path / "ar-run"
+    ar.mkdir()
+    cfg = json.loads((embedding_run / "config.json").read_text())
+    cfg["recipe"]["backend"]["name"] = cfg["backend"] = "ar"
+    (ar / "config.json").write_text(json.dumps(cfg))
+    _one_line_error(capsys, ["distill", str(ar)], "no distillation")
+    _one_line_error(capsys, ["distill", str(embedding_run), "--stages", "0"], "must be > 0")
+    _one_line_error(capsys, ["distill", str(embedding_run), "--stages", "3", "--steps-start", "12"], "divisible")
     (tmp_path / "out" / "stage1").mkdir(parents=True)
-    _one_line_error(capsys, ["distill", str(masked_run), "--out", str(tmp_path / "out"), "--iters", "1"],
+    _one_line_error(capsys, ["distill", str(embedding_run), "--out", str(tmp_path / "out"), "--iters", "1"],
                     "already exists")
 
 
-def test_distill_command_writes_stages(masked_run, tmp_path, capsys):
+def test_distill_command_writes_stages(embedding_run, tmp_path, capsys):
     from textdiff.cli import main
 
     out = tmp_path / "students"
-    assert main(["distill", str(masked_run), "--stages", "2", "--steps-start", "8", "--iters", "2",
+    assert main(["distill", str(embedding_run), "--stages", "2", "--steps-start", "8", "--iters", "2",
                  "--batch-size", "4", "--out", str(out), "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "stage 2: 4 -> 2 steps" in text
