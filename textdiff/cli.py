@@ -1,4 +1,4 @@
-"""`textdiff train | sample | infill | eval | bench | prepare`. Bad input: one line on stderr, exit code 2."""
+"""`textdiff train | sample | infill | eval | bench | distill | prepare`. Bad input: one line on stderr, exit code 2."""
 
 from __future__ import annotations
 
@@ -125,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=_seed, default=0)
     b.add_argument("--device", default="cpu")
     _judge_args(b)
+
+    p = sub.add_parser("distill", help="halve the sampling steps K times: progressive distillation (embedding) or "
+                                       "SDTT (masked); stage k is written to OUT/stage<k>, a normal run directory")
+    p.add_argument("run", help="the teacher's run directory")
+    p.add_argument("--stages", type=_positive(int), default=1, help="halvings of the step count (default 1)")
+    p.add_argument("--steps-start", type=_positive(int), dest="steps_start",
+                   help="the teacher's sampling steps (default: its recipe's sample.steps); divisible by 2**stages")
+    p.add_argument("--iters", type=_positive(int), default=400, help="optimizer steps per stage (default 400)")
+    p.add_argument("--lr", type=_positive(float), default=1e-4, help="AdamW learning rate, decayed linearly to 0 "
+                   "over each stage (default 1e-4)")
+    p.add_argument("--batch-size", type=_positive(int), dest="batch_size",
+                   help="sequences per step (default: the teacher's train.batch_size)")
+    p.add_argument("--out", help="output folder (default: RUN-distill)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
     p = sub.add_parser("prepare", help="build a corpus from its public source into the cache")
     p.add_argument("corpus", choices=["bible"])
@@ -301,6 +316,30 @@ def _bench_throughput(args) -> None:
     _write_outputs(args.out, res, report)
 
 
+def cmd_distill(args) -> None:
+    import torch
+
+    from textdiff.checkpoint import read_run_config
+    from textdiff.config import recipe_from_dict
+    from textdiff.distill import DistillConfig, distill_run, distiller
+
+    run = Path(args.run)
+    recipe = recipe_from_dict(read_run_config(run)["recipe"], str(run / "config.json"))
+    distiller(recipe.backend.name)
+    try:
+        cfg = DistillConfig(stages=args.stages, steps_start=args.steps_start or recipe.sample.steps, iters=args.iters,
+                            lr=args.lr, batch_size=args.batch_size or recipe.train.batch_size, seed=args.seed)
+    except ValueError as e:
+        raise TextdiffError(str(e).replace("distill.", "--").replace("_", "-")) from None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    _check_device(device)
+    out = Path(args.out) if args.out else run.with_name(run.name + "-distill")
+    if out.exists() and not out.is_dir():
+        raise TextdiffError(f"--out {out}: exists and is not a directory")
+    for stage in distill_run(run, cfg, out, device=device):
+        print(f"student: {stage}")
+
+
 def cmd_prepare(args) -> None:
     from textdiff.corpora import prepared_path
 
@@ -308,7 +347,7 @@ def cmd_prepare(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "eval": cmd_eval, "bench": cmd_bench,
-            "prepare": cmd_prepare}
+            "distill": cmd_distill, "prepare": cmd_prepare}
 
 
 def main(argv: list[str] | None = None) -> int:
