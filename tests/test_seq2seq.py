@@ -45,7 +45,7 @@ def pair_corpus(tmp_path_factory):
     return path
 
 
-def seq2seq_recipe(corpus, out_dir, backend: str, steps: int = 40) -> dict:
+def seq2seq_recipe(corpus, out_dir, backend: str, steps: int = 12) -> dict:
     return {
         "name": f"s2s-{backend}", "out_dir": str(out_dir),
         "data": {"path": str(corpus), "text_field": "tgt", "source_field": "src", "split_field": "split",
@@ -54,7 +54,7 @@ def seq2seq_recipe(corpus, out_dir, backend: str, steps: int = 40) -> dict:
         "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "segments": backend != "ar"},
         "backend": {"name": backend},
         "train": {"steps": steps, "batch_size": 16, "lr": 3e-3, "warmup_steps": 2, "precision": "fp32",
-                  "eval_every": 20, "eval_batches": 1, "checkpoint_every": 20, "log_every": 10, "seed": 0,
+                  "eval_every": 12, "eval_batches": 1, "checkpoint_every": 12, "log_every": 6, "seed": 0,
                   "cond_dropout": 0.0 if backend == "ar" else 0.2},
         "sample": {"steps": 8, "num_samples": 2},
     }
@@ -254,7 +254,7 @@ def test_train_generate_eval_bleu_through_the_cli(tmp_path, pair_corpus, capsys)
     import yaml
 
     recipe = tmp_path / "s2s.yaml"
-    recipe.write_text(yaml.safe_dump(seq2seq_recipe(pair_corpus, tmp_path / "run", "masked", steps=20)))
+    recipe.write_text(yaml.safe_dump(seq2seq_recipe(pair_corpus, tmp_path / "run", "masked", steps=6)))
     assert main(["train", str(recipe)]) == 0
     assert "source:" in capsys.readouterr().out
     assert main(["generate", str(tmp_path / "run"), "--source", "king sees river", "--source", "city keeps stone",

@@ -85,15 +85,14 @@ class TextDiffusionPipeline:
         ids = self._sample(x, opts, gen, callback)
         return Generation([self.decode(row) for row in ids.tolist()], ids)
 
-    def _sample(self, x: torch.Tensor, opts: SampleConfig, gen, callback=None) -> torch.Tensor:
+    def _sample(self, x: torch.Tensor, opts: SampleConfig, gen, callback=None, guidance_scale: float = 0.0) -> torch.Tensor:
         """One sampler call on x (B, L): seq2seq segments for the model, classifier-free guidance when asked."""
         x = x.to(self.device)
         guidance = None
-        if opts.guidance_scale > 0:
+        if guidance_scale > 0:
             from textdiff.sampling.guidance import classifier_free
 
-            guidance = classifier_free(self.model, self.backend, source_mask(x, self.backend.special.sep),
-                                       opts.guidance_scale)
+            guidance = classifier_free(self.model, self.backend, source_mask(x, self.backend.special.sep), guidance_scale)
         try:
             with torch.no_grad(), self.model.segmented(segment_ids(x, self.backend.special.sep)):
                 out = SAMPLERS[opts.sampler](self.model, self.backend, x, opts, gen, callback, guidance=guidance)
@@ -162,7 +161,7 @@ class TextDiffusionPipeline:
             n = len(encoded[group[0]])
             x = torch.tensor([encoded[i] + [sp.sep] + [sp.mask] * (L - n - 1) for i in group for _ in range(draws)])
             run_opts = dataclasses.replace(o, steps=min(o.steps, L - n - 1)) if o.sampler == "confidence" else o
-            ids = self._sample(x, run_opts, gen).view(len(group), draws, L)
+            ids = self._sample(x, run_opts, gen, guidance_scale=o.guidance_scale).view(len(group), draws, L)
             out.update({i: row for i, row in zip(group, ids)})
         ids = torch.cat([out[i] for i in range(len(sources))])  # (S * draws, L)
         texts = [self.decode_target(row) for row in ids.tolist()]
