@@ -139,20 +139,33 @@ def test_source_tokens_come_out_unchanged(s2s_runs, backend):
     assert (out.ids != pipe.backend.special.mask).all()
 
 
+def untrained(backend: str, vocab: int = 24, length: int = 16):
+    from textdiff.models import build_model
+    from textdiff.noising import get_backend
+
+    raw = {"data": {"path": "unused.jsonl", "mode": "pad", "source_field": "src", "max_length": length},
+           "model": {"n_layer": 1, "n_embd": 16, "n_head": 2, "segments": True}, "backend": {"name": backend}}
+    recipe = recipe_from_dict(raw)
+    torch.manual_seed(0)
+    return build_model(recipe, vocab, length).eval(), get_backend(recipe.backend, SPECIAL, vocab)
+
+
 @pytest.mark.parametrize("backend", ["masked", "embedding", "simplex"])
-def test_the_source_is_never_noised_in_training(s2s_runs, backend):
+def test_the_source_is_never_noised_in_training(backend):
     """The source and [SEP] are outside the loss mask: corruption at t = 1 leaves them clean, and they do not count."""
-    pipe = TextDiffusionPipeline.from_pretrained(s2s_runs[backend])
-    seqs = pad_pairs([[6, 7, 8]] * 4, [[9, 10]] * 4, 16, pipe.backend.special, pad_in_loss=True, truncate=True)
+    model, bk = untrained(backend)
+    seqs = pad_pairs([[6, 7, 8]] * 4, [[9, 10]] * 4, 16, SPECIAL, pad_in_loss=True, truncate=True)
     batch, gen = Batch(seqs.ids, seqs.loss_mask), torch.Generator().manual_seed(0)
-    extra = {"model": pipe.model} if backend == "embedding" else {}
-    x_t = pipe.backend.corrupt(batch.ids, torch.ones(4), gen, noise_mask=batch.loss_mask, **extra)
-    clean = {"masked": lambda ids: ids, "embedding": lambda ids: pipe.model.noise.table()[ids],
-             "simplex": pipe.backend.simplex}[backend](batch.ids)
-    assert torch.equal(x_t[:, :4], clean[:, :4]) and not torch.equal(x_t[:, 4:], clean[:, 4:])
-    with pipe.model.segmented(segment_ids(batch.ids, pipe.backend.special.sep)):
-        out = pipe.backend.loss(pipe.model, batch, gen)
-    assert out.n_tokens == int(seqs.loss_mask.sum()) == 4 * 12 and torch.isfinite(out.loss)
+    extra = {"model": model} if backend == "embedding" else {}
+    x_t = bk.corrupt(batch.ids, torch.ones(4), gen, noise_mask=batch.loss_mask, **extra)
+    clean = {"masked": lambda ids: ids, "embedding": lambda ids: model.noise.table()[ids],
+             "simplex": lambda ids: bk.simplex(ids)}[backend](batch.ids)
+    assert torch.equal(x_t[:, :4], clean[:, :4])
+    assert not torch.equal(x_t[:, 4:], clean[:, 4:])
+    with model.segmented(segment_ids(batch.ids, SPECIAL.sep)):
+        out = bk.loss(model, batch, gen)
+    assert out.n_tokens == int(seqs.loss_mask.sum()) == 4 * 12
+    assert bool(torch.isfinite(out.loss))
 
 
 @pytest.mark.parametrize("backend", ["masked", "embedding", "simplex"])
