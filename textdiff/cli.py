@@ -1,4 +1,5 @@
-"""`textdiff train | sample | infill | eval | bench | distill | prepare`. Bad input: one line on stderr, exit code 2."""
+"""`textdiff train | sample | infill | generate | eval | bench | distill | prepare`. Bad input: one line on stderr, exit
+code 2."""
 
 from __future__ import annotations
 
@@ -53,6 +54,12 @@ def _sampling_args(p, seed_and_device: bool = True):
         p.add_argument("--device", default="cpu")
 
 
+def _seq2seq_args(p):
+    p.add_argument("--guidance-scale", type=float, dest="guidance_scale",
+                   help="classifier-free guidance scale w >= 0 (0: conditional; needs train.cond_dropout > 0)")
+    p.add_argument("--mbr", type=_positive(int), help="minimum Bayes risk over this many candidates (expected BLEU)")
+
+
 def _judge_args(p):
     p.add_argument("--num-samples", type=_positive(int), default=16, dest="num_samples",
                    help="samples scored by the judge (genppl)")
@@ -84,9 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=1, help="number of fillings")
     _sampling_args(p)
 
+    p = sub.add_parser("generate", help="seq2seq: generate a target for each --source")
+    p.add_argument("run", help="run directory of a seq2seq recipe (data.source_field)")
+    p.add_argument("--source", action="append", required=True, help="a source text (repeat for several)")
+    p.add_argument("-n", type=_positive(int), default=1, help="targets per source")
+    _seq2seq_args(p)
+    _sampling_args(p)
+
     p = sub.add_parser("eval", help="evaluate a run: likelihood and judge perplexity with diversity")
     p.add_argument("run", help="run directory")
-    p.add_argument("--metrics", default="ppl", help="comma-separated: ppl (ELBO bound / exact AR likelihood), genppl "
+    p.add_argument("--guidance-scale", dest="guidance_scales", help="seq2seq: comma-separated classifier-free "
+                   "guidance scales to sweep, e.g. 0,0.5,1 (default: the recipe's sample.guidance_scale)")
+    p.add_argument("--mbr", type=_positive(int), help="seq2seq: MBR over this many candidates per source (1: off)")
+    p.add_argument("--copy-baseline", action="store_true", dest="copy_baseline",
+                   help="seq2seq: also score the sources themselves as outputs (the copy-the-input baseline)")
+    p.add_argument("--metrics", default="ppl", help="comma-separated: bleu, rouge (seq2seq runs; one output per source, "
+                   "all its references), ppl (ELBO bound / exact AR likelihood), genppl "
                    "(judge perplexity + entropy, dist-n, self-BLEU). ppl alone on a back-end without a bound is an "
                    "error; among several metrics it reads n/a")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
@@ -164,7 +184,9 @@ def cmd_train(args) -> None:
     from textdiff.pipeline import TextDiffusionPipeline
 
     pipe = TextDiffusionPipeline.from_pretrained(run_dir)
-    if recipe.sample.num_samples:
+    if recipe.data.source_field:
+        _print_translations(pipe, recipe)
+    elif recipe.sample.num_samples:
         print(f"\n=== {recipe.sample.num_samples} samples ({pipe.options().sampler}, {recipe.sample.steps} steps) ===")
         for i, text in enumerate(pipe.generate(recipe.sample.num_samples, seed=recipe.train.seed).texts):
             print(f"[{i}] {text}")
@@ -173,6 +195,19 @@ def cmd_train(args) -> None:
         for text in pipe.infill(recipe.sample.infill, seed=recipe.train.seed).texts:
             print(f"-> {text}")
     print(f"\nrun directory: {run_dir}")
+
+
+def _print_translations(pipe, recipe) -> None:
+    """After seq2seq training: the first validation (else training) sources with their generated targets."""
+    from textdiff.data import load_texts
+
+    texts = load_texts(recipe.data)
+    pairs = (texts["validation"] or texts["train"])[:recipe.sample.num_samples]
+    if not pairs:
+        return
+    print(f"\n=== {len(pairs)} generations ({pipe.options().sampler}, {recipe.sample.steps} steps) ===")
+    for (source, reference), text in zip(pairs, pipe.translate([s for s, _ in pairs], seed=recipe.train.seed).texts):
+        print(f"source:    {source}\nreference: {reference}\noutput:    {text}\n")
 
 
 def _check_device(device: str | None) -> None:
@@ -200,11 +235,11 @@ def _check_opts(opts: dict) -> None:
         raise TextdiffError(str(e).replace("sample.", "--").replace("_", "-")) from None
 
 
-def _sampling_pipeline(args):
+def _sampling_pipeline(args, **extra):
     """Validate the sampling flags and the device, then load the run."""
     from textdiff.pipeline import TextDiffusionPipeline
 
-    _check_opts(_sample_opts(args))
+    _check_opts({**_sample_opts(args), **extra})
     _check_device(args.device)
     return TextDiffusionPipeline.from_pretrained(args.run, device=args.device)
 
@@ -220,6 +255,15 @@ def cmd_infill(args) -> None:
     pipe = _sampling_pipeline(args)
     for text in pipe.infill(args.text, num_samples=args.n, seed=args.seed, **_sample_opts(args)).texts:
         print(text)
+
+
+def cmd_generate(args) -> None:
+    pipe = _sampling_pipeline(args, guidance_scale=args.guidance_scale, mbr=args.mbr)
+    out = pipe.translate(args.source, num_samples=args.n, seed=args.seed, guidance_scale=args.guidance_scale,
+                         mbr=args.mbr, **_sample_opts(args))
+    per = 1 if (args.mbr or 1) > 1 else args.n
+    for i, text in enumerate(out.texts):
+        print(f"[{i // per}] {text}")
 
 
 def _csv(text: str, flag: str, allowed=None, kind=str) -> list:
@@ -259,13 +303,21 @@ def cmd_eval(args) -> None:
     if args.max_sequences < 0:
         raise TextdiffError(f"--max-sequences {args.max_sequences} must be >= 0 (0: every sequence)")
     _check_out(args.out)
-    opts = {**_sample_opts(args), "length": args.length}
+    opts = {**_sample_opts(args), "length": args.length, "mbr": args.mbr}
     _check_opts(opts)
+    scales = tuple(_csv(args.guidance_scales, "--guidance-scale", kind=float)) if args.guidance_scales else ()
+    for w in scales:
+        _check_opts({"guidance_scale": w})
     _check_device(args.device)
     pipe = TextDiffusionPipeline.from_pretrained(args.run, device=args.device)
+    paired = [m for m in metrics if m in ("bleu", "rouge")]
+    if paired and not pipe.recipe.data.source_field:  # checked before any metric runs
+        raise TextdiffError(f"--metrics {','.join(paired)}: this run is not seq2seq (no data.source_field); "
+                            f"bleu and rouge score runs trained on (source, target) pairs")
     result = run_eval(pipe, metrics, str(args.run), split=args.split, draws=args.draws, batch_size=args.batch_size,
                       max_sequences=args.max_sequences, seed=args.seed, num_samples=args.num_samples,
-                      judge=args.judge, reference=args.reference, sample_opts=opts)
+                      judge=args.judge, reference=args.reference, sample_opts=opts, guidance_scales=scales,
+                      copy_baseline=args.copy_baseline)
     report = markdown(result)
     if "genppl" in metrics:
         print("\n" + report)
@@ -346,8 +398,8 @@ def cmd_prepare(args) -> None:
     print(prepared_path(args.corpus))
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "eval": cmd_eval, "bench": cmd_bench,
-            "distill": cmd_distill, "prepare": cmd_prepare}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "generate": cmd_generate, "eval": cmd_eval,
+            "bench": cmd_bench, "distill": cmd_distill, "prepare": cmd_prepare}
 
 
 def main(argv: list[str] | None = None) -> int:

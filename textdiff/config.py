@@ -59,6 +59,9 @@ class ModelConfig:
     does not need it (the number of masks tells t), and MDLM trains without it."""
     self_conditioning: bool = False
     """Give the denoiser an extra input: its previous x0 estimate (Analog Bits / CDCD / TESS)."""
+    segments: bool = False
+    """Add a learned segment embedding, source (up to the first [SEP]) vs target: for seq2seq recipes
+    (`data.source_field`) with a bidirectional back-end. A model with segments was trained with a clean source."""
 
     def __post_init__(self):
         for name in ("n_layer", "n_embd", "n_head", "mlp_ratio"):
@@ -151,7 +154,10 @@ class DataConfig:
     hub_config: Optional[str] = None
     """Hub dataset configuration name (e.g. `wikitext-2-raw-v1`)."""
     text_field: str = "text"
-    """Column holding the text."""
+    """Column holding the text (for seq2seq: the target)."""
+    source_field: Optional[str] = None
+    """Seq2seq: the column holding the source. Each sequence is `source [SEP] target [EOS] [PAD]...`; the source
+    is never noised and only the target (with [EOS], and [PAD] with pad_in_loss) counts in the loss. Needs pad mode."""
     split_field: Optional[str] = "split"
     """Column naming each row's split, for single-file corpora; None when the source has real splits."""
     prepare: Optional[str] = None
@@ -188,6 +194,10 @@ class DataConfig:
         if self.streaming and self.mode != "pack":
             raise ValueError(f"data.streaming=true needs data.mode='pack' (got {self.mode!r}); allowed: pack")
         _check_positive("data.tokenizer_examples", self.tokenizer_examples)
+        if self.source_field is not None:
+            _check_choice("data.mode (with data.source_field)", self.mode, ("pad",))
+            if self.source_field == self.text_field:
+                raise ValueError(f"data.source_field={self.source_field!r} must differ from data.text_field")
 
 
 @dataclass(frozen=True)
@@ -261,6 +271,9 @@ class TrainConfig:
     activation_checkpointing: bool = False
     """Recompute each block's activations in the backward pass instead of storing them (less memory, ~30%
     more compute)."""
+    cond_dropout: float = 0.0
+    """Seq2seq: probability that a training sequence's source is replaced by [PAD] (the null condition), so that
+    one model is both conditional and unconditional (classifier-free guidance, Ho & Salimans 2022)."""
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "lr"):
@@ -282,6 +295,7 @@ class TrainConfig:
         if not 0 <= self.seed < 2 ** 32:  # data order seeds torch with seed * 1_000_003 + epoch
             raise ValueError(f"train.seed={self.seed} must lie in [0, 2**32)")
         _check_choice("train.strategy", self.strategy, ("ddp", "fsdp"))
+        _check_unit("train.cond_dropout", self.cond_dropout)
 
 
 @dataclass(frozen=True)
@@ -310,6 +324,12 @@ class SampleConfig:
     """Samples printed when training ends."""
     infill: Optional[str] = None
     """An infill template run when training ends, e.g. `The [MASK:3] of the LORD`."""
+    guidance_scale: float = 0.0
+    """Seq2seq: classifier-free guidance scale w: (1 + w) conditional - w unconditional, in the back-end's own
+    output space (0: plain conditional sampling; needs a model trained with train.cond_dropout > 0)."""
+    mbr: int = 1
+    """Seq2seq: minimum Bayes risk decoding: draw this many candidates per source and return the one with the
+    highest expected BLEU against the others (1: off)."""
 
     def __post_init__(self):
         from textdiff.sampling import SAMPLERS
@@ -325,6 +345,8 @@ class SampleConfig:
         _check_positive("sample.block_size", self.block_size, allow_zero=True)
         _check_unit("sample.eta", self.eta)
         _check_positive("sample.num_samples", self.num_samples, allow_zero=True)
+        _check_positive("sample.guidance_scale", self.guidance_scale, allow_zero=True)
+        _check_positive("sample.mbr", self.mbr)
         if self.infill is not None:  # checked now, not after a whole training run
             from textdiff.infill import parse_template
 
@@ -353,6 +375,13 @@ class Recipe:
         if self.backend.name == "masked" and self.model.time_conditioning and self.backend.mask_sampling == "count":
             raise ValueError("backend.mask_sampling=count integrates t out and needs model.time_conditioning: false; "
                              "set backend.mask_sampling: time for a time-conditioned denoiser")
+        seq2seq = self.data.source_field is not None
+        if self.model.segments and not seq2seq:
+            raise ValueError("model.segments=true needs a seq2seq recipe: set data.source_field")
+        if self.model.segments and self.backend.name == "ar":
+            raise ValueError("model.segments=true is for the bidirectional back-ends; the ar baseline reads [SEP]")
+        if self.train.cond_dropout > 0 and not seq2seq:
+            raise ValueError("train.cond_dropout > 0 needs a seq2seq recipe: set data.source_field")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

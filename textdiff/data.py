@@ -9,11 +9,15 @@ EOS / PAD, explicitly:
 - `pad` mode: one example per sequence, [EOS] after it, [PAD] up to max_length. [PAD] positions are
   neither noised nor counted in the loss unless `data.pad_in_loss` is set (then the model learns where text
   ends, which variable-length generation needs). [EOS] always counts.
+- seq2seq (`data.source_field`, pad mode): the examples are (source, target) pairs and each sequence is
+  `source [SEP] target [EOS] [PAD]...` (DiffuSeq's layout); the source and [SEP] never count in the loss, so no
+  back-end noises them. Segment 0 is the source up to and including the first [SEP], segment 1 the rest.
 """
 
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +98,8 @@ def _load_local(path: Path, cfg: DataConfig) -> dict[str, list[str]]:
         datasets.logging.set_verbosity(verbosity)
         if bars:
             datasets.enable_progress_bars()
+    if cfg.source_field:
+        return _pairs_by_split(ds, cfg, path)
     if fmt == "text":
         return {"train": _column(ds, "text", path)} if not cfg.split_field else _by_split(ds, cfg, path)
     return _by_split(ds, cfg, path) if cfg.split_field else {"train": _column(ds, cfg.text_field, path)}
@@ -116,6 +122,24 @@ def _by_split(ds, cfg: DataConfig, where) -> dict[str, list[str]]:
     return {name: [t for s, t in rows if s == name] for name in SPLITS}
 
 
+def _pairs_by_split(ds, cfg: DataConfig, where) -> dict[str, list[tuple[str, str]]]:
+    """Seq2seq rows as (source, target) pairs per split; rows missing either side are dropped."""
+    _require(ds, cfg.text_field, "data.text_field", where)
+    _require(ds, cfg.source_field, "data.source_field", where)
+    ok = lambda v: isinstance(v, str) and v.strip()  # noqa: E731
+    splits = ds[cfg.split_field] if cfg.split_field else ["train"] * len(ds)
+    if cfg.split_field:
+        _require(ds, cfg.split_field, "data.split_field", where)
+    rows = [(sp, (src, tgt)) for sp, src, tgt in zip(splits, ds[cfg.source_field], ds[cfg.text_field])
+            if ok(src) and ok(tgt)]
+    return {name: [p for sp, p in rows if sp == name] for name in SPLITS}
+
+
+def flat_texts(texts: list) -> list[str]:
+    """The strings of a split for tokenizer training: seq2seq pairs contribute both sides."""
+    return [t for item in texts for t in (item if isinstance(item, tuple) else (item,))]
+
+
 def _load_hub(name: str, cfg: DataConfig) -> dict[str, list[str]]:
     import datasets
 
@@ -124,6 +148,9 @@ def _load_hub(name: str, cfg: DataConfig) -> dict[str, list[str]]:
     except Exception as e:
         raise TextdiffError(f"data.path: '{name}' is neither a local file nor a loadable hub dataset "
                             f"({str(e).splitlines()[0][:160]})") from None
+    if cfg.source_field:
+        return {split: _pairs_by_split(dd[split], dataclasses.replace(cfg, split_field=None), f"{name}[{split}]")["train"]
+                for split in SPLITS if split in dd}
     return {split: _column(dd[split], cfg.text_field, f"{name}[{split}]") for split in SPLITS if split in dd}
 
 
@@ -171,10 +198,53 @@ def pad(token_lists: list[list[int]], max_length: int, eos: int, pad_id: int, pa
     return Sequences(ids, keep)
 
 
-def build_sequences(cfg: DataConfig, tokenizer, texts: list[str]) -> Sequences:
+def pad_pairs(sources: list[list[int]], targets: list[list[int]], max_length: int, sp, pad_in_loss: bool,
+              truncate: bool) -> Sequences:
+    """Seq2seq sequences `source [SEP] target [EOS] [PAD]...`; only the target part counts in the loss."""
+    ids = torch.full((len(sources), max_length), sp.pad, dtype=torch.long)
+    keep = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (src, tgt) in enumerate(zip(sources, targets)):
+        n = len(src) + len(tgt) + 2
+        if n > max_length and not truncate:
+            raise TextdiffError(f"data: example {i} has {n} tokens with [SEP] and [EOS], more than data.max_length="
+                                f"{max_length}; raise data.max_length or set data.truncate: true")
+        if n > max_length:  # the source keeps at least half the room, the target is cut
+            src = src[:max(max_length - 2 - len(tgt), (max_length - 2) // 2)]
+        row = (src + [sp.sep] + tgt)[:max_length - 1] + [sp.eos]
+        ids[i, :len(row)] = torch.tensor(row)
+        keep[i, len(src) + 1:] = pad_in_loss
+        keep[i, len(src) + 1:len(row)] = True
+    return Sequences(ids, keep)
+
+
+def segment_ids(ids: torch.Tensor, sep: int) -> torch.Tensor:
+    """(B, L) 0 on the source (up to and including the first [SEP]), 1 after it."""
+    is_sep = ids == sep
+    return ((is_sep.long().cumsum(dim=1) - is_sep.long()) > 0).long()
+
+
+def source_mask(ids: torch.Tensor, sep: int) -> torch.Tensor:
+    """(B, L) True on the source tokens (before the first [SEP]) of seq2seq sequences."""
+    return ids.eq(sep).long().cumsum(dim=1) == 0
+
+
+def drop_condition(batch: Batch, p: float, sep: int, pad: int, generator: torch.Generator) -> Batch:
+    """Classifier-free guidance training: each sequence's source becomes [PAD] (the null condition) w.p. p."""
+    if p <= 0:
+        return batch
+    drop = torch.rand(batch.ids.shape[0], generator=generator, device=generator.device) < p  # (B,)
+    null = source_mask(batch.ids, sep) & drop.to(batch.ids.device)[:, None]
+    return Batch(batch.ids.masked_fill(null, pad), batch.loss_mask)
+
+
+def build_sequences(cfg: DataConfig, tokenizer, texts: list) -> Sequences:
     from textdiff.tokenization import encode, special_tokens
 
     sp = special_tokens(tokenizer)
+    if cfg.source_field:
+        sources = encode(tokenizer, [s for s, _ in texts])
+        targets = encode(tokenizer, [t for _, t in texts])
+        return pad_pairs(sources, targets, cfg.max_length, sp, cfg.pad_in_loss, cfg.truncate)
     lists = encode(tokenizer, texts)
     if cfg.mode == "pack":
         return pack(lists, cfg.max_length, sp.eos)

@@ -3,6 +3,7 @@
     pipe = TextDiffusionPipeline.from_pretrained("runs/quickstart")
     pipe.generate(4, steps=64)
     pipe.infill("The [MASK:3] of the LORD [MASK] upon the waters")
+    pipe.translate(["name[The Eagle], eatType[coffee shop]"], guidance_scale=1.0, mbr=8)   # seq2seq runs
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from textdiff import checkpoint as ckpt
 from textdiff.config import Recipe, SampleConfig, recipe_from_dict
+from textdiff.data import segment_ids, source_mask
 from textdiff.errors import TextdiffError
 from textdiff.infill import parse_template, template_ids
 from textdiff.models import build_model
@@ -80,13 +82,23 @@ class TextDiffusionPipeline:
         if not 0 <= seed < 2 ** 63:
             raise TextdiffError(f"seed={seed} must lie in [0, 2**63)")
         gen = torch.Generator(self.device).manual_seed(seed)
+        ids = self._sample(x, opts, gen, callback)
+        return Generation([self.decode(row) for row in ids.tolist()], ids)
+
+    def _sample(self, x: torch.Tensor, opts: SampleConfig, gen, callback=None, guidance_scale: float = 0.0) -> torch.Tensor:
+        """One sampler call on x (B, L): seq2seq segments for the model, classifier-free guidance when asked."""
+        x = x.to(self.device)
+        guidance = None
+        if guidance_scale > 0:
+            from textdiff.sampling.guidance import classifier_free
+
+            guidance = classifier_free(self.model, self.backend, source_mask(x, self.backend.special.sep), guidance_scale)
         try:
-            with torch.no_grad():
-                out = SAMPLERS[opts.sampler](self.model, self.backend, x.to(self.device), opts, gen, callback)
+            with torch.no_grad(), self.model.segmented(segment_ids(x, self.backend.special.sep)):
+                out = SAMPLERS[opts.sampler](self.model, self.backend, x, opts, gen, callback, guidance=guidance)
         except ValueError as e:
             raise TextdiffError(f"sampler '{opts.sampler}': {e}") from None
-        ids = self.backend.decode(out).cpu()
-        return Generation([self.decode(row) for row in ids.tolist()], ids)
+        return self.backend.decode(out).cpu()
 
     def decode(self, ids: list[int]) -> str:
         """Token ids -> text; [EOS] separates examples (verses in packed data) and is shown as a space."""
@@ -127,7 +139,62 @@ class TextDiffusionPipeline:
         x = torch.tensor([ids] * num_samples, dtype=torch.long)
         return self._run(x, o, seed, callback)
 
+    def translate(self, sources: str | list[str], num_samples: int = 1, steps: Optional[int] = None,
+                  sampler: Optional[str] = None, seed: int = 0, batch_size: int = 64, **opts) -> Generation:
+        """Seq2seq generation: num_samples targets per source (source-major order), each sequence laid out as in
+        training, `source [SEP] [MASK]...`, the source never noised. `guidance_scale=w` mixes in the unconditional
+        model (classifier-free guidance); `mbr=N` draws N candidates per source and keeps the one of highest
+        expected BLEU against the others. Sources longer than (max_length - 2) // 2 tokens are cut to that."""
+        if not self.recipe.data.source_field:
+            raise TextdiffError("this run is not seq2seq (its recipe has no data.source_field); use sample or infill")
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        if num_samples < 1 or not sources:
+            raise TextdiffError(f"n={num_samples}, {len(sources)} sources: need at least one of each")
+        o = self.options(steps=steps, sampler=sampler, **opts)
+        self._check_guidance(o)
+        draws = o.mbr if o.mbr > 1 else num_samples
+        L, sp = self.recipe.data.max_length, self.backend.special
+        encoded = [ids[:(L - 2) // 2] for ids in encode(self.tokenizer, sources)]
+        gen = torch.Generator(self.device).manual_seed(seed)
+        out: dict[int, torch.Tensor] = {}
+        for group in _by_length(encoded, max(1, batch_size // draws)):
+            n = len(encoded[group[0]])
+            x = torch.tensor([encoded[i] + [sp.sep] + [sp.mask] * (L - n - 1) for i in group for _ in range(draws)])
+            run_opts = dataclasses.replace(o, steps=min(o.steps, L - n - 1)) if o.sampler == "confidence" else o
+            ids = self._sample(x, run_opts, gen, guidance_scale=o.guidance_scale).view(len(group), draws, L)
+            out.update({i: row for i, row in zip(group, ids)})
+        ids = torch.cat([out[i] for i in range(len(sources))])  # (S * draws, L)
+        texts = [self.decode_target(row) for row in ids.tolist()]
+        if o.mbr > 1:
+            from textdiff.evaluation.mbr import mbr_select
+
+            picks = [i * draws + mbr_select(texts[i * draws:(i + 1) * draws]) for i in range(len(sources))]
+            ids, texts = ids[picks], [texts[p] for p in picks]
+        return Generation(texts, ids)
+
+    def decode_target(self, ids: list[int]) -> str:
+        """A seq2seq sequence's target: the tokens after the first [SEP], up to [EOS]."""
+        sp = self.backend.special
+        target = ids[ids.index(sp.sep) + 1:] if sp.sep in ids else ids
+        target = target[:target.index(sp.eos)] if sp.eos in target else target
+        return self.tokenizer.decode(target, skip_special_tokens=True).strip()
+
+    def _check_guidance(self, o: SampleConfig) -> None:
+        if o.guidance_scale > 0 and self.recipe.train.cond_dropout <= 0:
+            raise TextdiffError(f"guidance_scale={o.guidance_scale}: classifier-free guidance needs a model trained "
+                                "with train.cond_dropout > 0 (it has never seen the null condition)")
+        if o.guidance_scale > 0 and self.backend.causal:
+            raise TextdiffError(f"guidance_scale={o.guidance_scale}: the {self.backend.name} baseline takes no guidance")
+
     def _check_length(self, length: int) -> None:
         limit = self.model.max_len if self.model.pos is not None else 4 * self.model.max_len
         if length > limit:
             raise TextdiffError(f"length {length} tokens is more than this model handles ({limit})")
+
+
+def _by_length(encoded: list[list[int]], size: int) -> list[list[int]]:
+    """Indices of the sources grouped by token length (one prompt layout per sampler call), in chunks of `size`."""
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        groups.setdefault(len(ids), []).append(i)
+    return [g[k:k + size] for _, g in sorted(groups.items()) for k in range(0, len(g), size)]

@@ -27,7 +27,7 @@ import torch
 from textdiff import checkpoint as ckpt
 from textdiff import distributed as dist
 from textdiff.config import Recipe, TrainConfig
-from textdiff.data import Sequences, batch_indices
+from textdiff.data import Sequences, batch_indices, drop_condition, flat_texts, segment_ids
 from textdiff.errors import TextdiffError
 from textdiff.noising.base import Batch
 
@@ -106,6 +106,10 @@ class Trainer:
         self.ema = EMA(self.module, self.cfg.ema, self.tensor_names) if self.cfg.ema > 0 else None
         self.step = 0
 
+    def segmented(self, batch: Batch):
+        """Seq2seq: the batch's segment ids (source / target) for every forward of the model inside the block."""
+        return self.module.segmented(segment_ids(batch.ids, self.backend.special.sep))
+
     def autocast(self):
         if self.cfg.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -133,8 +137,9 @@ class Trainer:
             torch.manual_seed(seed)
             gen = torch.Generator(self.device).manual_seed(seed + 1)
             micro = Batch(batch.ids[j * size:(j + 1) * size], batch.loss_mask[j * size:(j + 1) * size]).to(self.device)
+            micro = drop_condition(micro, cfg.cond_dropout, self.backend.special.sep, self.backend.special.pad, gen)
             with dist.sync_gradients(self.model, sync=j == mine[-1]):
-                with self.autocast():
+                with self.autocast(), self.segmented(micro):
                     out = self.backend.loss(self.model, micro, gen)
                 (out.loss / (cfg.grad_accum / world.size)).backward()  # DDP / FSDP average over processes
             total += out.loss.item() / cfg.grad_accum
@@ -185,12 +190,13 @@ class Trainer:
                 b = first + self.world.rank
                 gen = torch.Generator(self.device).manual_seed(1234 + b)
                 batch = self.val_seq.batch(batches[min(b, len(batches) - 1)]).to(self.device)
-                if self.backend.has_bound:
-                    out = self.backend.bound(self.module, batch, 1, gen)
-                    value, count = float(out.nll.sum()), int(out.n_tokens.sum())
-                else:
-                    out = self.backend.loss(self.module, batch, gen)
-                    value, count = float(out.loss) * out.n_tokens, out.n_tokens
+                with self.segmented(batch):
+                    if self.backend.has_bound:
+                        out = self.backend.bound(self.module, batch, 1, gen)
+                        value, count = float(out.nll.sum()), int(out.n_tokens.sum())
+                    else:
+                        out = self.backend.loss(self.module, batch, gen)
+                        value, count = float(out.loss) * out.n_tokens, out.n_tokens
                 if b < len(batches):
                     nll, tokens = nll + value, tokens + count
         nll, tokens = self.world.sum([nll, tokens])
@@ -467,7 +473,7 @@ def _prepare_data(recipe: Recipe, run_dir: Path, resume: bool, world: dist.World
 
         return prepare_streaming(recipe, run_dir, resume, world)
     texts = load_texts(recipe.data)
-    tokenizer = _tokenizer_for(recipe, run_dir, texts["train"], resume or not world.is_main)
+    tokenizer = _tokenizer_for(recipe, run_dir, flat_texts(texts["train"]), resume or not world.is_main)
     train = build_sequences(recipe.data, tokenizer, texts["train"])
     val = build_sequences(recipe.data, tokenizer, texts["validation"]) if texts["validation"] else None
     if len(train) < recipe.train.batch_size:

@@ -1,9 +1,9 @@
 """Evaluation: likelihood (ELBO bound for diffusion, exact for AR), generative perplexity under a judge LM and
-the diversity that must be read beside it."""
+the diversity that must be read beside it; BLEU and ROUGE-L of seq2seq runs (local `evaluate` modules)."""
 
 from textdiff.evaluation.genppl import GenPPLResult, generative_perplexity
 from textdiff.evaluation.perplexity import PerplexityResult, perplexity
 
-METRICS = ("ppl", "genppl")
+METRICS = ("ppl", "genppl", "bleu", "rouge")
 
 __all__ = ["METRICS", "GenPPLResult", "PerplexityResult", "generative_perplexity", "perplexity"]

@@ -10,17 +10,19 @@ from typing import Optional
 
 from textdiff.errors import TextdiffError
 from textdiff.evaluation.report import env_lines, environment
+from textdiff.evaluation.seq2seq import SEQ2SEQ_METRICS, markdown_rows, seq2seq_eval
 
 
 def check_metrics(metrics: list[str], backend) -> None:
-    if metrics == ["ppl"] and not backend.has_bound:
+    if metrics and all(m == "ppl" for m in metrics) and not backend.has_bound:
         raise TextdiffError(f"--metrics ppl: the {backend.name} back-end has no likelihood bound; "
                             f"use --metrics genppl (judge perplexity)")
 
 
 def run_eval(pipe, metrics: list[str], run: str, *, split: str = "test", draws: int = 32, batch_size: int = 32,
              max_sequences: int = 0, seed: int = 0, num_samples: int = 16, judge: Optional[str] = None,
-             reference: bool = True, sample_opts: Optional[dict] = None, echo=print) -> dict:
+             reference: bool = True, sample_opts: Optional[dict] = None, guidance_scales: tuple = (),
+             copy_baseline: bool = False, echo=print) -> dict:
     """Compute `metrics` on `pipe`; returns the JSON-able result (with the environment), echoing a line per metric."""
     from textdiff.evaluation.genppl import generative_perplexity
     from textdiff.evaluation.perplexity import perplexity
@@ -39,6 +41,10 @@ def run_eval(pipe, metrics: list[str], run: str, *, split: str = "test", draws: 
         g = generative_perplexity(pipe, num_samples, seed, judge, reference, **(sample_opts or {}))
         result["genppl"] = g.to_dict()
         echo(g.line())
+    wanted = [m for m in SEQ2SEQ_METRICS if m in metrics]
+    if wanted:
+        result["seq2seq"] = seq2seq_eval(pipe, wanted, split, max_sequences, seed, guidance_scales, copy_baseline,
+                                         sample_opts, echo)
     return result
 
 
@@ -77,6 +83,8 @@ def markdown(result: dict) -> str:
         lines += _genppl_rows(g)
         opts = ", ".join(f"{k}={v}" for k, v in g["settings"].items())
         lines += ["", f"Sampler settings: {opts}; {g['num_samples']} samples, seed {g['seed']}."]
+    if "seq2seq" in result:
+        lines += markdown_rows(result["seq2seq"])
     if "ppl" in result and result["ppl"].get("available", True):
         lines += [f"Likelihood seed {result['seed']}."]
     return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from textdiff.data import build_sequences, load_texts
+from textdiff.data import build_sequences, load_texts, segment_ids
 from textdiff.errors import TextdiffError
 
 
@@ -51,12 +51,14 @@ def perplexity(pipe, split: str = "test", time_draws: int = 32, batch_size: int 
     gen = torch.Generator(pipe.device).manual_seed(seed)
     nll, var, tokens, exact = 0.0, 0.0, 0, True
     for idx in tqdm(torch.arange(n).split(batch_size), desc=f"eval {split}", disable=not progress, unit="batch"):
-        out = pipe.backend.bound(pipe.model, seqs.batch(idx).to(pipe.device), time_draws, gen)
+        batch = seqs.batch(idx).to(pipe.device)
+        with pipe.model.segmented(segment_ids(batch.ids, pipe.backend.special.sep)):
+            out = pipe.backend.bound(pipe.model, batch, time_draws, gen)
         nll += float(out.nll.sum())
         var += float(out.mc_var.sum())
         tokens += int(out.n_tokens.sum())
         exact = out.exact
-    words = sum(len(t.split()) for t in texts)
+    words = sum(len((t[1] if isinstance(t, tuple) else t).split()) for t in texts)  # seq2seq: the targets
     per_token = nll / tokens
     tokens_per_word = int(seqs.loss_mask.sum()) / words  # over the whole split
     return PerplexityResult(split=split, nats_per_token=per_token, stderr=math.sqrt(var) / tokens,

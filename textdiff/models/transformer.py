@@ -9,6 +9,7 @@ A back-end's own trainable parts (an embedding table, projections, a learned sch
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -156,6 +157,8 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, causal) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(D, elementwise_affine=not cfg.time_conditioning, bias=False)
         self.head = nn.Linear(D, vocab_size, bias=False) if vocab_head else None
+        self.seg = nn.Embedding(2, D) if cfg.segments else None  # seq2seq: source 0 / target 1
+        self.segments: Optional[torch.Tensor] = None  # (B, L) segment ids of the current call (see `segmented`)
         self.noise: Optional[nn.Module] = None
         self.checkpoint_blocks = False  # activation checkpointing in training (train.activation_checkpointing)
         self._init_weights()
@@ -176,6 +179,16 @@ class Transformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @contextlib.contextmanager
+    def segmented(self, segments: Optional[torch.Tensor]):
+        """Within the block every forward adds the segment embedding of `segments` (B, L) (source 0 / target 1):
+        the conditioning stays out of every back-end's and sampler's signature. A no-op without model.segments."""
+        previous, self.segments = self.segments, (segments if self.seg is not None else None)
+        try:
+            yield self
+        finally:
+            self.segments = previous
+
     def embed_probs(self, probs: torch.Tensor) -> torch.Tensor:
         """A distribution over the vocabulary as its expected token embedding: (B, L, V) -> (B, L, D)."""
         return probs.to(self.tok.weight.dtype) @ self.tok.weight
@@ -188,6 +201,8 @@ class Transformer(nn.Module):
         x = inputs if inputs.is_floating_point() else self.tok(inputs)
         if self.pos is not None:
             x = x + self.pos(torch.arange(offset, offset + L, device=inputs.device))
+        if self.seg is not None and self.segments is not None:
+            x = x + self.seg(self.segments[:, offset:offset + L])
         if x0_prev is not None and self.cfg.self_conditioning:
             x = x + self.self_cond(x0_prev.to(x.dtype))
         c = None

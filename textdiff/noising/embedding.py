@@ -259,6 +259,11 @@ class EmbeddingDiffusion(Backend):
 
     # --- sampling ----------------------------------------------------------------------------------------------
 
+    def unconditional(self, model, z, t, source) -> Prediction:
+        """Classifier-free guidance's null-condition prediction: the source (B, L) given as the clean [PAD] embedding."""
+        null = model.noise.table()[self.special.pad].to(z.dtype)  # (d,)
+        return self.predict(model, torch.where(source[..., None], null, z), t)
+
     def prior_sample(self, model, shape, generator) -> torch.Tensor:
         """z_1 ~ N(0, I): (B, L) -> (B, L, d)."""
         d = model.noise.embedding.weight.shape[1]

@@ -131,6 +131,10 @@ class MaskedDiffusion(Backend):
 
     # --- sampling ----------------------------------------------------------------------------------------
 
+    def unconditional(self, model, x_t, t, source) -> torch.Tensor:
+        """Classifier-free guidance's null-condition output: x0 logits with the source (B, L) set to [PAD]."""
+        return self.x0_logits(model, x_t.masked_fill(source, self.special.pad), t)
+
     def step(self, x0_probs: torch.Tensor, x_t: torch.Tensor, t: float, s: float, generator) -> StepOutput:
         """Ancestral step t -> s of the reverse process (MDLM eq. 7): each masked token is revealed with
         probability (alpha_s - alpha_t) / (1 - alpha_t), its value drawn from the x0 distribution."""

@@ -125,6 +125,11 @@ class SimplexDiffusion(Backend):
 
     # --- sampling --------------------------------------------------------------------------------------------------
 
+    def unconditional(self, model, x_t, t, source) -> torch.Tensor:
+        """Classifier-free guidance's null-condition x0 logits: the source (B, L) held at the clean [PAD] logits."""
+        null = self.simplex(torch.full(source.shape, self.special.pad, dtype=torch.long, device=source.device))
+        return self.x0_logits(model, torch.where(source[..., None], null, x_t), t)
+
     def project(self, x0_probs: torch.Tensor, generator) -> torch.Tensor:
         """SSD-LM's logits projection: one token per position drawn from the (filtered) x0 distribution.
         (B, L, V) -> (B, L); a greedy (one-hot) distribution makes it the argmax projection."""

@@ -9,9 +9,11 @@ from textdiff.sampling import filter_probs, register_sampler
 
 @register_sampler("ar")
 @torch.no_grad()
-def autoregressive(model, backend, x, opts, generator, callback=None):
+def autoregressive(model, backend, x, opts, generator, callback=None, guidance=None):
     """Fill the [MASK] suffix of x token by token after an [EOS] start token; the given prefix is the prompt.
     One model call per generated token, each over a single position (the KV cache holds the rest)."""
+    if guidance is not None:
+        raise ValueError("the autoregressive baseline takes no guidance")
     x = x.clone()
     masked = x == backend.special.mask
     first = int(masked.float().argmax(dim=1).min()) if masked.any() else x.shape[1]

@@ -13,9 +13,12 @@ from textdiff.sampling import blocks, filter_probs, register_sampler, split_step
 
 
 def _reimpose(backend, model, z, ids, given, t: float, generator):
-    """z with the given positions (B, L) replaced by a draw of q(z_t | ids)."""
+    """z with the given positions (B, L) replaced by a draw of q(z_t | ids); a seq2seq model (model.segments) was
+    trained on a clean source, so it gets the clean embeddings (DiffuSeq's partial noising)."""
     if not given.any():
         return z
+    if model.cfg.segments:
+        return torch.where(given[..., None], model.noise.table()[ids].to(z.dtype), z)
     tt = torch.full((z.shape[0],), t, device=z.device)
     z_given = backend.corrupt(ids, tt, generator, model=model)
     return torch.where(given[..., None], z_given, z)

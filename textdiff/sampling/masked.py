@@ -7,15 +7,17 @@ import torch
 from textdiff.sampling import blocks, filter_probs, register_sampler, split_steps
 
 
-def _probs(model, backend, x, t: float, opts, x0_prev=None):
+def _probs(model, backend, x, t: float, opts, x0_prev=None, guidance=None):
     tt = torch.full((x.shape[0],), t, device=x.device)
     logits = backend.x0_logits(model, x, tt, x0_prev=x0_prev)
+    if guidance is not None:
+        logits = guidance(logits, x, tt)
     return filter_probs(logits, opts.temperature, opts.top_k, opts.top_p)
 
 
 @register_sampler("ancestral")
 @torch.no_grad()
-def ancestral(model, backend, x, opts, generator, callback=None):
+def ancestral(model, backend, x, opts, generator, callback=None, guidance=None):
     """MDLM's ancestral sampler with its cache: when a step reveals nothing and the model ignores t,
     the next step reuses the last x0 distribution instead of calling the model."""
     reuse = not model.cfg.time_conditioning
@@ -27,7 +29,8 @@ def ancestral(model, backend, x, opts, generator, callback=None):
         for j in range(steps):
             t, s = 1.0 - j / steps, 1.0 - (j + 1) / steps
             if not (fresh and reuse):
-                probs = _probs(model, backend, x, t, opts, x0_prev=probs if model.cfg.self_conditioning else None)
+                probs = _probs(model, backend, x, t, opts, x0_prev=probs if model.cfg.self_conditioning else None,
+                               guidance=guidance)
             out = backend.step(probs, x, t, s, generator)
             new = torch.where(active, out.sample, x)
             fresh = torch.equal(new, x)  # nothing changed: the last x0 distribution still holds
@@ -40,7 +43,7 @@ def ancestral(model, backend, x, opts, generator, callback=None):
 
 @register_sampler("confidence")
 @torch.no_grad()
-def confidence(model, backend, x, opts, generator, callback=None):
+def confidence(model, backend, x, opts, generator, callback=None, guidance=None):
     """Confidence-based remasking (MaskGIT, Chang et al. 2022; LLaDA's low-confidence remasking): every step
     draws all masked tokens and keeps the most confident ones, so the mask count falls linearly to zero."""
     mask_id, step_no, probs = backend.mask_id, 0, None
@@ -51,7 +54,8 @@ def confidence(model, backend, x, opts, generator, callback=None):
         total = ((x == mask_id) & active).sum(dim=1)  # (B,)
         for j in range(steps):
             t = 1.0 - j / steps
-            probs = _probs(model, backend, x, t, opts, x0_prev=probs if model.cfg.self_conditioning else None)
+            probs = _probs(model, backend, x, t, opts, x0_prev=probs if model.cfg.self_conditioning else None,
+                               guidance=guidance)
             masked = (x == mask_id) & active
             draw = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(x.shape)
             conf = torch.gather(probs, -1, draw[..., None]).squeeze(-1).masked_fill(~masked, -1.0)  # (B, L)
