@@ -168,7 +168,7 @@ def test_time_warp_maps_strata_monotonically_and_learns_from_training():
 @pytest.mark.parametrize("kw", [{"target": "x0", "x0_from": "vector"}, {"target": "eps", "x0_from": "vector"},
                                 {"target": "v", "x0_from": "vector"}, {"loss": "simple"},
                                 {"schedule": "learned"}, {"schedule": "sqrt"}, {"schedule": "linear"},
-                                {"output_prior": False}, {"embed_norm": False}])
+                                {"output_prior": False}, {"embed_norm": False}, {"time_warp": False}])
 def test_every_parameterisation_trains_and_samples(kw):
     model, backend = make("embedding", **kw)
     out = backend.loss(model.train(), batch(), torch.Generator().manual_seed(0))

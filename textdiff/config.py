@@ -104,6 +104,9 @@ class BackendConfig:
     """Embedding back-end: width d of the diffused token embeddings."""
     embed_norm: bool = True
     """Embedding back-end: scale every token embedding to norm sqrt(d) (CDCD), so embeddings cannot collapse."""
+    time_warp: bool = True
+    """Embedding back-end: draw training times from the density fitted to the bound's integrand (CDCD's time
+    warping; the loss is divided by it, so unbiased); False draws t uniformly. The bound always uses the fit."""
     loss: str = "elbo"
     """Gaussian back-ends' diffusion loss: `elbo` (the continuous-time variational bound, VDM) or `simple`
     (unweighted mean squared error of the target, Ho et al. 2020)."""

@@ -228,7 +228,8 @@ class EmbeddingDiffusion(Backend):
 
     def loss(self, model, batch: Batch, generator):
         keep = batch.loss_mask
-        t, density = model.noise.warp.times(self.uniforms(batch.ids.shape[0], generator, batch.ids.device))
+        u = self.uniforms(batch.ids.shape[0], generator, batch.ids.device)
+        t, density = model.noise.warp.times(u) if self.cfg.time_warp else (u, torch.ones_like(u))
         self_cond = self.self_condition_now(model, generator)
         diffusion, term, ce = self._terms(model, batch, t, generator, self_cond)
         if model.training:
