@@ -178,6 +178,12 @@ def sdtt_loss(teacher, student, backend, batch: Batch, steps: int, generator, gu
     return LossOutput(loss=kl.sum() / max(n, 1), n_tokens=n)
 
 
+progressive_loss.method = "progressive"
+progressive_loss.student_sample = {"sampler": "ddim", "eta": 0.0}  # the deterministic sampler it was distilled for
+sdtt_loss.method = "sdtt"
+sdtt_loss.student_sample = {}  # the teacher's own sampler
+
+
 # --- the stages ---------------------------------------------------------------------------------------------------
 
 
@@ -244,9 +250,8 @@ def write_student(pipe, student, out_dir: Path, lineage: dict) -> Path:
     """A normal run directory (config.json, model.safetensors, tokenizer) written into a temporary directory and
     renamed into place; its recipe samples with the student's steps by default."""
     recipe = pipe.recipe
-    sampler = "ddim" if recipe.backend.name == "embedding" else recipe.sample.sampler
-    sample = dataclasses.replace(recipe.sample, steps=lineage["steps"], sampler=sampler,
-                                 eta=0.0 if recipe.backend.name == "embedding" else recipe.sample.eta)
+    sample = dataclasses.replace(recipe.sample, steps=lineage["steps"],
+                                 **DISTILLERS[recipe.backend.name].student_sample)
     recipe = dataclasses.replace(recipe, sample=sample, out_dir=str(out_dir),
                                  name=f"{recipe.name}-distill{lineage['stage']}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -307,7 +312,7 @@ def distill_run(run: str | Path, cfg: DistillConfig, out: Path, device: str = "c
                                 log=_logger(k, cfg.iters) if progress else None)
         after = discrepancy(teacher, student, pipe.backend, held, steps) if held else None
         lineage = {"stage": k, "steps": steps, "teacher_steps": 2 * steps, "teacher": teacher_path,
-                   "method": "progressive" if pipe.backend.name == "embedding" else "sdtt",
+                   "method": DISTILLERS[pipe.backend.name].method,
                    "iters": cfg.iters, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
                    "held_out_loss_before": before, "held_out_loss_after": after}
         write_student(pipe, student, stage_dir, lineage)
