@@ -5,7 +5,14 @@ settings) and every finished evaluation is a JSON file under RUNS/results/ that 
 
     TEXTDIFF_DATA_DIR=../shared/data python benchmarks/run_all.py                  # 800 steps, CPU
     python benchmarks/run_all.py --device cuda --steps 3200 --out benchmarks/results/kjv_gpu.md
-    python benchmarks/run_all.py --only masked ar --skip frontier                  # a subset
+    python benchmarks/run_all.py --only masked ar --skip throughput               # a subset
+    # two halves side by side on a 2-core machine (one thread each), then the report from their cached results:
+    OMP_NUM_THREADS=1 python benchmarks/run_all.py --only masked embedding ar --skip report &
+    OMP_NUM_THREADS=1 python benchmarks/run_all.py --only simplex simplex-no-selfcond --skip report; wait
+    python benchmarks/run_all.py
+
+Each name's frontier covers its back-end's default sampler at every step count (`--all-samplers` for all of
+them); the headline table's genppl columns are the 16 / 64 / 256-step points of that frontier.
 """
 
 from __future__ import annotations
@@ -21,12 +28,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kjv_ratio import RECIPES, tok_per_s, train_one  # noqa: E402  (same runs as kjv_ratio.py)
 
+from textdiff.bench.frontier import markdown as frontier_markdown, plot  # noqa: E402
+from textdiff.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
 from textdiff.cli import main as textdiff  # noqa: E402
 from textdiff.config import load_recipe  # noqa: E402
 from textdiff.evaluation.report import env_lines, environment  # noqa: E402
 from textdiff.noising import BACKENDS  # noqa: E402
 
 GENPPL_STEPS = (16, 64, 256)
+# self-conditioning on vs off (issues 3 and 4): the simplex recipe has it on
+DEFAULT_VARIANTS = ("simplex-no-selfcond=simplex:model.self_conditioning=false",)
 ANCHORS = """Reference implementations in the same setting (from ../shared/anchors.md: MDLM's and GPT-2's own code,
 800 steps, 2-core CPU; judge SmolLM2-135M on 16 x 128 samples, fp32):
 
@@ -46,19 +57,20 @@ def cached(path: Path, argv: list[str]) -> dict:
     return json.loads(path.read_text())
 
 
-def evaluate(name: str, run: Path, res: Path, args) -> dict:
-    backend = BACKENDS[load_recipe(RECIPES[name]).backend.name]
-    common = ["--device", args.device, "--seed", "0"]
-    out = {"backend": backend.name, "causal": backend.causal, "tok_per_s": tok_per_s(run), "genppl": {}}
+def evaluate(name: str, family: str, run: Path, res: Path, args) -> dict:
+    """The test bound (back-ends that have one) and the run's frontier (judge genppl, entropy and wall time of its
+    default sampler at every step count; AR: one KV-cache point), each cached as JSON under `res`."""
+    backend = BACKENDS[load_recipe(RECIPES[family]).backend.name]
+    out = {"backend": backend.name, "causal": backend.causal, "tok_per_s": tok_per_s(run), "run": str(run)}
     if backend.has_bound:
-        out["ppl"] = cached(res / f"{name}-ppl.json", ["eval", str(run), "--metrics", "ppl", "--draws",
-                            str(args.draws), "--out", str(res / f"{name}-ppl.json"), *common])["ppl"]
-    for steps in ([None] if backend.causal else args.genppl_steps):
-        tag = "kv" if steps is None else steps
-        path = res / f"{name}-genppl-{tag}.json"
-        argv = ["eval", str(run), "--metrics", "genppl", "--num-samples", str(args.num_samples), "--out", str(path),
-                *common, *(["--steps", str(steps)] if steps else []), *(["--judge", args.judge] if args.judge else [])]
-        out["genppl"][tag] = cached(path, argv)["genppl"]
+        out["ppl"] = cached(res / f"{name}-ppl.json", ["eval", str(run), "--metrics", "ppl", "--draws", str(args.draws),
+                            "--out", str(res / f"{name}-ppl.json"), "--device", args.device, "--seed", "0"])["ppl"]
+    steps = sorted(set(args.genppl_steps) | set(map(int, args.frontier_steps.split(","))))
+    samplers = [] if args.all_samplers else ["--samplers", backend.default_sampler]
+    fdir = res / f"{name}-frontier"
+    out["frontier"] = cached(fdir / "frontier.json", ["bench", "frontier", str(run), "--steps", ",".join(map(str, steps)),
+                             "--num-samples", str(args.num_samples), "--device", args.device, "--out-dir", str(fdir),
+                             *samplers, *(["--judge", args.judge] if args.judge else [])])
     return out
 
 
@@ -70,15 +82,44 @@ def headline(results: dict[str, dict], steps_list) -> list[str]:
         p = r.get("ppl")
         ppl = "no bound" if p is None else f"{p['ppl']:.1f}" + ("" if p["exact"] else f" (± {p['stderr']:.4f} nats/token)")
         ratio = f"{p['ppl'] / ar['ppl']['ppl']:.2f}" if p and ar and not r["causal"] else ""
-        gen = [r["genppl"].get("kv") or r["genppl"].get(s) for s in steps_list]
-        cells = [f"{g['samples']['ppl']:.1f} / {g['samples']['entropy']:.2f} ({g['sample_seconds']:.1f} s)" if g else ""
-                 for g in gen]
-        lines.append(f"| {name} ({r['backend']}) | {ppl} | {ratio} | " + " | ".join(cells) + f" | {r['tok_per_s']:,.0f} |")
-    ref = next(iter(next(iter(results.values()))["genppl"].values()))["reference"]
+        points = r["frontier"]["points"]
+        if r["causal"]:  # one KV-cache point, shown in every column
+            points = [dict(points[0], steps=s) for s in steps_list]
+        by_steps = {q["steps"]: q for q in points if q["sampler"] == points[0]["sampler"]}
+        cells = [f"{q['genppl']:.1f} / {q['entropy']:.2f} ({q['wall_s']:.1f} s)" if (q := by_steps.get(s)) else ""
+                 for s in steps_list]
+        sampler = "KV cache" if r["causal"] else points[0]["sampler"]
+        lines.append(f"| {name} ({r['backend']}, {sampler}) | {ppl} | {ratio} | " + " | ".join(cells)
+                     + f" | {r['tok_per_s']:,.0f} |")
+    ref = next(iter(next(iter(results.values()))["frontier"]["references"].values()), None)
     if ref:
-        lines.append(f"| real test text | | | " + " | ".join([f"{ref['ppl']:.1f} / {ref['entropy']:.2f}"] * len(steps_list))
+        lines.append("| real test text | | | " + " | ".join([f"{ref['ppl']:.1f} / {ref['entropy']:.2f}"] * len(steps_list))
                      + " | |")
     return lines
+
+
+def merged_frontier(results: dict[str, dict]) -> dict:
+    """One frontier over every run (for one plot and one table)."""
+    parts = [r["frontier"] for r in results.values()]
+    merged = dict(parts[0], runs=[run for f in parts for run in f["runs"]], points=[p for f in parts for p in f["points"]],
+                  skipped=[s for f in parts for s in f["skipped"]], references={})
+    for f in parts:
+        merged["references"].update(f["references"])
+    merged["steps"] = sorted({s for f in parts for s in f["steps"]})
+    return merged
+
+
+def entries(args) -> dict[str, tuple[str, list[str]]]:
+    """name -> (recipe family, overrides): every recipe as written, then the --variant ones."""
+    out = {name: (name, []) for name in RECIPES}
+    for spec in args.variant:
+        name, _, rest = spec.partition("=")
+        family, _, sets = rest.partition(":")
+        if not name or family not in RECIPES or "=" not in sets:
+            raise SystemExit(f"run_all: --variant {spec!r}: want NAME=RECIPE:KEY=VALUE[,KEY=VALUE], RECIPE one of "
+                             f"{', '.join(RECIPES)}")
+        out[name] = (family, sets.split(","))
+    return out
 
 
 def main():
@@ -88,48 +129,66 @@ def main():
     p.add_argument("--runs", default="runs/bench-kjv", help="where the runs and their evaluations go")
     p.add_argument("--recipes", default=None, help="a folder of <name>.yaml recipes instead of recipes/kjv (smoke runs: "
                    "recipes/tiny)")
-    p.add_argument("--only", nargs="+", help="recipe names to include (default: every one)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "frontier"])
+    p.add_argument("--variant", action="append", default=None, metavar="NAME=RECIPE:KEY=VALUE[,...]",
+                   help="also train RECIPE with these overrides, reported as NAME (default: "
+                   f"{' '.join(DEFAULT_VARIANTS)}; give --variant none for none)")
+    p.add_argument("--only", nargs="+", help="names to include (recipes and variants; default: every one)")
+    p.add_argument("--skip", nargs="*", default=[], choices=["throughput", "report"])
     p.add_argument("--judge", help="judge for genppl (default: SmolLM2-135M)")
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--draws", type=int, default=32, help="time draws per test sequence for ELBO bounds")
-    p.add_argument("--genppl-steps", type=int, nargs="+", default=list(GENPPL_STEPS))
+    p.add_argument("--genppl-steps", type=int, nargs="+", default=list(GENPPL_STEPS), help="headline table columns")
     p.add_argument("--frontier-steps", default="4,8,16,32,64,128,256")
+    p.add_argument("--all-samplers", action="store_true", help="frontier of every sampler of each back-end, not only "
+                   "its default one")
     p.add_argument("--out", default="benchmarks/results/kjv.md")
     args = p.parse_args()
     if args.recipes:  # kjv_ratio.train_one reads this dict
         RECIPES.clear()
-        RECIPES.update({p.stem: p for p in sorted(Path(args.recipes).glob("*.yaml"))})
-    unknown = set(args.only or []) - set(RECIPES)
+        RECIPES.update({p.stem: p for p in sorted(Path(args.recipes).glob("*.yaml"))
+                        if not load_recipe(p).data.source_field})  # language modelling only, no seq2seq recipes
+    if args.variant is None:
+        args.variant = [v for v in DEFAULT_VARIANTS if v.partition(":")[0].partition("=")[2] in RECIPES]
+    args.variant = [v for v in args.variant if v != "none"]
+    todo = entries(args)
+    unknown = set(args.only or []) - set(todo)
     if unknown:
-        raise SystemExit(f"run_all: no recipe {', '.join(sorted(unknown))}; have {', '.join(RECIPES)}")
+        raise SystemExit(f"run_all: no recipe or variant {', '.join(sorted(unknown))}; have {', '.join(todo)}")
     runs, out = Path(args.runs), Path(args.out)
     res = runs / "results" / f"{args.steps}"
     res.mkdir(parents=True, exist_ok=True)
-    trained = {name: train_one(name, args.steps, runs, args.device, []) for name in args.only or RECIPES}
-    results = {name: evaluate(name, run, res, args) for name, run in trained.items()}
-    first = load_recipe(RECIPES[next(iter(trained))])
+    names = args.only or list(todo)
+    trained = {name: train_one(todo[name][0], args.steps, runs, args.device, todo[name][1]) for name in names}
+    results = {name: evaluate(name, todo[name][0], run, res, args) for name, run in trained.items()}
+    if "report" in args.skip:  # a partial job (e.g. one of two run side by side); a later full call writes the report
+        return
+    first = load_recipe(RECIPES[todo[names[0]][0]])
     batch, length = first.train.batch_size, first.data.max_length
+    variants = [f"{n} = {todo[n][0]} with {', '.join(todo[n][1])}" for n in names if todo[n][1]]
     lines = [f"# KJV: every back-end beside the AR baseline ({time.strftime('%Y-%m-%d')})", "",
              *env_lines(environment(args.device)), "",
              f"Budget: {args.steps} steps of batch {batch} x {length} tokens ({args.steps * batch * length / 1e6:.2f}M "
-             f"tokens) per recipe in {Path(next(iter(RECIPES.values()))).parent}/. Test PPL: ELBO bound ({args.draws} time draws) or exact for AR. genppl: "
-             f"{args.num_samples} samples x {length} tokens scored by the judge (default sampler of each back-end; AR "
-             f"with its KV cache), token-weighted, in the judge's tokens; entropy: unigram, nats, over the run's BPE "
-             f"ids of all samples. Command: `python benchmarks/run_all.py {' '.join(sys.argv[1:])}`", "",
+             f"tokens) per recipe in {Path(next(iter(RECIPES.values()))).parent}/"
+             + (f" (variants: {'; '.join(variants)})" if variants else "") + f". Test PPL: ELBO bound ({args.draws} "
+             f"time draws per sequence, ± Monte Carlo standard error) or exact for AR. genppl: {args.num_samples} "
+             f"samples x {length} tokens from the back-end's default sampler (AR: its KV cache), seed 0, fp32, scored "
+             f"by the judge, token-weighted, in the judge's tokens; entropy: unigram, nats, over the run's BPE ids of "
+             f"all samples; wall: sampling time of all {args.num_samples}. train tok/s: from each run's log (runs may "
+             f"have shared the CPU; the throughput table below is measured side by side). "
+             f"Command: `python benchmarks/run_all.py {' '.join(sys.argv[1:])}`", "",
              *headline(results, args.genppl_steps), "", ANCHORS]
     if "throughput" not in args.skip:
         cached(res / "throughput.json", ["bench", "throughput", "--device", args.device, "--out", str(res / "throughput.json")])
         lines += ["", "## Training throughput", "", (res / "throughput.md").read_text().split("\n\n", 2)[-1].strip()]
-    if "frontier" not in args.skip:
-        fdir = out.parent / f"{out.stem}_frontier"
-        cached(fdir / "frontier.json", ["bench", "frontier", *map(str, trained.values()), "--steps", args.frontier_steps,
-                                        "--num-samples", str(args.num_samples), "--device", args.device,
-                                        "--out-dir", str(fdir), *(["--judge", args.judge] if args.judge else [])])
-        lines += ["", "## Sampling frontier", "", f"![frontier]({fdir.name}/frontier.png)", "",
-                  f"Every point: [{fdir.name}/frontier.md]({fdir.name}/frontier.md)."]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    fdir = out.parent / f"{out.stem}_frontier"
+    fdir.mkdir(parents=True, exist_ok=True)
+    merged = merged_frontier(results)
+    atomic_write_json(fdir / "frontier.json", merged)
+    atomic_write_bytes(fdir / "frontier.md", "\n".join(["# Sampling frontier", "", *frontier_markdown(merged)]).encode() + b"\n")
+    plot(merged, fdir / "frontier.png")
+    lines += ["", "## Sampling frontier", "", f"![frontier]({fdir.name}/frontier.png)", "",
+              f"Every point: [{fdir.name}/frontier.md]({fdir.name}/frontier.md)."]
+    atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
     print(f"\nwrote {out}")
 

@@ -4,6 +4,7 @@ and real test text as a second one. Plots quality against wall time, one curve p
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -94,7 +95,8 @@ def plot(res: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for (label, pts), color in zip(_curves(res["points"]).items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4):
+    finite = [p for p in res["points"] if math.isfinite(p["genppl"]) and math.isfinite(p["entropy"]) and p["wall_s"] > 0]
+    for (label, pts), color in zip(_curves(finite).items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4):
         pts = sorted(pts, key=lambda p: p["wall_s"])
         for ax, key in zip(axes, ("genppl", "entropy")):
             if pts[0]["causal"]:  # an AR run: one point and a reference line
