@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,12 +77,14 @@ def evaluate(name: str, family: str, run: Path, res: Path, args) -> dict:
 
 def headline(results: dict[str, dict], steps_list) -> list[str]:
     ar = next((r for r in results.values() if r["causal"]), None)
-    head = ["model", "test PPL", "÷ AR", *[f"genppl / entropy (wall) @{s} steps" for s in steps_list], "train tok/s"]
+    masked = results.get("masked")
+    head = ["model", "test PPL", "÷ AR", "÷ masked", *[f"genppl / entropy (wall) @{s} steps" for s in steps_list], "train tok/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         p = r.get("ppl")
         ppl = "no bound" if p is None else f"{p['ppl']:.1f}" + ("" if p["exact"] else f" (± {p['stderr']:.4f} nats/token)")
         ratio = f"{p['ppl'] / ar['ppl']['ppl']:.2f}" if p and ar and not r["causal"] else ""
+        to_masked = f"{p['ppl'] / masked['ppl']['ppl']:.2f}" if p and masked and masked.get("ppl") else ""
         points = r["frontier"]["points"]
         if r["causal"]:  # one KV-cache point, shown in every column
             points = [dict(points[0], steps=s) for s in steps_list]
@@ -89,11 +92,11 @@ def headline(results: dict[str, dict], steps_list) -> list[str]:
         cells = [f"{q['genppl']:.1f} / {q['entropy']:.2f} ({q['wall_s']:.1f} s)" if (q := by_steps.get(s)) else ""
                  for s in steps_list]
         sampler = "KV cache" if r["causal"] else points[0]["sampler"]
-        lines.append(f"| {name} ({r['backend']}, {sampler}) | {ppl} | {ratio} | " + " | ".join(cells)
+        lines.append(f"| {name} ({r['backend']}, {sampler}) | {ppl} | {ratio} | {to_masked} | " + " | ".join(cells)
                      + f" | {r['tok_per_s']:,.0f} |")
     ref = next(iter(next(iter(results.values()))["frontier"]["references"].values()), None)
     if ref:
-        lines.append("| real test text | | | " + " | ".join([f"{ref['ppl']:.1f} / {ref['entropy']:.2f}"] * len(steps_list))
+        lines.append("| real test text | | | | " + " | ".join([f"{ref['ppl']:.1f} / {ref['entropy']:.2f}"] * len(steps_list))
                      + " | |")
     return lines
 
@@ -142,6 +145,8 @@ def main():
     p.add_argument("--all-samplers", action="store_true", help="frontier of every sampler of each back-end, not only "
                    "its default one")
     p.add_argument("--out", default="benchmarks/results/kjv.md")
+    p.add_argument("--readme", help="also rewrite the block between the run_all markers of this README (README.md: "
+                   "the results section)")
     args = p.parse_args()
     if args.recipes:  # kjv_ratio.train_one reads this dict
         RECIPES.clear()
@@ -186,11 +191,31 @@ def main():
     atomic_write_json(fdir / "frontier.json", merged)
     atomic_write_bytes(fdir / "frontier.md", "\n".join(["# Sampling frontier", "", *frontier_markdown(merged)]).encode() + b"\n")
     plot(merged, fdir / "frontier.png")
-    lines += ["", "## Sampling frontier", "", f"![frontier]({fdir.name}/frontier.png)", "",
-              f"Every point: [{fdir.name}/frontier.md]({fdir.name}/frontier.md)."]
-    atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())
+    frontier_lines = lambda base: ["", "Sampling frontier (judge perplexity and entropy against wall time, one curve per "  # noqa: E731
+                                   "back-end; the AR model's KV-cache sampling and real text are the lines):", "",
+                                   f"![frontier]({base}/frontier.png)", "", f"Every point: [{base}/frontier.md]({base}/frontier.md)."]
+    atomic_write_bytes(out, ("\n".join(lines + frontier_lines(fdir.name)) + "\n").encode())
     print("\n".join(lines))
     print(f"\nwrote {out}")
+    if args.readme:
+        readme = Path(args.readme)
+        rel = lambda p: Path(os.path.relpath(p, readme.parent)).as_posix()  # noqa: E731
+        update_readme(readme, "\n".join([f"Written by `python benchmarks/run_all.py {' '.join(sys.argv[1:])}`; the full "
+                                         f"report is [{rel(out)}]({rel(out)}).", *lines[2:], *frontier_lines(rel(fdir))]))
+        print(f"updated the results block of {readme}")
+
+
+README_BLOCK = ("<!-- run_all:start -->", "<!-- run_all:end -->")
+
+
+def update_readme(readme: Path, body: str) -> None:
+    """Replace what lies between the README's run_all markers with `body` (atomically)."""
+    start, end = README_BLOCK
+    text = readme.read_text()
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise SystemExit(f"run_all: {readme} needs one {start} ... {end} block for --readme")
+    head, rest = text.split(start)
+    atomic_write_bytes(readme, (head + start + "\n" + body + "\n" + end + rest.split(end)[1]).encode())
 
 
 if __name__ == "__main__":
