@@ -1,0 +1,60 @@
+"""benchmarks/run_all.py's own logic on fixed inputs: variant parsing, the headline table, the README block."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import run_all  # noqa: E402
+
+
+def _result(backend, causal, ppl, points):
+    return {"backend": backend, "causal": causal, "tok_per_s": 1000.0, "ppl": ppl,
+            "frontier": {"points": points, "references": {"kjv": {"ppl": 30.0, "entropy": 5.3}}}}
+
+
+def _point(sampler, steps, genppl):
+    return {"sampler": sampler, "steps": steps, "genppl": genppl, "entropy": 5.0, "wall_s": steps / 10}
+
+
+def test_variants_name_a_recipe_and_overrides():
+    args = SimpleNamespace(variant=["nosc=simplex:model.self_conditioning=false,train.lr=1e-3"])
+    todo = run_all.entries(args)
+    assert todo["nosc"] == ("simplex", ["model.self_conditioning=false", "train.lr=1e-3"])
+    assert todo["masked"] == ("masked", [])
+    for bad in ("nosc=nothing:a=b", "nosc=simplex", "=simplex:a=b"):
+        with pytest.raises(SystemExit, match="NAME=RECIPE"):
+            run_all.entries(SimpleNamespace(variant=[bad]))
+
+
+def test_headline_reads_ratios_and_the_frontier_points():
+    results = {
+        "masked": _result("masked", False, {"ppl": 150.0, "exact": False, "stderr": 0.01},
+                          [_point("ancestral", s, 600.0 - s) for s in (4, 16, 64, 256)]),
+        "ar": _result("ar", True, {"ppl": 50.0, "exact": True}, [_point("ar", 128, 160.0)]),
+        "simplex": _result("simplex", False, None, [_point("simplex", s, 900.0) for s in (16, 64)]),
+    }
+    lines = run_all.headline(results, [16, 64, 256])
+    masked = next(ln for ln in lines if ln.startswith("| masked"))
+    assert "| 150.0 (± 0.0100 nats/token) | 3.00 | 1.00 |" in masked
+    assert "584.0 / 5.00 (1.6 s)" in masked and "344.0 / 5.00 (25.6 s)" in masked
+    ar = next(ln for ln in lines if ln.startswith("| ar"))
+    assert ar.count("160.0 / 5.00") == 3  # the one KV-cache point in every column
+    simplex = next(ln for ln in lines if ln.startswith("| simplex"))
+    assert "no bound" in simplex and simplex.endswith("| 1,000 |") and "|  | 1,000 |" in simplex  # no 256 point
+    assert lines[-1].startswith("| real test text") and "30.0 / 5.30" in lines[-1]
+
+
+def test_readme_block_is_replaced_and_nothing_else(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# t\n\n<!-- run_all:start -->\nold\n<!-- run_all:end -->\ntail\n")
+    run_all.update_readme(readme, "new table")
+    assert readme.read_text() == "# t\n\n<!-- run_all:start -->\nnew table\n<!-- run_all:end -->\ntail\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="run_all markers|needs one"):
+        run_all.update_readme(readme, "x")
+    assert readme.read_text() == "no markers\n"
