@@ -55,6 +55,13 @@ class BoundOutput:
     """(B,) counted tokens per sequence."""
     exact: bool
 
+    @classmethod
+    def from_draws(cls, draws: torch.Tensor, n_tokens: torch.Tensor) -> "BoundOutput":
+        """The Monte Carlo estimate from D independent draws (B, D) of a per-sequence NELBO."""
+        n_draws = draws.shape[1]
+        var = draws.var(dim=1) / n_draws if n_draws > 1 else torch.zeros_like(draws[:, 0])
+        return cls(draws.mean(dim=1), var, n_tokens, exact=False)
+
 
 @dataclass
 class StepOutput:
@@ -107,6 +114,17 @@ class Backend:
         """Self-conditioning in training (Chen et al. 2022): in half of the steps a first no-grad pass's x0 estimate
         is fed to the second pass."""
         return model.cfg.self_conditioning and bool(torch.rand(1, generator=generator, device=generator.device) < 0.5)
+
+    @staticmethod
+    def _cond_input(model, x0_prev):
+        """The previous x0 distribution (B, L, V) as the model's self-conditioning input (B, L, D)."""
+        return None if x0_prev is None else model.embed_probs(x0_prev)
+
+    def _self_condition(self, model, x_t, t):
+        """Analog-Bits self-conditioning: a no-grad pass whose x0 distribution (B, L, V) is fed back in
+        (for back-ends with `x0_logits`)."""
+        with torch.no_grad():
+            return torch.softmax(self.x0_logits(model, x_t, t), dim=-1)
 
     def loss(self, model, batch: Batch, generator: torch.Generator) -> LossOutput:
         raise NotImplementedError

@@ -88,16 +88,6 @@ class MaskedDiffusion(Backend):
             logits[b, i, x_t[b, i]] = 0.0
         return logits
 
-    @staticmethod
-    def _cond_input(model, x0_prev):
-        """The previous x0 distribution (B, L, V) as the model's self-conditioning input (B, L, D)."""
-        return None if x0_prev is None else model.embed_probs(x0_prev)
-
-    def _self_condition(self, model, x_t, t):
-        """Analog-Bits self-conditioning: a no-grad pass whose x0 distribution is fed back in."""
-        with torch.no_grad():
-            return torch.softmax(self.x0_logits(model, x_t, t), dim=-1)
-
     # --- training and likelihood -------------------------------------------------------------------------
 
     def _masked_nll(self, model, x0, keep, v, generator, t_min: float, self_cond: bool = False):
@@ -126,8 +116,7 @@ class MaskedDiffusion(Backend):
         self_cond = model.cfg.self_conditioning  # a first pass's x0 distribution is part of the model, as in sampling
         draws = torch.stack([self._masked_nll(model, batch.ids, batch.loss_mask, (u + d / n_draws) % 1.0,
                                               generator, BOUND_T_MIN, self_cond) for d in range(n_draws)], dim=1)  # (B, D)
-        var = draws.var(dim=1) / n_draws if n_draws > 1 else torch.zeros_like(draws[:, 0])
-        return BoundOutput(draws.mean(dim=1), var, batch.loss_mask.sum(dim=1), exact=False)
+        return BoundOutput.from_draws(draws, batch.loss_mask.sum(dim=1))
 
     # --- sampling ----------------------------------------------------------------------------------------
 
