@@ -154,7 +154,7 @@ class UniformDiffusion(Backend):
 
         Importance-sampled times t = t_min + (1 - t_min) v^2, weight 2 v (1 - t_min): at small t a token is off x0
         with probability ~t and then costs ~1/t, which uniform times turn into a variance growing like
-        log^3(1/t_min); density 1/(2 sqrt t) cuts the standard deviation about threefold (measured). t is float64
+        log^3(1/t_min); density 1/(2 sqrt t) about halves the standard deviation (measured on a toy model). t is float64
         so that it stays below 1 (alpha(t) > 0) and 1 - alpha(t) keeps its digits near t_min."""
         v = v.double()
         t = t_min + (1.0 - t_min) * v ** 2
