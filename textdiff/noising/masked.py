@@ -18,11 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from textdiff.noising import register
-from textdiff.noising.base import Backend, Batch, BoundOutput, LossOutput, StepOutput
+from textdiff.noising.base import BOUND_T_MIN, Backend, Batch, StepOutput
 from textdiff.schedules import get_schedule
-
-BOUND_T_MIN = 1e-6
-"""Lower end of t in the `time` estimator of the bound (the part below it is < 1e-6 nats/token)."""
 
 
 @register("masked")
@@ -102,21 +99,12 @@ class MaskedDiffusion(Backend):
         return weight * per_seq
 
     def loss(self, model, batch: Batch, generator):
-        v = self.uniforms(batch.ids.shape[0], generator, batch.ids.device)
-        self_cond = self.self_condition_now(model, generator)
-        nll = self._masked_nll(model, batch.ids, batch.loss_mask, v, generator, self.cfg.eps, self_cond)
-        n = int(batch.loss_mask.sum())
-        return LossOutput(loss=nll.sum() / max(n, 1), n_tokens=n)
+        return self.one_draw_loss(model, batch, generator, self._masked_nll)
 
     @torch.no_grad()
     def bound(self, model, batch: Batch, n_draws: int, generator):
         """NELBO per sequence, averaged over n_draws stratified draws each (a Monte Carlo estimate)."""
-        B = batch.ids.shape[0]
-        u = torch.rand(B, generator=generator, device=batch.ids.device)
-        self_cond = model.cfg.self_conditioning  # a first pass's x0 distribution is part of the model, as in sampling
-        draws = torch.stack([self._masked_nll(model, batch.ids, batch.loss_mask, (u + d / n_draws) % 1.0,
-                                              generator, BOUND_T_MIN, self_cond) for d in range(n_draws)], dim=1)  # (B, D)
-        return BoundOutput.from_draws(draws, batch.loss_mask.sum(dim=1))
+        return self.stratified_bound(model, batch, n_draws, generator, self._masked_nll)
 
     # --- sampling ----------------------------------------------------------------------------------------
 

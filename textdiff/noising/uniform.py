@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from textdiff.noising import register
-from textdiff.noising.base import Backend, Batch, BoundOutput, LossOutput, StepOutput
-from textdiff.noising.masked import BOUND_T_MIN, MaskedDiffusion
+from textdiff.noising.base import Backend, Batch, StepOutput
+from textdiff.noising.masked import MaskedDiffusion
 from textdiff.schedules import get_schedule
 
 TINY = 1e-300
@@ -166,22 +166,19 @@ class UniformDiffusion(Backend):
         per_seq = torch.zeros(x0.shape[0], device=x0.device).index_add(0, rows, h)
         return (2.0 * v * (1.0 - t_min)).float() * per_seq
 
+    def _nelbo(self, model, x0, keep, v, generator, t_min: float, self_cond: bool = False):
+        """One draw of the whole bound per sequence: the diffusion term plus the decoder term.  (B,) nats."""
+        diffusion = self._diffusion_nll(model, x0, keep, v, generator, t_min, self_cond)
+        return diffusion + self.decoder_nll(x0, keep, generator, t_min)
+
     def loss(self, model, batch: Batch, generator):
-        v = self.uniforms(batch.ids.shape[0], generator, batch.ids.device)
-        self_cond = self.self_condition_now(model, generator)
-        nll = self._diffusion_nll(model, batch.ids, batch.loss_mask, v, generator, self.cfg.eps, self_cond)
-        n = int(batch.loss_mask.sum())
-        return LossOutput(loss=nll.sum() / max(n, 1), n_tokens=n)
+        """The diffusion term from t_min = backend.eps (no decoder term: it has no parameters)."""
+        return self.one_draw_loss(model, batch, generator, self._diffusion_nll)
 
     @torch.no_grad()
     def bound(self, model, batch: Batch, n_draws: int, generator):
         """NELBO per sequence: the diffusion term at n_draws stratified times plus the decoder term, per draw."""
-        ids, keep = batch.ids, batch.loss_mask
-        u = torch.rand(ids.shape[0], generator=generator, device=ids.device)
-        self_cond = model.cfg.self_conditioning  # a first pass's x0 distribution is part of the model, as in sampling
-        draws = [self._diffusion_nll(model, ids, keep, (u + d / n_draws) % 1.0, generator, BOUND_T_MIN, self_cond)
-                 + self.decoder_nll(ids, keep, generator, BOUND_T_MIN) for d in range(n_draws)]
-        return BoundOutput.from_draws(torch.stack(draws, dim=1), keep.sum(dim=1))  # draws (B, D)
+        return self.stratified_bound(model, batch, n_draws, generator, self._nelbo)
 
     # --- sampling ----------------------------------------------------------------------------------------------
 
