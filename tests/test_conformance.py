@@ -102,6 +102,21 @@ def test_save_load_round_trip(name, tmp_path):
         assert fresh.head.weight.data_ptr() == fresh.tok.weight.data_ptr()  # tying survives loading
 
 
+@pytest.mark.parametrize("name", ["masked", "simplex", "uniform"])
+def test_self_conditioned_training_reaches_the_self_conditioning_input(name):
+    recipe = Recipe(data=DataConfig(path="unused.jsonl", max_length=L), backend=BackendConfig(name=name),
+                    model=ModelConfig(n_layer=1, n_embd=32, n_head=2, time_conditioning=name != "masked",
+                                      self_conditioning=True))
+    model, backend = build_model(recipe, V, L), get_backend(recipe.backend, SPECIAL, V)
+    torch.nn.init.normal_(model.self_cond.weight)  # zero-initialised: make the second pass depend on the first
+    grads = []
+    for seed in range(6):
+        model.zero_grad()
+        backend.loss(model, batch(), torch.Generator().manual_seed(seed)).loss.backward()
+        grads.append(model.self_cond.weight.grad is not None and bool(model.self_cond.weight.grad.abs().sum() > 0))
+    assert any(grads) and not all(grads)  # about half of the steps take the self-conditioning pass
+
+
 def _start(backend, infill: bool) -> torch.Tensor:
     x = backend.prior((B, L))
     if infill:

@@ -23,7 +23,7 @@ from textdiff.sampling.guidance import classifier_free
 from tests.conftest import ADJS, NOUNS, VERBS
 
 SPECIAL = SpecialTokens(pad=0, mask=1, bos=2, eos=3, unk=4, sep=5)
-BACKENDS = ("masked", "embedding", "simplex", "ar")
+BACKENDS = ("masked", "embedding", "simplex", "uniform", "ar")
 
 
 def make_pairs(n: int, seed: int) -> list[tuple[str, str]]:
@@ -150,7 +150,7 @@ def untrained(backend: str, vocab: int = 24, length: int = 16):
     return build_model(recipe, vocab, length).eval(), get_backend(recipe.backend, SPECIAL, vocab)
 
 
-@pytest.mark.parametrize("backend", ["masked", "embedding", "simplex"])
+@pytest.mark.parametrize("backend", ["masked", "embedding", "simplex", "uniform"])
 def test_the_source_is_never_noised_in_training(backend):
     """The source and [SEP] are outside the loss mask: corruption at t = 1 leaves them clean, and they do not count."""
     model, bk = untrained(backend)
@@ -158,7 +158,7 @@ def test_the_source_is_never_noised_in_training(backend):
     batch, gen = Batch(seqs.ids, seqs.loss_mask), torch.Generator().manual_seed(0)
     extra = {"model": model} if backend == "embedding" else {}
     x_t = bk.corrupt(batch.ids, torch.ones(4), gen, noise_mask=batch.loss_mask, **extra)
-    clean = {"masked": lambda ids: ids, "embedding": lambda ids: model.noise.table()[ids],
+    clean = {"masked": lambda ids: ids, "uniform": lambda ids: ids, "embedding": lambda ids: model.noise.table()[ids],
              "simplex": lambda ids: bk.simplex(ids)}[backend](batch.ids)
     assert torch.equal(x_t[:, :4], clean[:, :4])
     assert not torch.equal(x_t[:, 4:], clean[:, 4:])
@@ -168,7 +168,7 @@ def test_the_source_is_never_noised_in_training(backend):
     assert bool(torch.isfinite(out.loss))
 
 
-@pytest.mark.parametrize("backend", ["masked", "embedding", "simplex"])
+@pytest.mark.parametrize("backend", ["masked", "embedding", "simplex", "uniform"])
 def test_guidance_scale_zero_is_conditional_sampling_exactly(s2s_runs, backend):
     pipe = TextDiffusionPipeline.from_pretrained(s2s_runs[backend])
     x = torch.tensor([[6, 7, 8, 5] + [1] * 12, [9, 7, 6, 5] + [1] * 12])
@@ -193,7 +193,7 @@ def test_mix_is_the_cfg_combination_and_keeps_infinities():
     assert torch.equal(mix(cond, uncond, 2.0), torch.tensor([2.0, 0.0, inf, 0.0]))  # (1 + w) c - w u where finite
 
 
-@pytest.mark.parametrize("backend", ["masked", "embedding", "simplex"])
+@pytest.mark.parametrize("backend", ["masked", "embedding", "simplex", "uniform"])
 def test_guided_generation_runs_and_keeps_the_source(s2s_runs, backend):
     pipe = TextDiffusionPipeline.from_pretrained(s2s_runs[backend])
     out = pipe.translate(["king sees river"], num_samples=2, guidance_scale=1.5, seed=0)

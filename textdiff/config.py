@@ -79,10 +79,10 @@ class BackendConfig:
     """The noising back-end, its schedule and its parameterisation. Keys a back-end does not use are ignored by it."""
 
     name: str = "masked"
-    """Registered back-end: see `textdiff.noising.BACKENDS` (`masked`, `embedding`, `ar`, ...)."""
+    """Registered back-end: see `textdiff.noising.BACKENDS` (`masked`, `uniform`, `embedding`, `simplex`, `ar`)."""
     schedule: Optional[str] = None
-    """Noise schedule in continuous time t in [0, 1] (None: the back-end's default). Masked: `loglinear` (default)
-    or `cosine`. Gaussian back-ends: `cosine`, `sqrt` (Diffusion-LM), `linear` (DDPM betas) or `learned`
+    """Noise schedule in continuous time t in [0, 1] (None: the back-end's default). Masked and uniform: `loglinear`
+    (default) or `cosine`. Gaussian back-ends: `cosine`, `sqrt` (Diffusion-LM), `linear` (DDPM betas) or `learned`
     (linear log-SNR with learned end points)."""
     time_sampling: str = "antithetic"
     """Training draws: `antithetic` (low-discrepancy, one stratum per example) or `uniform`."""
@@ -90,7 +90,8 @@ class BackendConfig:
     """Masked back-end's ELBO estimator: `count` draws the number of masks k uniformly and weights n/k (t
     integrated out exactly; needs model.time_conditioning: false) or `time` draws t and weights 1/t-like (MDLM)."""
     eps: float = 1e-3
-    """Smallest t drawn in training and evaluation (avoids the 1/t singularity of masked diffusion)."""
+    """Smallest t drawn in training (avoids the 1/t singularity of masked and uniform diffusion; their likelihood
+    bounds start at t = 1e-6)."""
     target: str = "x0"
     """What a Gaussian back-end's model predicts: `x0`, `eps` or `v` (v = alpha eps - sigma x0); simplex: `x0` or `eps`."""
     x0_from: str = "logits"

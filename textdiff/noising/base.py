@@ -13,6 +13,10 @@ import torch
 
 from textdiff.config import BackendConfig
 
+BOUND_T_MIN = 1e-6
+"""Lower end of t in the time-sampled bounds of the discrete back-ends (masked: the part below it is < 1e-6
+nats/token; uniform: a decoder term covers it)."""
+
 
 @dataclass(frozen=True)
 class SpecialTokens:
@@ -54,6 +58,13 @@ class BoundOutput:
     n_tokens: torch.Tensor
     """(B,) counted tokens per sequence."""
     exact: bool
+
+    @classmethod
+    def from_draws(cls, draws: torch.Tensor, n_tokens: torch.Tensor) -> "BoundOutput":
+        """The Monte Carlo estimate from D independent draws (B, D) of a per-sequence NELBO."""
+        n_draws = draws.shape[1]
+        var = draws.var(dim=1) / n_draws if n_draws > 1 else torch.zeros_like(draws[:, 0])
+        return cls(draws.mean(dim=1), var, n_tokens, exact=False)
 
 
 @dataclass
@@ -108,8 +119,38 @@ class Backend:
         is fed to the second pass."""
         return model.cfg.self_conditioning and bool(torch.rand(1, generator=generator, device=generator.device) < 0.5)
 
+    @staticmethod
+    def _cond_input(model, x0_prev):
+        """The previous x0 distribution (B, L, V) as the model's self-conditioning input (B, L, D)."""
+        return None if x0_prev is None else model.embed_probs(x0_prev)
+
+    def _self_condition(self, model, x_t, t):
+        """Analog-Bits self-conditioning: a no-grad pass whose x0 distribution (B, L, V) is fed back in
+        (for back-ends with `x0_logits`)."""
+        with torch.no_grad():
+            return torch.softmax(self.x0_logits(model, x_t, t), dim=-1)
+
     def loss(self, model, batch: Batch, generator: torch.Generator) -> LossOutput:
         raise NotImplementedError
+
+    def one_draw_loss(self, model, batch: Batch, generator, nll) -> LossOutput:
+        """The training loss from one draw per sequence of a NELBO estimate `nll(model, ids, keep, v, generator,
+        t_min, self_cond) -> (B,)` nats at uniforms v (B,) and t_min = backend.eps, per counted token."""
+        v = self.uniforms(batch.ids.shape[0], generator, batch.ids.device)
+        self_cond = self.self_condition_now(model, generator)
+        total = nll(model, batch.ids, batch.loss_mask, v, generator, self.cfg.eps, self_cond).sum()
+        n = int(batch.loss_mask.sum())
+        return LossOutput(loss=total / max(n, 1), n_tokens=n)
+
+    def stratified_bound(self, model, batch: Batch, n_draws: int, generator, nll) -> BoundOutput:
+        """The NELBO per sequence from n_draws stratified draws of the same `nll` at t_min = BOUND_T_MIN (the model
+        self-conditions on a first pass when it was trained to, as in sampling)."""
+        ids, keep = batch.ids, batch.loss_mask
+        u = torch.rand(ids.shape[0], generator=generator, device=ids.device)
+        self_cond = model.cfg.self_conditioning
+        draws = [nll(model, ids, keep, (u + d / n_draws) % 1.0, generator, BOUND_T_MIN, self_cond)
+                 for d in range(n_draws)]
+        return BoundOutput.from_draws(torch.stack(draws, dim=1), keep.sum(dim=1))  # draws (B, D)
 
     def bound(self, model, batch: Batch, n_draws: int, generator: torch.Generator) -> BoundOutput:
         raise NotImplementedError

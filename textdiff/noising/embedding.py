@@ -254,9 +254,7 @@ class EmbeddingDiffusion(Backend):
             _, term, _ = self._terms(model, batch, t, generator, model.cfg.self_conditioning)
             prior, recon = self._ends(model, batch.ids, generator)
             draws.append(((term / density[:, None] + prior + recon) * keep).sum(dim=1))
-        draws = torch.stack(draws, dim=1)  # (B, D)
-        var = draws.var(dim=1) / n_draws if n_draws > 1 else torch.zeros_like(draws[:, 0])
-        return BoundOutput(draws.mean(dim=1), var, keep.sum(dim=1), exact=False)
+        return BoundOutput.from_draws(torch.stack(draws, dim=1), keep.sum(dim=1))  # draws (B, D)
 
     # --- sampling ----------------------------------------------------------------------------------------------
 

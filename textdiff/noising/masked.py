@@ -18,11 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from textdiff.noising import register
-from textdiff.noising.base import Backend, Batch, BoundOutput, LossOutput, StepOutput
+from textdiff.noising.base import BOUND_T_MIN, Backend, Batch, StepOutput
 from textdiff.schedules import get_schedule
-
-BOUND_T_MIN = 1e-6
-"""Lower end of t in the `time` estimator of the bound (the part below it is < 1e-6 nats/token)."""
 
 
 @register("masked")
@@ -88,16 +85,6 @@ class MaskedDiffusion(Backend):
             logits[b, i, x_t[b, i]] = 0.0
         return logits
 
-    @staticmethod
-    def _cond_input(model, x0_prev):
-        """The previous x0 distribution (B, L, V) as the model's self-conditioning input (B, L, D)."""
-        return None if x0_prev is None else model.embed_probs(x0_prev)
-
-    def _self_condition(self, model, x_t, t):
-        """Analog-Bits self-conditioning: a no-grad pass whose x0 distribution is fed back in."""
-        with torch.no_grad():
-            return torch.softmax(self.x0_logits(model, x_t, t), dim=-1)
-
     # --- training and likelihood -------------------------------------------------------------------------
 
     def _masked_nll(self, model, x0, keep, v, generator, t_min: float, self_cond: bool = False):
@@ -112,22 +99,12 @@ class MaskedDiffusion(Backend):
         return weight * per_seq
 
     def loss(self, model, batch: Batch, generator):
-        v = self.uniforms(batch.ids.shape[0], generator, batch.ids.device)
-        self_cond = self.self_condition_now(model, generator)
-        nll = self._masked_nll(model, batch.ids, batch.loss_mask, v, generator, self.cfg.eps, self_cond)
-        n = int(batch.loss_mask.sum())
-        return LossOutput(loss=nll.sum() / max(n, 1), n_tokens=n)
+        return self.one_draw_loss(model, batch, generator, self._masked_nll)
 
     @torch.no_grad()
     def bound(self, model, batch: Batch, n_draws: int, generator):
         """NELBO per sequence, averaged over n_draws stratified draws each (a Monte Carlo estimate)."""
-        B = batch.ids.shape[0]
-        u = torch.rand(B, generator=generator, device=batch.ids.device)
-        self_cond = model.cfg.self_conditioning  # a first pass's x0 distribution is part of the model, as in sampling
-        draws = torch.stack([self._masked_nll(model, batch.ids, batch.loss_mask, (u + d / n_draws) % 1.0,
-                                              generator, BOUND_T_MIN, self_cond) for d in range(n_draws)], dim=1)  # (B, D)
-        var = draws.var(dim=1) / n_draws if n_draws > 1 else torch.zeros_like(draws[:, 0])
-        return BoundOutput(draws.mean(dim=1), var, batch.loss_mask.sum(dim=1), exact=False)
+        return self.stratified_bound(model, batch, n_draws, generator, self._masked_nll)
 
     # --- sampling ----------------------------------------------------------------------------------------
 

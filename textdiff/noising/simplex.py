@@ -82,8 +82,7 @@ class SimplexDiffusion(Backend):
 
     def _forward(self, model, x_t, t, x0_prev=None, select=None) -> torch.Tensor:
         """The model's raw output (B, L, V), or (N, V) at `select`; x0_prev (B, L, V) is a distribution or None."""
-        cond = None if x0_prev is None else model.embed_probs(x0_prev)
-        return model(self.model_input(model, x_t), t, x0_prev=cond, select=select).float()
+        return model(self.model_input(model, x_t), t, x0_prev=self._cond_input(model, x0_prev), select=select).float()
 
     def x0_logits(self, model, x_t, t, x0_prev=None) -> torch.Tensor:
         """(B, L, V) x0 logits from noisy logits x_t (B, L, V) at times t (B,), never on [MASK]."""
@@ -96,11 +95,6 @@ class SimplexDiffusion(Backend):
     def no_mask(self, logits: torch.Tensor) -> torch.Tensor:
         """The clean distribution never puts mass on [MASK]: its logit becomes -inf.  (..., V) -> (..., V)"""
         return logits.masked_fill(self.never.to(logits.device), float("-inf"))
-
-    def _self_condition(self, model, x_t, t) -> torch.Tensor:
-        """TESS self-conditioning: a no-grad pass whose x0 distribution (B, L, V) is fed back in."""
-        with torch.no_grad():
-            return torch.softmax(self.x0_logits(model, x_t, t), dim=-1)
 
     # --- training ------------------------------------------------------------------------------------------------
 

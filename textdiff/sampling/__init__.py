@@ -40,6 +40,16 @@ def filter_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
     return torch.softmax(logits, dim=-1)
 
 
+def x0_probs(model, backend, x, t: float, opts, x0_prev=None, guidance=None) -> torch.Tensor:
+    """The filtered x0 distribution (B, L, V) of a token-id back-end (`backend.x0_logits`) at time t, after
+    `guidance`; x0_prev (B, L, V) is the self-conditioning input or None."""
+    tt = torch.full((x.shape[0],), t, device=x.device)
+    logits = backend.x0_logits(model, x, tt, x0_prev=x0_prev)
+    if guidance is not None:
+        logits = guidance(logits, x, tt)
+    return filter_probs(logits, opts.temperature, opts.top_k, opts.top_p)
+
+
 def blocks(length: int, block_size: int) -> list[tuple[int, int]]:
     """[lo, hi) spans for semi-autoregressive decoding, left to right (one span when block_size is 0)."""
     size = block_size or length
@@ -51,4 +61,4 @@ def split_steps(steps: int, n_blocks: int) -> list[int]:
     return [base + (i < extra) for i in range(n_blocks)]
 
 
-from textdiff.sampling import ar, embedding, masked, simplex  # noqa: E402,F401  (registration)
+from textdiff.sampling import ar, embedding, masked, simplex, uniform  # noqa: E402,F401  (registration)

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from textdiff.sampling import blocks, filter_probs, register_sampler, split_steps
-
-
-def _probs(model, backend, x, t: float, opts, x0_prev=None, guidance=None):
-    tt = torch.full((x.shape[0],), t, device=x.device)
-    logits = backend.x0_logits(model, x, tt, x0_prev=x0_prev)
-    if guidance is not None:
-        logits = guidance(logits, x, tt)
-    return filter_probs(logits, opts.temperature, opts.top_k, opts.top_p)
+from textdiff.sampling import blocks, register_sampler, split_steps, x0_probs
 
 
 @register_sampler("ancestral")
@@ -29,8 +21,8 @@ def ancestral(model, backend, x, opts, generator, callback=None, guidance=None):
         for j in range(steps):
             t, s = 1.0 - j / steps, 1.0 - (j + 1) / steps
             if not (fresh and reuse):
-                probs = _probs(model, backend, x, t, opts, x0_prev=probs if model.cfg.self_conditioning else None,
-                               guidance=guidance)
+                probs = x0_probs(model, backend, x, t, opts, x0_prev=probs if model.cfg.self_conditioning else None,
+                                 guidance=guidance)
             out = backend.step(probs, x, t, s, generator)
             new = torch.where(active, out.sample, x)
             fresh = torch.equal(new, x)  # nothing changed: the last x0 distribution still holds
@@ -54,8 +46,8 @@ def confidence(model, backend, x, opts, generator, callback=None, guidance=None)
         total = ((x == mask_id) & active).sum(dim=1)  # (B,)
         for j in range(steps):
             t = 1.0 - j / steps
-            probs = _probs(model, backend, x, t, opts, x0_prev=probs if model.cfg.self_conditioning else None,
-                               guidance=guidance)
+            probs = x0_probs(model, backend, x, t, opts, x0_prev=probs if model.cfg.self_conditioning else None,
+                             guidance=guidance)
             masked = (x == mask_id) & active
             draw = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(x.shape)
             conf = torch.gather(probs, -1, draw[..., None]).squeeze(-1).masked_fill(~masked, -1.0)  # (B, L)
