@@ -168,8 +168,8 @@ def _encode(pipe, texts: list[str]):
     from textdiff.data import pad
     from textdiff.tokenization import encode
 
-    sp = pipe.backend.special
-    seqs = pad(encode(pipe.tokenizer, texts), pipe.recipe.data.max_length, sp.eos, sp.pad, False, truncate=True)
+    sp, data = pipe.backend.special, pipe.recipe.data
+    seqs = pad(encode(pipe.tokenizer, texts), data.max_length, sp.eos, sp.pad, data.pad_in_loss, truncate=True)
     return seqs.ids, seqs.loss_mask
 
 
@@ -248,22 +248,27 @@ def mentions(text: str, value: str) -> bool:
 
 
 def control_success(pipe, clf: Classifier, scales: list[float], num_samples: int = 32, seed: int = 0,
-                    **opts) -> dict:
+                    progress: bool = True, **opts) -> dict:
     """For every guidance scale and every class other than "none": `num_samples` samples steered toward it, and
     the share that mention the class value. Scale 0 is plain unconditional sampling (the base rate)."""
+    from tqdm.auto import tqdm
+
     from textdiff.evaluation.diversity import distinct_n, unigram_entropy
 
     targets = [c for c in clf.classes if c != NONE]
-    rows = []
+    rows, bar = [], tqdm(total=len(scales) * len(targets), desc="control", unit="class", disable=not progress)
     for scale in scales:
         per_class, texts, ids = {}, [], []
         for target in targets:
+            bar.set_postfix(scale=scale, target=target)
             gen = pipe.generate(num_samples, seed=seed, guidance=clf.guidance(pipe, target, scale), **opts)
+            bar.update()
             per_class[target] = sum(mentions(x, target) for x in gen.texts) / num_samples
             texts += gen.texts
             ids += gen.ids.tolist()
         rows.append({"scale": scale, "success": sum(per_class.values()) / len(per_class), "per_class": per_class,
                      "dist_2": distinct_n(texts, 2), "entropy": unigram_entropy(ids),
                      "examples": {t: texts[i * num_samples] for i, t in enumerate(targets)}})
+    bar.close()
     return {"label": str(clf.label), "classes": clf.classes, "num_samples": num_samples, "seed": seed,
             "classifier": clf.info, "rows": rows}
