@@ -1,4 +1,4 @@
-"""`textdiff train | sample | infill | generate | eval | bench | distill | prepare`. Bad input: one line on stderr, exit
+"""`textdiff train | sample | infill | generate | eval | bench | distill | classifier | prepare`. Bad input: one line on
 code 2."""
 
 from __future__ import annotations
@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per sample")
     _sampling_args(p)
 
+    p.add_argument("--classifier", help="classifier guidance: a directory written by `textdiff classifier`")
+    p.add_argument("--target", help="classifier guidance: the class to steer toward")
+    p.add_argument("--classifier-scale", type=float, default=3.0, dest="classifier_scale",
+                   help="classifier guidance strength gamma >= 0 (default 3; 0: unguided)")
+
     p = sub.add_parser("infill", help="fill [MASK] / [MASK:n] holes in a text")
     p.add_argument("run", help="run directory")
     p.add_argument("text", help='template, e.g. "The [MASK:3] of the LORD [MASK] upon the waters"')
@@ -107,8 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seq2seq: also score the sources themselves as outputs (the copy-the-input baseline)")
     p.add_argument("--metrics", default="ppl", help="comma-separated: bleu, rouge (seq2seq runs; one output per source, "
                    "all its references), ppl (ELBO bound / exact AR likelihood), genppl "
-                   "(judge perplexity + entropy, dist-n, self-BLEU). ppl alone on a back-end without a bound is an "
+                   "(judge perplexity + entropy, dist-n, self-BLEU), control (classifier guidance: share of --num-samples "
+                   "samples per class that name it, per --classifier-scale). ppl alone on a back-end without a bound is an "
                    "error; among several metrics it reads n/a")
+    p.add_argument("--classifier", help="control: the guiding classifier (a directory written by `textdiff classifier`)")
+    p.add_argument("--classifier-scale", default="0,1,3", dest="classifier_scales",
+                   help="control: comma-separated classifier guidance scales to sweep (0: unguided; default 0,1,3)")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--draws", type=_positive(int), default=32, help="time draws per sequence for ELBO bounds")
     p.add_argument("--batch-size", type=_positive(int), default=32, dest="batch_size")
@@ -160,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: RUN-distill)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+    p = sub.add_parser("classifier", help="train a noisy-input classifier on a run's data, for classifier guidance")
+    p.add_argument("run", help="run directory of an unconditional recipe with data.mode: pad")
+    p.add_argument("--label", required=True, help="the class of a row: a data column (FIELD), or one slot of it "
+                   "(FIELD:SLOT reads SLOT[value], e.g. mr:food on E2E; rows without it are class 'none')")
+    p.add_argument("--out", help="output directory (default: RUN/classifier-<slot or field>)")
+    p.add_argument("--steps", type=_positive(int), default=500, help="optimizer steps (default 500)")
+    p.add_argument("--batch-size", type=_positive(int), default=32, dest="batch_size")
+    p.add_argument("--lr", type=_positive(float), default=1e-3)
+    p.add_argument("--n-layer", type=_positive(int), default=2, dest="n_layer")
+    p.add_argument("--n-embd", type=_positive(int), default=128, dest="n_embd")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("prepare", help="build a corpus from its public source into the cache")
     p.add_argument("corpus", choices=["bible"])
@@ -245,8 +267,17 @@ def _sampling_pipeline(args, **extra):
 
 
 def cmd_sample(args) -> None:
+    if (args.classifier is None) != (args.target is None):
+        raise TextdiffError("--classifier and --target go together (classifier guidance steers toward --target)")
+    if args.classifier_scale < 0:
+        raise TextdiffError(f"--classifier-scale {args.classifier_scale} must be >= 0")
     pipe = _sampling_pipeline(args)
-    out = pipe.generate(args.n, length=args.length, seed=args.seed, **_sample_opts(args))
+    guidance = None
+    if args.classifier:
+        from textdiff.classifier import Classifier
+
+        guidance = Classifier.load(args.classifier, args.device).guidance(pipe, args.target, args.classifier_scale)
+    out = pipe.generate(args.n, length=args.length, seed=args.seed, guidance=guidance, **_sample_opts(args))
     for i, text in enumerate(out.texts):
         print(json.dumps({"index": i, "text": text}) if args.json else f"[{i}] {text}")
 
@@ -309,7 +340,17 @@ def cmd_eval(args) -> None:
     for w in scales:
         _check_opts({"guidance_scale": w})
     _check_device(args.device)
+    classifier_scales = tuple(_csv(args.classifier_scales, "--classifier-scale", kind=float))
+    if min(classifier_scales) < 0:
+        raise TextdiffError(f"--classifier-scale {args.classifier_scales}: scales must be >= 0")
+    if "control" in metrics and not args.classifier:
+        raise TextdiffError("--metrics control: give the guiding classifier with --classifier DIR")
     pipe = TextDiffusionPipeline.from_pretrained(args.run, device=args.device)
+    classifier = None
+    if args.classifier:
+        from textdiff.classifier import Classifier
+
+        classifier = Classifier.load(args.classifier, args.device)
     paired = [m for m in metrics if m in ("bleu", "rouge")]
     if paired and not pipe.recipe.data.source_field:  # checked before any metric runs
         raise TextdiffError(f"--metrics {','.join(paired)}: this run is not seq2seq (no data.source_field); "
@@ -317,11 +358,35 @@ def cmd_eval(args) -> None:
     result = run_eval(pipe, metrics, str(args.run), split=args.split, draws=args.draws, batch_size=args.batch_size,
                       max_sequences=args.max_sequences, seed=args.seed, num_samples=args.num_samples,
                       judge=args.judge, reference=args.reference, sample_opts=opts, guidance_scales=scales,
-                      copy_baseline=args.copy_baseline)
+                      copy_baseline=args.copy_baseline, classifier=classifier, classifier_scales=classifier_scales)
     report = markdown(result)
-    if "genppl" in metrics:
+    if "genppl" in metrics or "control" in metrics:
         print("\n" + report)
     _write_outputs(args.out, result, report)
+
+
+def cmd_classifier(args) -> None:
+    from textdiff.classifier import LabelSpec, train_classifier
+    from textdiff.config import ModelConfig
+    from textdiff.pipeline import TextDiffusionPipeline
+
+    label = LabelSpec.parse(args.label)
+    try:
+        model = ModelConfig(n_layer=args.n_layer, n_embd=args.n_embd, n_head=max(1, args.n_embd // 32))
+    except ValueError as e:
+        raise TextdiffError(str(e).replace("model.", "--").replace("_", "-")) from None
+    out = Path(args.out or Path(args.run) / f"classifier-{label.slot or label.field}")
+    if out.exists() and not out.is_dir():
+        raise TextdiffError(f"--out {out}: exists and is not a directory")
+    _check_device(args.device)
+    pipe = TextDiffusionPipeline.from_pretrained(args.run, device=args.device)
+    clf = train_classifier(pipe, label, steps=args.steps, batch_size=args.batch_size, lr=args.lr, model=model,
+                           seed=args.seed)
+    clf.save(out)
+    acc = clf.info.get("validation_accuracy")
+    print(f"classifier of {label} ({', '.join(clf.classes)}) written to {out}"
+          + (f"; validation accuracy at t = 0.1 / 0.5 / 0.9: {' / '.join(f'{a:.3f}' for a in acc.values())} "
+             f"(majority class {clf.info['validation_majority']:.3f})" if acc else ""))
 
 
 def cmd_bench(args) -> None:
@@ -399,7 +464,7 @@ def cmd_prepare(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "generate": cmd_generate, "eval": cmd_eval,
-            "bench": cmd_bench, "distill": cmd_distill, "prepare": cmd_prepare}
+            "bench": cmd_bench, "distill": cmd_distill, "classifier": cmd_classifier, "prepare": cmd_prepare}
 
 
 def main(argv: list[str] | None = None) -> int:

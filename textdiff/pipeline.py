@@ -72,7 +72,8 @@ class TextDiffusionPipeline:
             opts = dataclasses.replace(opts, sampler=self.backend.default_sampler)
         return opts
 
-    def _run(self, x: torch.Tensor, opts: SampleConfig, seed: int, callback: Optional[Callable]) -> Generation:
+    def _run(self, x: torch.Tensor, opts: SampleConfig, seed: int, callback: Optional[Callable],
+             guidance: Optional[Callable] = None) -> Generation:
         holes = int((x == self.backend.special.mask).sum(dim=1).max())
         n_blocks = -(-x.shape[1] // opts.block_size) if opts.block_size else 1
         if opts.sampler == "confidence" and opts.steps > holes:
@@ -82,13 +83,16 @@ class TextDiffusionPipeline:
         if not 0 <= seed < 2 ** 63:
             raise TextdiffError(f"seed={seed} must lie in [0, 2**63)")
         gen = torch.Generator(self.device).manual_seed(seed)
-        ids = self._sample(x, opts, gen, callback)
+        ids = self._sample(x, opts, gen, callback, guidance=guidance)
         return Generation([self.decode(row) for row in ids.tolist()], ids)
 
-    def _sample(self, x: torch.Tensor, opts: SampleConfig, gen, callback=None, guidance_scale: float = 0.0) -> torch.Tensor:
-        """One sampler call on x (B, L): seq2seq segments for the model, classifier-free guidance when asked."""
+    def _sample(self, x: torch.Tensor, opts: SampleConfig, gen, callback=None, guidance_scale: float = 0.0,
+                guidance: Optional[Callable] = None) -> torch.Tensor:
+        """One sampler call on x (B, L): seq2seq segments for the model, classifier-free guidance when asked, or the
+        given guidance hook (classifier guidance)."""
         x = x.to(self.device)
-        guidance = None
+        if guidance is not None and self.backend.causal:
+            raise TextdiffError(f"the {self.backend.name} baseline takes no guidance")
         if guidance_scale > 0:
             from textdiff.sampling.guidance import classifier_free
 
@@ -114,15 +118,18 @@ class TextDiffusionPipeline:
     # --- public API ----------------------------------------------------------------------------------------------
 
     def generate(self, num_samples: int = 4, steps: Optional[int] = None, length: Optional[int] = None,
-                 sampler: Optional[str] = None, seed: int = 0, callback: Optional[Callable] = None, **opts) -> Generation:
-        """Unconditional samples of `length` tokens (default: the training length)."""
+                 sampler: Optional[str] = None, seed: int = 0, callback: Optional[Callable] = None,
+                 guidance: Optional[Callable] = None, **opts) -> Generation:
+        """Unconditional samples of `length` tokens (default: the training length). `guidance(out, x_t, t) -> out`
+        changes every model evaluation, e.g. `Classifier.load(dir).guidance(pipe, "Chinese", 3.0)` (classifier
+        guidance, textdiff.classifier)."""
         if num_samples < 1:
             raise TextdiffError(f"n={num_samples}: the number of samples must be at least 1")
         o = self.options(steps=steps, length=length, sampler=sampler, **opts)
         L = o.length or self.recipe.data.max_length
         self._check_length(L)
         x = self.backend.prior((num_samples, L), self.device)
-        return self._run(x, o, seed, callback)
+        return self._run(x, o, seed, callback, guidance)
 
     def infill(self, template: str, num_samples: int = 1, steps: Optional[int] = None, sampler: Optional[str] = None,
                seed: int = 0, callback: Optional[Callable] = None, **opts) -> Generation:

@@ -4,6 +4,6 @@ the diversity that must be read beside it; BLEU and ROUGE-L of seq2seq runs (loc
 from textdiff.evaluation.genppl import GenPPLResult, generative_perplexity
 from textdiff.evaluation.perplexity import PerplexityResult, perplexity
 
-METRICS = ("ppl", "genppl", "bleu", "rouge")
+METRICS = ("ppl", "genppl", "bleu", "rouge", "control")
 
 __all__ = ["METRICS", "GenPPLResult", "PerplexityResult", "generative_perplexity", "perplexity"]

@@ -22,7 +22,8 @@ def check_metrics(metrics: list[str], backend) -> None:
 def run_eval(pipe, metrics: list[str], run: str, *, split: str = "test", draws: int = 32, batch_size: int = 32,
              max_sequences: int = 0, seed: int = 0, num_samples: int = 16, judge: Optional[str] = None,
              reference: bool = True, sample_opts: Optional[dict] = None, guidance_scales: tuple = (),
-             copy_baseline: bool = False, echo=print) -> dict:
+             copy_baseline: bool = False, classifier=None, classifier_scales: tuple = (0.0, 1.0, 3.0),
+             echo=print) -> dict:
     """Compute `metrics` on `pipe`; returns the JSON-able result (with the environment), echoing a line per metric."""
     from textdiff.evaluation.genppl import generative_perplexity
     from textdiff.evaluation.perplexity import perplexity
@@ -41,6 +42,16 @@ def run_eval(pipe, metrics: list[str], run: str, *, split: str = "test", draws: 
         g = generative_perplexity(pipe, num_samples, seed, judge, reference, **(sample_opts or {}))
         result["genppl"] = g.to_dict()
         echo(g.line())
+    if "control" in metrics:
+        from textdiff.classifier import control_success
+
+        if classifier is None:
+            raise TextdiffError("--metrics control: give the guiding classifier with --classifier DIR")
+        c = control_success(pipe, classifier, list(classifier_scales), num_samples, seed, **(sample_opts or {}))
+        result["control"] = c
+        for row in c["rows"]:
+            echo(f"control ({c['label']}), scale {row['scale']:g}: {row['success']:.1%} of samples name their class "
+                 f"({', '.join(f'{k} {v:.0%}' for k, v in row['per_class'].items())}); dist-2 {row['dist_2']:.3f}")
     wanted = [m for m in SEQ2SEQ_METRICS if m in metrics]
     if wanted:
         result["seq2seq"] = seq2seq_eval(pipe, wanted, split, max_sequences, seed, guidance_scales, copy_baseline,
@@ -73,6 +84,21 @@ def _genppl_rows(g: dict) -> list[str]:
             f"{g['sample_seconds']:.2f} s |"]
 
 
+def _control_rows(c: dict) -> list[str]:
+    targets = list(c["rows"][0]["per_class"])
+    acc = c["classifier"].get("validation_accuracy", {})
+    lines = ["", f"Control success: {c['num_samples']} samples per class steered toward it by the classifier of "
+             f"`{c['label']}` (validation accuracy at t = {' / '.join(acc)}: "
+             f"{' / '.join(f'{a:.2f}' for a in acc.values())}); success = the sample names the class value "
+             f"(whole words, any case). Scale 0 is unguided sampling (the base rate).", "",
+             "| guidance scale | success | " + " | ".join(targets) + " | dist-2 | entropy |",
+             "|---|---|" + "---|" * len(targets) + "---|---|"]
+    for r in c["rows"]:
+        lines.append(f"| {r['scale']:g} | {r['success']:.1%} | " + " | ".join(f"{r['per_class'][t]:.0%}" for t in targets)
+                     + f" | {r['dist_2']:.3f} | {r['entropy']:.3f} |")
+    return lines
+
+
 def markdown(result: dict) -> str:
     lines = [f"# textdiff eval: {result['run']} ({result['backend']})", "", *env_lines(result), "",
              "| metric | value | details |", "|---|---|---|"]
@@ -85,6 +111,8 @@ def markdown(result: dict) -> str:
         lines += ["", f"Sampler settings: {opts}; {g['num_samples']} samples, seed {g['seed']}."]
     if "seq2seq" in result:
         lines += markdown_rows(result["seq2seq"])
+    if "control" in result:
+        lines += _control_rows(result["control"])
     if "ppl" in result and result["ppl"].get("available", True):
         lines += [f"Likelihood seed {result['seed']}."]
     return "\n".join(lines) + "\n"

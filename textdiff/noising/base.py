@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from textdiff.config import BackendConfig
 
@@ -160,8 +161,26 @@ class Backend:
         return torch.full(shape, self.special.mask, dtype=torch.long, device=device)
 
     def corrupt(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator,
-                noise_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                noise_mask: Optional[torch.Tensor] = None, model=None) -> torch.Tensor:
+        """x_t ~ q(x_t | x0) at times t (B,), only where noise_mask (B, L) holds; `model` for back-ends whose
+        corruption uses learned parts (model.noise)."""
         raise NotImplementedError
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    # --- classifier guidance (textdiff.classifier) ---------------------------------------------------------------
+
+    def classifier_input(self, x_t: torch.Tensor) -> torch.Tensor:
+        """The noisy state as a guidance classifier reads it: token distributions (B, L, V), here the one-hot of the
+        ids x_t, or vectors (B, L, d) (then `classifier_input_dim` is d)."""
+        return F.one_hot(x_t, self.vocab_size).float()
+
+    def classifier_input_dim(self, model) -> int:
+        """0 when `classifier_input` gives token distributions, else the width of its vectors."""
+        return 0
+
+    def classifier_guided(self, model, out, grad: torch.Tensor, t: torch.Tensor):
+        """The prediction `out` moved by grad = scale * d log p(c | input) / d input (shaped like `classifier_input`).
+        x0 logits (B, L, V): first-order re-weighting, l_iv += grad_iv (-inf entries stay -inf)."""
+        return out + grad

@@ -263,6 +263,19 @@ class EmbeddingDiffusion(Backend):
         null = model.noise.table()[self.special.pad].to(z.dtype)  # (d,)
         return self.predict(model, torch.where(source[..., None], null, z), t)
 
+    def classifier_input(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def classifier_input_dim(self, model) -> int:
+        return model.noise.embedding.weight.shape[1]
+
+    def classifier_guided(self, model, out: Prediction, grad: torch.Tensor, t: torch.Tensor) -> Prediction:
+        """Gradient guidance on the score, grad log p(z_t) += grad (= scale grad_z log p(c | z_t)): by Tweedie the x0
+        estimate moves by sigma_t^2 / alpha_t grad, and the rounding logits with it, l_v += dx0 . e_v."""
+        alpha, sigma = model.noise.schedule.alpha_sigma(t)
+        dx0 = (sigma ** 2 / alpha)[:, None, None] * grad
+        return Prediction(out.x0 + dx0, out.logits + dx0 @ model.noise.table().float().T)
+
     def prior_sample(self, model, shape, generator) -> torch.Tensor:
         """z_1 ~ N(0, I): (B, L) -> (B, L, d)."""
         d = model.noise.embedding.weight.shape[1]

@@ -36,7 +36,7 @@ class MaskedDiffusion(Backend):
 
     # --- forward process ---------------------------------------------------------------------------------
 
-    def corrupt(self, x0, t, generator, noise_mask=None):
+    def corrupt(self, x0, t, generator, noise_mask=None, model=None):
         """Mask each token with probability 1 - alpha(t); only where noise_mask (B, L) is True."""
         p_mask = (1.0 - self.schedule.alpha(t))[:, None]  # (B, 1)
         masked = torch.rand(x0.shape, generator=generator, device=x0.device) < p_mask

@@ -67,7 +67,7 @@ class SimplexDiffusion(Backend):
         eps = torch.randn(s0.shape, generator=generator, device=s0.device)
         return alpha * s0 + sigma * self.k * eps, eps
 
-    def corrupt(self, x0, t, generator, noise_mask=None):
+    def corrupt(self, x0, t, generator, noise_mask=None, model=None):
         """Noisy logits (B, L, V) of tokens x0 (B, L) at times t (B,); positions outside noise_mask stay clean."""
         s0 = self.simplex(x0)
         x_t = self.noise(s0, t, generator)[0]
@@ -91,6 +91,10 @@ class SimplexDiffusion(Backend):
             alpha, sigma = (v[:, None, None] for v in self.schedule.alpha_sigma(t))
             out = ((x_t - sigma * self.k * out) / alpha).clamp(-self.k, self.k)
         return self.no_mask(out)
+
+    def classifier_input(self, x_t: torch.Tensor) -> torch.Tensor:
+        """The noisy logits as the distribution the denoiser reads, softmax(x_t) (B, L, V)."""
+        return torch.softmax(x_t.float(), dim=-1)
 
     def no_mask(self, logits: torch.Tensor) -> torch.Tensor:
         """The clean distribution never puts mass on [MASK]: its logit becomes -inf.  (..., V) -> (..., V)"""
