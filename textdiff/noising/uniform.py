@@ -68,7 +68,7 @@ class UniformDiffusion(Backend):
         idx = torch.randint(self.n_real, shape, generator=generator, device=device)
         return self.real_ids.to(device)[idx]
 
-    def corrupt(self, x0, t, generator, noise_mask=None):
+    def corrupt(self, x0, t, generator, noise_mask=None, model=None):
         """x_t ~ q(x_t | x0) for x0 (B, L) and t (B,): each token redrawn from u w.p. 1 - alpha(t), only where
         noise_mask (B, L) is True."""
         redraw = torch.rand(x0.shape, generator=generator, device=x0.device) < (1.0 - self.alpha(t))[:, None]
