@@ -82,7 +82,8 @@ def headline(results: dict[str, dict], steps_list) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         p = r.get("ppl")
-        ppl = "no bound" if p is None else f"{p['ppl']:.1f}" + ("" if p["exact"] else f" (± {p['stderr']:.4f} nats/token)")
+        ppl = "no bound" if p is None else f"{p['ppl']:.1f}" + ("" if p["exact"] else
+                                                               f" (± {p['stderr']:.4f} nats/token, {p['time_draws']} draws)")
         ratio = f"{p['ppl'] / ar['ppl']['ppl']:.2f}" if p and ar and not r["causal"] else ""
         to_masked = f"{p['ppl'] / masked['ppl']['ppl']:.2f}" if p and masked and masked.get("ppl") else ""
         points = r["frontier"]["points"]
@@ -174,8 +175,8 @@ def main():
              *env_lines(environment(args.device)), "",
              f"Budget: {args.steps} steps of batch {batch} x {length} tokens ({args.steps * batch * length / 1e6:.2f}M "
              f"tokens) per recipe in {Path(next(iter(RECIPES.values()))).parent}/"
-             + (f" (variants: {'; '.join(variants)})" if variants else "") + f". Test PPL: ELBO bound ({args.draws} "
-             f"time draws per sequence, ± Monte Carlo standard error) or exact for AR. genppl: {args.num_samples} "
+             + (f" (variants: {'; '.join(variants)})" if variants else "") + f". Test PPL: ELBO bound (time draws "
+             f"per sequence as shown, ± Monte Carlo standard error) or exact for AR. genppl: {args.num_samples} "
              f"samples x {length} tokens from the back-end's default sampler (AR: its KV cache), seed 0, fp32, scored "
              f"by the judge, token-weighted, in the judge's tokens; entropy: unigram, nats, over the run's BPE ids of "
              f"all samples; wall: sampling time of all {args.num_samples}. train tok/s: from each run's log (runs may "

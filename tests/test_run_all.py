@@ -33,14 +33,14 @@ def test_variants_name_a_recipe_and_overrides():
 
 def test_headline_reads_ratios_and_the_frontier_points():
     results = {
-        "masked": _result("masked", False, {"ppl": 150.0, "exact": False, "stderr": 0.01},
+        "masked": _result("masked", False, {"ppl": 150.0, "exact": False, "stderr": 0.01, "time_draws": 32},
                           [_point("ancestral", s, 600.0 - s) for s in (4, 16, 64, 256)]),
         "ar": _result("ar", True, {"ppl": 50.0, "exact": True}, [_point("ar", 128, 160.0)]),
         "simplex": _result("simplex", False, None, [_point("simplex", s, 900.0) for s in (16, 64)]),
     }
     lines = run_all.headline(results, [16, 64, 256])
     masked = next(ln for ln in lines if ln.startswith("| masked"))
-    assert "| 150.0 (± 0.0100 nats/token) | 3.00 | 1.00 |" in masked
+    assert "| 150.0 (± 0.0100 nats/token, 32 draws) | 3.00 | 1.00 |" in masked
     assert "584.0 / 5.00 (1.6 s)" in masked and "344.0 / 5.00 (25.6 s)" in masked
     ar = next(ln for ln in lines if ln.startswith("| ar"))
     assert ar.count("160.0 / 5.00") == 3  # the one KV-cache point in every column
