@@ -256,6 +256,7 @@ def control_success(pipe, clf: Classifier, scales: list[float], num_samples: int
     from textdiff.evaluation.diversity import distinct_n, unigram_entropy
 
     targets = [c for c in clf.classes if c != NONE]
+    special = set(dataclasses.astuple(pipe.backend.special))
     rows, bar = [], tqdm(total=len(scales) * len(targets), desc="control", unit="class", disable=not progress)
     for scale in scales:
         per_class, texts, ids = {}, [], []
@@ -265,7 +266,7 @@ def control_success(pipe, clf: Classifier, scales: list[float], num_samples: int
             bar.update()
             per_class[target] = sum(mentions(x, target) for x in gen.texts) / num_samples
             texts += gen.texts
-            ids += gen.ids.tolist()
+            ids += [[i for i in row if i not in special] for row in gen.ids.tolist()]  # text only, no [EOS]/[PAD]
         rows.append({"scale": scale, "success": sum(per_class.values()) / len(per_class), "per_class": per_class,
                      "dist_2": distinct_n(texts, 2), "entropy": unigram_entropy(ids),
                      "examples": {t: texts[i * num_samples] for i, t in enumerate(targets)}})
