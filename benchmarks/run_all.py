@@ -145,6 +145,8 @@ def main():
     p.add_argument("--frontier-steps", default="4,8,16,32,64,128,256")
     p.add_argument("--all-samplers", action="store_true", help="frontier of every sampler of each back-end, not only "
                    "its default one")
+    p.add_argument("--throughput-rounds", type=int, default=3, help="interleaved rounds of `textdiff bench throughput`")
+    p.add_argument("--throughput-steps", type=int, default=5, help="timed steps per model and round")
     p.add_argument("--out", default="benchmarks/results/kjv.md")
     p.add_argument("--readme", help="also rewrite the block between the run_all markers of this README (README.md: "
                    "the results section)")
@@ -184,7 +186,8 @@ def main():
              f"Command: `python benchmarks/run_all.py {' '.join(sys.argv[1:])}`", "",
              *headline(results, args.genppl_steps), "", ANCHORS]
     if "throughput" not in args.skip:
-        cached(res / "throughput.json", ["bench", "throughput", "--device", args.device, "--out", str(res / "throughput.json")])
+        cached(res / "throughput.json", ["bench", "throughput", "--device", args.device, "--rounds", str(args.throughput_rounds),
+                                         "--steps", str(args.throughput_steps), "--out", str(res / "throughput.json")])
         lines += ["", "## Training throughput", "", (res / "throughput.md").read_text().split("\n\n", 2)[-1].strip()]
     fdir = out.parent / f"{out.stem}_frontier"
     fdir.mkdir(parents=True, exist_ok=True)
