@@ -62,7 +62,8 @@ def evaluate(name: str, family: str, run: Path, res: Path, args) -> dict:
     """The test bound (back-ends that have one) and the run's frontier (judge genppl, entropy and wall time of its
     default sampler at every step count; AR: one KV-cache point), each cached as JSON under `res`."""
     backend = BACKENDS[load_recipe(RECIPES[family]).backend.name]
-    out = {"backend": backend.name, "causal": backend.causal, "tok_per_s": tok_per_s(run), "run": str(run)}
+    out = {"backend": backend.name, "causal": backend.causal, "run": str(run),
+           "tok_per_s": tok_per_s(run) if (run / "metrics.jsonl").is_file() else float("nan")}
     if backend.has_bound:
         out["ppl"] = cached(res / f"{name}-ppl.json", ["eval", str(run), "--metrics", "ppl", "--draws", str(args.draws),
                             "--out", str(res / f"{name}-ppl.json"), "--device", args.device, "--seed", "0"])["ppl"]
@@ -147,6 +148,8 @@ def main():
                    "its default one")
     p.add_argument("--throughput-rounds", type=int, default=3, help="interleaved rounds of `textdiff bench throughput`")
     p.add_argument("--throughput-steps", type=int, default=5, help="timed steps per model and round")
+    p.add_argument("--from-cache", action="store_true", help="train nothing: write the report from the cached "
+                   "evaluations under RUNS/results/ (their run directories may be gone)")
     p.add_argument("--out", default="benchmarks/results/kjv.md")
     p.add_argument("--readme", help="also rewrite the block between the run_all markers of this README (README.md: "
                    "the results section)")
@@ -166,7 +169,11 @@ def main():
     res = runs / "results" / f"{args.steps}"
     res.mkdir(parents=True, exist_ok=True)
     names = args.only or list(todo)
-    trained = {name: train_one(todo[name][0], args.steps, runs, args.device, todo[name][1]) for name in names}
+    if args.from_cache:  # only the cached evaluations under RUNS/results/ (a run directory may be gone)
+        trained = {name: runs / "-".join([f"{todo[name][0]}-{args.steps}"] + [o.split(".")[-1].replace("=", "")
+                                                                          for o in todo[name][1]]) for name in names}
+    else:
+        trained = {name: train_one(todo[name][0], args.steps, runs, args.device, todo[name][1]) for name in names}
     results = {name: evaluate(name, todo[name][0], run, res, args) for name, run in trained.items()}
     if "report" in args.skip:  # a partial job (e.g. one of two run side by side); a later full call writes the report
         return
