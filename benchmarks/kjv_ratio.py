@@ -36,9 +36,13 @@ def same_recipe(run: Path, recipe) -> bool:
     return json.loads(json.dumps(saved.to_dict())) == json.loads(json.dumps(recipe.to_dict()))
 
 
+def run_dir(family: str, steps: int, runs: Path, extra: list[str]) -> Path:
+    """Where train_one puts (or finds) the run of `family` at `steps` with overrides `extra`."""
+    return runs / "-".join([f"{family}-{steps}"] + [s.split(".")[-1].replace("=", "") for s in extra])
+
+
 def train_one(family: str, steps: int, runs: Path, device: str, extra: list[str]) -> Path:
-    tag = "-".join([str(steps)] + [s.split(".")[-1].replace("=", "") for s in extra])
-    out = runs / f"{family}-{tag}"
+    out = run_dir(family, steps, runs, extra)
     overrides = [f"train.steps={steps}", f"out_dir={out}", f"train.eval_every={max(steps // 4, 1)}",
                  f"train.checkpoint_every={steps}", *extra]
     recipe = load_recipe(RECIPES[family], overrides)

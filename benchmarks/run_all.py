@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kjv_ratio import RECIPES, tok_per_s, train_one  # noqa: E402  (same runs as kjv_ratio.py)
+from kjv_ratio import RECIPES, run_dir, tok_per_s, train_one  # noqa: E402  (same runs as kjv_ratio.py)
 
 from textdiff.bench.frontier import markdown as frontier_markdown, plot  # noqa: E402
 from textdiff.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
@@ -170,8 +170,7 @@ def main():
     res.mkdir(parents=True, exist_ok=True)
     names = args.only or list(todo)
     if args.from_cache:  # only the cached evaluations under RUNS/results/ (a run directory may be gone)
-        trained = {name: runs / "-".join([f"{todo[name][0]}-{args.steps}"] + [o.split(".")[-1].replace("=", "")
-                                                                          for o in todo[name][1]]) for name in names}
+        trained = {name: run_dir(todo[name][0], args.steps, runs, todo[name][1]) for name in names}
     else:
         trained = {name: train_one(todo[name][0], args.steps, runs, args.device, todo[name][1]) for name in names}
     results = {name: evaluate(name, todo[name][0], run, res, args) for name, run in trained.items()}
