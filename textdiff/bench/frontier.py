@@ -1,6 +1,10 @@
 """The sampling frontier: for each run, each sampler of its back-end x each step count -> judge perplexity,
 unigram entropy, tokens/s and wall time; an AR run is one point (KV-cache sampling) drawn as the reference line,
-and real test text as a second one. Plots quality against wall time, one curve per (run, sampler)."""
+and real test text as a second one. Plots quality against wall time, one curve per (run, sampler).
+
+With judge "none" the samples are drawn and timed but not scored: each point keeps its texts and token ids (and
+the real test text likewise), and `judge_frontier` scores them later, on another machine if need be (sample on a
+GPU box, judge where the judge LM is installed)."""
 
 from __future__ import annotations
 
@@ -11,13 +15,21 @@ from typing import Optional
 from textdiff.errors import TextdiffError
 
 STEPS = (4, 8, 16, 32, 64, 128, 256)
+DEFERRED = "none"
+"""The judge name that defers scoring to `judge_frontier`."""
+SCORED = ("genppl", "entropy", "dist_2", "self_bleu", "judge_tokens")
 
 
-def _point(run: str, pipe, sampler: str, res) -> dict:
-    s = res.samples
-    return {"run": run, "backend": pipe.backend.name, "causal": pipe.backend.causal, "sampler": sampler, "steps": res.steps,
-            "genppl": s.ppl, "entropy": s.entropy, "dist_2": s.dist_2, "self_bleu": s.self_bleu,
-            "tokens_per_s": res.tokens_per_s, "wall_s": res.sample_seconds, "judge_tokens": s.n_judge_tokens}
+def _point(run: str, pipe, g, stats=None) -> dict:
+    """One frontier point from a `Generated` and its judge statistics (None: deferred, texts and ids kept)."""
+    p = {"run": run, "backend": pipe.backend.name, "causal": pipe.backend.causal, "sampler": g.sampler,
+         "steps": g.steps, "tokens_per_s": g.tokens_per_s, "wall_s": g.sample_seconds}
+    return {**p, **_scores(stats)} if stats is not None else {**p, **dict.fromkeys(SCORED), "texts": g.texts, "ids": g.ids}
+
+
+def _scores(s) -> dict:
+    return {"genppl": s.ppl, "entropy": s.entropy, "dist_2": s.dist_2, "self_bleu": s.self_bleu,
+            "judge_tokens": s.n_judge_tokens}
 
 
 def _warm_up(pipe, grid) -> None:
@@ -33,35 +45,59 @@ def frontier(runs: list[str], steps: tuple[int, ...] = STEPS, num_samples: int =
              echo=print) -> dict:
     """Every (run, sampler, steps) point; combinations a sampler refuses (e.g. more steps than tokens) are
     listed under "skipped" with the reason."""
-    from textdiff.evaluation.genppl import generative_perplexity, reference_stats
+    from textdiff.evaluation.genppl import generate_for_judge, reference_texts, text_stats
     from textdiff.evaluation.judge import load_judge
     from textdiff.evaluation.report import environment
     from textdiff.pipeline import TextDiffusionPipeline
 
-    j = load_judge(judge, device)
+    j = None if judge == DEFERRED else load_judge(judge, device)
     points, skipped, references = [], [], {}
     for run in runs:
         pipe = TextDiffusionPipeline.from_pretrained(run, device=device)
         data_key = str(pipe.recipe.data.path)
         if data_key not in references:
-            references[data_key] = reference_stats(pipe, num_samples, j).__dict__
+            texts, ids = reference_texts(pipe, num_samples)
+            references[data_key] = {"texts": texts, "ids": ids} if j is None else text_stats(texts, ids, j).__dict__
         grid = [(pipe.backend.default_sampler, None)] if pipe.backend.causal else \
             [(s, n) for s in pipe.backend.samplers if not samplers or s in samplers for n in steps]
         _warm_up(pipe, grid)
         for sampler, n in grid:
             try:
-                res = generative_perplexity(pipe, num_samples, seed, j, reference=False, sampler=sampler, steps=n)
+                g = generate_for_judge(pipe, num_samples, seed, sampler=sampler, steps=n)
             except TextdiffError as e:
                 skipped.append({"run": run, "sampler": sampler, "steps": n, "reason": str(e)})
                 echo(f"skip {run} {sampler} {n}: {e}")
                 continue
-            points.append(_point(run, pipe, sampler, res))
-            p = points[-1]
-            echo(f"{run} {sampler} {p['steps']} steps: genppl {p['genppl']:.1f}, entropy {p['entropy']:.3f}, "
-                 f"{p['wall_s']:.2f} s, {p['tokens_per_s']:,.0f} tok/s")
-    return {"runs": runs, "steps": list(steps), "num_samples": num_samples, "seed": seed, "judge": j.name,
-            "judge_tokenizer": j.tokenizer, "references": references, "points": points, "skipped": skipped,
-            **environment(device)}
+            points.append(_point(run, pipe, g, None if j is None else text_stats(g.texts, g.ids, j)))
+            _echo_point(echo, points[-1])
+    return {"runs": runs, "steps": list(steps), "num_samples": num_samples, "seed": seed,
+            "judge": j.name if j else DEFERRED, "judge_tokenizer": j.tokenizer if j else None,
+            "references": references, "points": points, "skipped": skipped, **environment(device)}
+
+
+def _echo_point(echo, p: dict) -> None:
+    scored = f"genppl {p['genppl']:.1f}, entropy {p['entropy']:.3f}, " if p["genppl"] is not None else ""
+    echo(f"{p['run']} {p['sampler']} {p['steps']} steps: {scored}{p['wall_s']:.2f} s, {p['tokens_per_s']:,.0f} tok/s")
+
+
+def judge_frontier(res: dict, judge: Optional[str] = None, device: str = "cpu", echo=print) -> dict:
+    """Score a frontier drawn with judge "none": every point and reference that still holds its texts gets the
+    judge's perplexity and the diversity statistics (its texts and ids are then dropped); the rest is kept."""
+    from textdiff.evaluation.genppl import text_stats
+    from textdiff.evaluation.judge import load_judge
+
+    if res.get("judge") not in (DEFERRED, None):
+        raise TextdiffError(f"this frontier was already scored by {res['judge']}; only a frontier drawn with "
+                            f"--judge {DEFERRED} can be judged afterwards")
+    j = load_judge(judge, device)
+    for data, r in res["references"].items():
+        if "texts" in r:
+            res["references"][data] = text_stats(r["texts"], r["ids"], j).__dict__
+    for p in res["points"]:
+        if "texts" in p:
+            p.update(_scores(text_stats(p.pop("texts"), p.pop("ids"), j)))
+            _echo_point(echo, p)
+    return {**res, "judge": j.name, "judge_tokenizer": j.tokenizer}
 
 
 def markdown(res: dict) -> list[str]:
@@ -73,6 +109,8 @@ def markdown(res: dict) -> list[str]:
     cols = ["run", "backend", "sampler", "steps", "wall_s", "tokens_per_s", "genppl", "entropy", "dist_2", "self_bleu"]
     lines += markdown_table(res["points"], cols)
     for data, r in res["references"].items():
+        if "ppl" not in r:  # drawn with judge "none": not scored yet
+            continue
         lines.append(f"\nReal test text of {data} ({res['num_samples']} sequences): genppl {r['ppl']:.2f}, "
                      f"entropy {r['entropy']:.3f}, dist-2 {r['dist_2']:.3f}, self-BLEU {r['self_bleu']:.2f}.")
     lines += [f"\nSkipped: {s['run']} {s['sampler']} {s['steps']} steps ({s['reason']})" for s in res["skipped"]]
@@ -95,7 +133,8 @@ def plot(res: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    finite = [p for p in res["points"] if math.isfinite(p["genppl"]) and math.isfinite(p["entropy"]) and p["wall_s"] > 0]
+    finite = [p for p in res["points"] if p["genppl"] is not None and math.isfinite(p["genppl"])
+              and math.isfinite(p["entropy"]) and p["wall_s"] > 0]
     for (label, pts), color in zip(_curves(finite).items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4):
         pts = sorted(pts, key=lambda p: p["wall_s"])
         for ax, key in zip(axes, ("genppl", "entropy")):
@@ -106,7 +145,7 @@ def plot(res: dict, out: Path) -> None:
             ax.plot([p["wall_s"] for p in pts], [p[key] for p in pts], "o-", color=color, label=label)
             for p in pts:
                 ax.annotate(str(p["steps"]), (p["wall_s"], p[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    for r in res["references"].values():
+    for r in (r for r in res["references"].values() if "ppl" in r):
         axes[0].axhline(r["ppl"], color="black", ls=":", lw=1, label="real test text")
         axes[1].axhline(r["entropy"], color="black", ls=":", lw=1, label="real test text")
     for ax, ylabel in zip(axes, ("judge perplexity (lower is better)", "unigram entropy (nats)")):

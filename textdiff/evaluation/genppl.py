@@ -88,18 +88,23 @@ def _content(ids: torch.Tensor, pad: int) -> list[list[int]]:
 _REFERENCES: dict[tuple, TextStats] = {}
 
 
-def reference_stats(pipe, num: int, judge: Judge, split: str = "test", batch_size: int = 8) -> TextStats:
-    """`num` sequences of the run's `split`, evenly spaced through it, scored like samples (cached per process
-    for the same data, tokenizer and judge)."""
+def reference_texts(pipe, num: int, split: str = "test") -> tuple[list[str], list[list[int]]]:
+    """`num` sequences of the run's `split`, evenly spaced through it: their texts and their token ids ([PAD] left
+    out), the real-text counterpart of a set of samples."""
     from textdiff.data import build_sequences, load_texts
 
     seqs = build_sequences(pipe.recipe.data, pipe.tokenizer, load_texts(pipe.recipe.data)[split])
     idx = torch.linspace(0, len(seqs) - 1, min(num, len(seqs))).round().long()
     ids = seqs.ids[idx]
-    texts = [pipe.decode(row) for row in ids.tolist()]
-    key = (judge.name, tuple(texts), ids.numpy().tobytes())
+    return [pipe.decode(row) for row in ids.tolist()], _content(ids, pipe.backend.special.pad)
+
+
+def reference_stats(pipe, num: int, judge: Judge, split: str = "test", batch_size: int = 8) -> TextStats:
+    """`reference_texts` scored like samples (cached per process for the same texts, ids and judge)."""
+    texts, ids = reference_texts(pipe, num, split)
+    key = (judge.name, tuple(texts), tuple(map(tuple, ids)))
     if key not in _REFERENCES:
-        _REFERENCES[key] = text_stats(texts, _content(ids, pipe.backend.special.pad), judge, batch_size)
+        _REFERENCES[key] = text_stats(texts, ids, judge, batch_size)
     return _REFERENCES[key]
 
 
@@ -113,21 +118,44 @@ def timed_generate(pipe, num_samples: int, seed: int, **opts):
     return out, time.perf_counter() - t0
 
 
+@dataclass
+class Generated:
+    """Samples drawn for a judge, before it scores them: what `text_stats` needs, and how they were drawn."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    """The run's token ids of each sample, [PAD] left out (unigram entropy is counted on these)."""
+    sampler: str
+    steps: int
+    """Model calls: the sampler's steps, or the generated length for an AR run (one call per token)."""
+    length: int
+    settings: dict
+    sample_seconds: float
+    tokens_per_s: float
+
+
+def generate_for_judge(pipe, num_samples: int, seed: int = 0, **opts) -> Generated:
+    """Draw `num_samples` samples (keyword `opts`: steps, sampler, length, temperature, ...) and time them."""
+    o = pipe.options(**opts)
+    gen, seconds = timed_generate(pipe, num_samples, seed, **opts)
+    steps = gen.ids.shape[1] if pipe.backend.causal else o.steps
+    settings = {**{k: v for k, v in asdict(o).items() if k not in ("num_samples", "infill")}, "steps": steps}
+    return Generated(texts=gen.texts, ids=_content(gen.ids, pipe.backend.special.pad), sampler=o.sampler, steps=steps,
+                     length=gen.ids.shape[1], settings=settings, sample_seconds=seconds,
+                     tokens_per_s=gen.ids.numel() / seconds)
+
+
 def generative_perplexity(pipe, num_samples: int = 16, seed: int = 0, judge: Optional[str | Judge] = None,
                           reference: bool | TextStats = True, judge_batch_size: int = 8, **opts) -> GenPPLResult:
     """Generate `num_samples` samples from `pipe` (keyword `opts`: steps, sampler, length, temperature, ...),
     score them under the judge and measure their diversity; `reference` adds (or passes in, precomputed) the
     same statistics of real test text."""
     judge = judge if isinstance(judge, Judge) else load_judge(judge, str(pipe.device))
-    o = pipe.options(**opts)
-    gen, seconds = timed_generate(pipe, num_samples, seed, **opts)
-    stats = text_stats(gen.texts, _content(gen.ids, pipe.backend.special.pad), judge, judge_batch_size)
+    g = generate_for_judge(pipe, num_samples, seed, **opts)
+    stats = text_stats(g.texts, g.ids, judge, judge_batch_size)
     if reference is True:
         reference = reference_stats(pipe, num_samples, judge, batch_size=judge_batch_size)
-    steps = gen.ids.shape[1] if pipe.backend.causal else o.steps  # AR: one model call per token
-    settings = {**{k: v for k, v in asdict(o).items() if k not in ("num_samples", "infill")}, "steps": steps}
     return GenPPLResult(judge=judge.name, judge_tokenizer=judge.tokenizer, samples=stats,
-                        reference=reference or None, sampler=o.sampler, steps=steps, num_samples=num_samples,
-                        length=gen.ids.shape[1], seed=seed, settings=settings, sample_seconds=seconds,
-                        tokens_per_s=gen.ids.numel() / seconds,
-                        texts=gen.texts)
+                        reference=reference or None, sampler=g.sampler, steps=g.steps, num_samples=num_samples,
+                        length=g.length, seed=seed, settings=g.settings, sample_seconds=g.sample_seconds,
+                        tokens_per_s=g.tokens_per_s, texts=g.texts)

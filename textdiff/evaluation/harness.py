@@ -55,7 +55,7 @@ def run_eval(pipe, metrics: list[str], run: str, *, split: str = "test", draws: 
     wanted = [m for m in SEQ2SEQ_METRICS if m in metrics]
     if wanted:
         result["seq2seq"] = seq2seq_eval(pipe, wanted, split, max_sequences, seed, guidance_scales, copy_baseline,
-                                         sample_opts, echo)
+                                         sample_opts, batch_size, echo)
     return result
 
 

@@ -1,0 +1,180 @@
+"""Conditional generation tables: BLEU and ROUGE-L of every back-end beside the AR baseline, at matched size and
+budget, one table per task: E2E (630 test MRs, each scored against all its references) and KJV -> ASV (2,803 test
+verses, beside the copy-the-input baseline). Trains recipes/<task>/<backend>.yaml (reusing a finished run trained
+with the same recipe), then `textdiff eval --metrics bleu,rouge` on the test split:
+
+- greedy rows: the recipe's sampler at temperature 0, swept over the classifier-free guidance scale (--guidance);
+- an MBR row: --mbr candidates per source drawn at --mbr-temperature, the one of highest expected BLEU kept.
+
+Every evaluation is cached as JSON under RUNS/results/ (with its predictions), so the command resumes, and parts
+can run side by side (`--only e2e/masked kjv-asv/ar --skip report`) before one `--from-cache` call writes the tables.
+
+    TEXTDIFF_DATA_DIR=../shared/data python benchmarks/seq2seq.py --device cuda --batch-size 512
+    python benchmarks/seq2seq.py --from-cache --runs runs/seq2seq          # the tables from cached evaluations
+    python benchmarks/seq2seq.py --tasks e2e --only e2e/masked --set train.steps=20 --max-sources 20 --runs /tmp/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kjv_ratio import same_recipe, tok_per_s  # noqa: E402
+
+from textdiff.checkpoint import atomic_write_bytes  # noqa: E402
+from textdiff.cli import main as textdiff  # noqa: E402
+from textdiff.config import load_recipe  # noqa: E402
+from textdiff.evaluation.report import env_lines  # noqa: E402
+from textdiff.noising import BACKENDS  # noqa: E402
+from textdiff.training import train_recipe  # noqa: E402
+
+TASKS = {"e2e": "E2E NLG (meaning representation -> sentence), test split", "kjv-asv": "KJV -> ASV verse revision, test split"}
+ORDER = ("masked", "embedding", "simplex", "uniform", "edit", "ar")
+TARGET = 0.95
+"""The issue's bar: the best diffusion back-end's BLEU at least this fraction of the AR baseline's."""
+
+
+def recipes(root: Path, task: str) -> dict[str, Path]:
+    """backend name -> recipe of `task`, in ORDER (recipes of back-ends not registered are left out)."""
+    found = {p.stem: p for p in (root / task).glob("*.yaml") if p.stem in BACKENDS or p.stem == "ar"}
+    return {name: found[name] for name in ORDER if name in found}
+
+
+def train(recipe_path: Path, out: Path, device: str, overrides: list[str]) -> Path:
+    recipe = load_recipe(recipe_path, [f"out_dir={out}", *overrides])
+    if (out / "model.safetensors").is_file() and same_recipe(out, recipe):
+        print(f"reusing {out}", flush=True)
+        return out
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    print(f"training {recipe_path} -> {out}", flush=True)
+    train_recipe(recipe, device=device, progress=False)
+    return out
+
+
+def cached(path: Path, argv: list[str]) -> dict:
+    """Run `textdiff ARGV` (which writes `path`) unless `path` exists; return its JSON."""
+    if not path.is_file():
+        print(f"\n$ textdiff {' '.join(argv)}", flush=True)
+        if textdiff(argv) != 0:
+            raise SystemExit(f"seq2seq: `textdiff {' '.join(argv)}` failed")
+    return json.loads(path.read_text())
+
+
+def evaluations(task: str, name: str, run: Path, res: Path, args) -> dict:
+    """The greedy (guidance sweep) and MBR evaluations of one run, cached under `res`."""
+    causal = BACKENDS[name].causal if name in BACKENDS else False
+    common = ["eval", str(run), "--metrics", "bleu,rouge", "--split", "test", "--device", args.device, "--seed", "0",
+              "--batch-size", str(args.batch_size), *(["--max-sequences", str(args.max_sources)] if args.max_sources else [])]
+    copy = ["--copy-baseline"] if task == "kjv-asv" and name == ORDER[0] else []
+    greedy = [] if causal else ["--guidance-scale", args.guidance]
+    out = {"greedy": cached(res / f"{task}-{name}-greedy.json", [*common, *greedy, *copy, "--temperature", "0",
+                                                                  "--out", str(res / f"{task}-{name}-greedy.json")])}
+    if args.mbr > 1:
+        out["mbr"] = cached(res / f"{task}-{name}-mbr{args.mbr}.json",
+                            [*common, "--mbr", str(args.mbr), "--temperature", str(args.mbr_temperature),
+                             "--out", str(res / f"{task}-{name}-mbr{args.mbr}.json")])
+    return out
+
+
+def rows(name: str, ev: dict, run: Path) -> list[dict]:
+    """One row per (evaluation, guidance scale)."""
+    speed = tok_per_s(run) if (run / "metrics.jsonl").is_file() else float("nan")
+    out = []
+    for kind, e in ev.items():
+        for r in e["seq2seq"]["rows"]:
+            out.append({"model": name, "kind": kind, **r["settings"], "bleu": r["bleu"]["score"],
+                        "rouge": r["rouge"]["score"], "seconds": r["seconds"], "tok_per_s": speed,
+                        "bleu_signature": r["bleu"]["signature"], "rouge_signature": r["rouge"]["signature"]})
+    return out
+
+
+def table(task: str, results: dict[str, dict], runs: dict[str, Path]) -> list[str]:
+    all_rows = [row for name, ev in results.items() for row in rows(name, ev, runs[name])]
+    first = next(iter(results.values()))["greedy"]["seq2seq"]
+    ar = max((r["bleu"] for r in all_rows if r["model"] == "ar"), default=None)
+    head = ["model", "decoding", "sampler", "steps", "ω", "MBR", "temperature", "BLEU", "÷ AR", "ROUGE-L",
+            "generation s", "train tok/s"]
+    lines = [f"{TASKS[task]}: {first['n_sources']} sources, {first['n_references']} references.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if "copy" in first:
+        lines.append(f"| copy the input | | | | | | | {first['copy']['bleu']['score']:.2f} | "
+                     f"{first['copy']['bleu']['score'] / ar:.2f} | {first['copy']['rouge']['score']:.2f} | | |"
+                     if ar else f"| copy the input | | | | | | | {first['copy']['bleu']['score']:.2f} | | "
+                     f"{first['copy']['rouge']['score']:.2f} | | |")
+    for r in all_rows:
+        ratio = f"{r['bleu'] / ar:.2f}" if ar else ""
+        omega = "" if r["model"] == "ar" else f"{r['guidance_scale']:g}"
+        lines.append(f"| {r['model']} | {r['kind']} | {r['sampler']} | {r['steps'] if r['model'] != 'ar' else ''} | "
+                     f"{omega} | {r['mbr']} | {r['temperature']:g} | {r['bleu']:.2f} | {ratio} | {r['rouge']:.2f} | "
+                     f"{r['seconds']:.1f} | {r['tok_per_s']:,.0f} |")
+    diffusion = [r for r in all_rows if r["model"] != "ar"]
+    if diffusion and ar:
+        best = max(diffusion, key=lambda r: r["bleu"])
+        verdict = "meets" if best["bleu"] >= TARGET * ar else "misses"
+        lines += ["", f"Best diffusion row: {best['model']} ({best['kind']}, ω {best['guidance_scale']:g}) at BLEU "
+                      f"{best['bleu']:.2f} = {best['bleu'] / ar:.2f} × the AR baseline's {ar:.2f}; it {verdict} the "
+                      f"{TARGET}× target."]
+    lines += ["", f"BLEU: `{all_rows[0]['bleu_signature']}`; ROUGE-L: `{all_rows[0]['rouge_signature']}`."]
+    return lines
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--only", nargs="+", help="TASK/BACKEND names to include (default: every recipe of every task)")
+    p.add_argument("--recipes", default="recipes", help="folder holding <task>/<backend>.yaml")
+    p.add_argument("--runs", default="runs/seq2seq", help="where the runs and their evaluations go")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--set", action="append", default=[], help="recipe override for every run, e.g. train.steps=20")
+    p.add_argument("--guidance", default="0,1", help="classifier-free guidance scales of the greedy rows")
+    p.add_argument("--mbr", type=int, default=8, help="candidates per source of the MBR row (1: no MBR row)")
+    p.add_argument("--mbr-temperature", type=float, default=0.7, dest="mbr_temperature")
+    p.add_argument("--batch-size", type=int, default=256, dest="batch_size", help="sequences per generation batch")
+    p.add_argument("--max-sources", type=int, default=0, dest="max_sources", help="evaluate the first N sources only")
+    p.add_argument("--skip", nargs="*", default=[], choices=["report"])
+    p.add_argument("--from-cache", action="store_true", help="train and evaluate nothing: tables from cached JSON")
+    p.add_argument("--out-dir", default="benchmarks/results", dest="out_dir", help="writes <task>.md here")
+    args = p.parse_args()
+    runs, res = Path(args.runs), Path(args.runs) / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    todo = {task: recipes(Path(args.recipes), task) for task in args.tasks}
+    names = {f"{t}/{n}" for t, rs in todo.items() for n in rs}
+    if set(args.only or []) - names:
+        raise SystemExit(f"seq2seq: no recipe for {', '.join(sorted(set(args.only) - names))}; have {', '.join(sorted(names))}")
+    for task, rs in todo.items():
+        picked = {n: r for n, r in rs.items() if not args.only or f"{task}/{n}" in args.only}
+        run_dirs = {n: runs / f"{task}-{n}" for n in picked}
+        if not args.from_cache:
+            for n, r in picked.items():
+                train(r, run_dirs[n], args.device, args.set)
+        results = {n: evaluations(task, n, run_dirs[n], res, args) for n in picked}
+        if "report" in args.skip or not results:
+            continue
+        recipe = load_recipe(rs[next(iter(picked))])
+        budget = (f"{recipe.train.steps} steps of batch {recipe.train.batch_size} x {recipe.data.max_length} tokens, "
+                  f"{recipe.model.n_layer} x {recipe.model.n_embd} x {recipe.model.n_head} every model")
+        lines = [f"# {TASKS[task]}: every back-end beside the AR baseline ({time.strftime('%Y-%m-%d')})", "",
+                 *env_lines(next(iter(results.values()))["greedy"]), "",  # the machine that ran the evaluations
+                 f"Recipes: `{Path(args.recipes) / task}/*.yaml` ({budget}{'; overrides ' + ', '.join(args.set) if args.set else ''}). "
+                 f"greedy: temperature 0, one output per source, swept over ω (classifier-free guidance; the "
+                 f"diffusion models dropped the source w.p. train.cond_dropout); MBR: {args.mbr} candidates at "
+                 f"temperature {args.mbr_temperature:g}, the one of highest expected BLEU against the others. "
+                 f"Command: `python benchmarks/seq2seq.py {' '.join(sys.argv[1:])}`", "",
+                 *table(task, results, run_dirs)]
+        out = Path(args.out_dir) / f"{task.replace('-', '_')}.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())
+        print("\n".join(lines) + f"\n\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The report logic of benchmarks/seq2seq.py and benchmarks/distill_report.py on fixed inputs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import distill_report  # noqa: E402
+import seq2seq  # noqa: E402
+
+
+def _eval(rows, copy=None):
+    def metric(score):
+        return {"score": score, "signature": f"sig{score}"}
+
+    out = {"seq2seq": {"n_sources": 3, "n_references": 9, "rows": [
+        {"settings": {"sampler": s, "steps": 64, "guidance_scale": w, "mbr": m, "temperature": t}, "seconds": 1.0,
+         "bleu": metric(b), "rouge": metric(b + 10)} for s, w, m, t, b in rows]}}
+    if copy is not None:
+        out["seq2seq"]["copy"] = {"bleu": metric(copy), "rouge": metric(copy + 10)}
+    return out
+
+
+def test_seq2seq_table_ratios_to_the_best_ar_row_and_the_target(tmp_path):
+    results = {
+        "masked": {"greedy": _eval([("confidence", 0.0, 1, 0.0, 30.0), ("confidence", 1.0, 1, 0.0, 38.4)], copy=20.0),
+                   "mbr": _eval([("confidence", 0.0, 8, 0.7, 36.0)])},
+        "ar": {"greedy": _eval([("ar", 0.0, 1, 0.0, 35.0)]), "mbr": _eval([("ar", 0.0, 8, 0.7, 40.0)])},
+    }
+    lines = seq2seq.table("kjv-asv", results, {"masked": tmp_path / "m", "ar": tmp_path / "a"})
+    text = "\n".join(lines)
+    assert "| copy the input | | | | | | | 20.00 | 0.50 |" in text  # ÷ the best AR row (40)
+    assert "| masked | greedy | confidence | 64 | 1 | 1 | 0 | 38.40 | 0.96 |" in text
+    assert "| masked | mbr | confidence | 64 | 0 | 8 | 0.7 | 36.00 | 0.90 |" in text
+    assert "| ar | mbr | ar |  |  | 8 | 0.7 | 40.00 | 1.00 |" in text
+    assert "masked (greedy, ω 1) at BLEU 38.40 = 0.96 × the AR baseline's 40.00; it meets" in text
+    results["masked"]["greedy"] = _eval([("confidence", 0.0, 1, 0.0, 30.0)])
+    assert "it misses the 0.95× target" in "\n".join(seq2seq.table("e2e", results, {"masked": tmp_path, "ar": tmp_path}))
+
+
+def _frontier(tmp_path, genppl: dict[str, dict[int, tuple[float, float]]]) -> dict:
+    runs = []
+    for name in genppl:
+        run = tmp_path / ("masked-800" if name == "teacher" else name)
+        run.mkdir()
+        if name == "stage1":
+            (run / "config.json").write_text(json.dumps({"recipe": {"sample": {"steps": 64}},
+                                                         "distillation": {"config": {"iters": 500}}}))
+        runs.append(str(run))
+    points = [{"run": str(tmp_path / ("masked-800" if name == "teacher" else name)), "backend": "masked",
+               "sampler": "ancestral", "steps": s, "genppl": g, "entropy": e}
+              for name, pts in genppl.items() for s, (g, e) in pts.items()]
+    return {"runs": runs, "points": points, "num_samples": 4, "seed": 0, "judge": "j", "date": "d", "machine": "m",
+            "python": "3", "packages": {}}
+
+
+def test_distill_report_finds_the_fewest_steps_within_the_target(tmp_path):
+    res = _frontier(tmp_path, {
+        "teacher": {128: (100.0, 5.30), 64: (104.0, 5.30), 32: (130.0, 5.30), 16: (200.0, 5.30)},
+        "stage1": {64: (101.0, 5.30), 32: (105.0, 5.30)},
+        "stage2": {32: (108.0, 5.29), 16: (109.0, 5.0)},   # 16 steps: genppl fine but entropy 5.7 % lower
+    })
+    text = "\n".join(distill_report.section(res, 128, "masked"))
+    assert "| 32 | 130.0 / 5.30 | **105.0 / 5.30** | **108.0 / 5.29** |" in text
+    assert "| 16 | 200.0 / 5.30 |  | 109.0 / 5.00 |" in text
+    assert "stage 1 at 32 steps, 4× fewer than the teacher's 128 (the teacher alone stays within it down to 64" in text
+    path = tmp_path / "frontier.json"
+    path.write_text(json.dumps(res))
+    out = tmp_path / "report.md"
+    sys.argv = ["distill_report.py", str(path), "--out", str(out)]
+    distill_report.main()
+    assert "teacher at 128 steps" in out.read_text()  # steps_start read off stage 1's recipe (2 x 64)
