@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-scale", type=float, default=3.0, dest="classifier_scale",
                    help="classifier guidance strength gamma >= 0 (default 3; 0: unguided)")
 
-    p = sub.add_parser("infill", help="fill [MASK] / [MASK:n] holes in a text")
+    p = sub.add_parser("infill", help="fill [MASK] / [MASK:n] holes (and [...] spans on edit runs) in a text")
     p.add_argument("run", help="run directory")
     p.add_argument("text", help='template, e.g. "The [MASK:3] of the LORD [MASK] upon the waters"')
     p.add_argument("-n", type=int, default=1, help="number of fillings")
