@@ -154,7 +154,8 @@ def test_sampler_is_seeded(name, sampler):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name,sampler", [p for p in PAIRS if not (BACKENDS[p[0]].causal or BACKENDS[p[0]].variable_length)])
+@pytest.mark.parametrize("name,sampler", [p for p in PAIRS
+                                          if not (BACKENDS[p[0]].causal or BACKENDS[p[0]].variable_length)])
 @pytest.mark.parametrize("block_size", [0, 3])
 def test_semi_autoregressive_blocks_reveal_left_to_right(name, sampler, block_size):
     model, backend = make(name)

@@ -12,6 +12,7 @@ import yaml
 
 from tests.conftest import ROOT
 from tests.test_conformance import SPECIAL, B, L, V, batch, make
+from tests.test_seq2seq import pair_corpus, seq2seq_recipe  # noqa: F401  (a fixture)
 from textdiff.config import BackendConfig, SampleConfig
 from textdiff.evaluation.lengths import format_histograms, length_histograms
 from textdiff.noising import get_backend
@@ -104,6 +105,30 @@ def test_at_t_one_x_t_is_the_prior():
     for row, x_1 in zip(b.ids.tolist(), src_tgt.tolist()):  # the target region holds a copy of the source
         s = row.index(SPECIAL.sep)
         assert x_1[:s + 1] == row[:s + 1] and x_1[s + 1:2 * s + 1] == row[:s]
+
+
+def test_revision_keeps_what_the_source_and_target_share():
+    """edit_prior=source aligns the target with its source by a longest common subsequence: a target equal to its
+    source is never edited, and one that differs in a token keeps every other token at every t."""
+    bk, b = backend(edit_prior="source"), seq2seq_batch()
+    src = b.ids.eq(SPECIAL.sep).long().cumsum(1) == 0
+    same = b.ids.clone()
+    for r, row in enumerate(b.ids.tolist()):  # target := source [EOS]
+        s = row.index(SPECIAL.sep)
+        same[r, s + 1:] = SPECIAL.pad
+        same[r, s + 1:2 * s + 2] = torch.tensor(row[:s] + [SPECIAL.eos])
+    keep = ~src & (same != SPECIAL.pad) & (same != SPECIAL.sep)
+    for t in (0.3, 1.0):
+        c = bk.corrupt_with_script(same, torch.full((len(same),), t), torch.Generator().manual_seed(0), keep)
+        assert torch.equal(c.x_t.masked_fill(c.x_t == SPECIAL.eos, SPECIAL.pad), same.masked_fill(same == SPECIAL.eos,
+                                                                                                      SPECIAL.pad))
+        assert (c.ops == KEEP).all() and (c.counts.sum(1) <= 1).all()  # at most the [EOS] is still to insert
+    changed = same.clone()
+    first = src.sum(1) + 1  # the first target token
+    changed[torch.arange(len(same)), first] = 5 + (changed[torch.arange(len(same)), first] % 5) + 1
+    c = bk.corrupt_with_script(changed, torch.ones(len(same)), torch.Generator().manual_seed(0), keep)
+    n_edits = (c.ops != KEEP).sum(1) + c.counts.sum(1)
+    assert (n_edits <= 3).all() and torch.equal(undo(bk, c), c.x0)  # [EOS] and the changed token at most
 
 
 # --- the sampler -------------------------------------------------------------------------------------------------
@@ -203,6 +228,17 @@ def test_untrained_samples_are_packed_rows_of_real_tokens():
 # --- length report, recipes, training and the pipeline -----------------------------------------------------------
 
 
+def test_a_span_of_unknown_length_is_refused_by_a_fixed_length_back_end():
+    from textdiff.config import DataConfig, Recipe
+    from textdiff.errors import TextdiffError
+    from textdiff.pipeline import TextDiffusionPipeline
+
+    model, bk = make("masked")
+    pipe = TextDiffusionPipeline(Recipe(data=DataConfig(path="unused.jsonl")), model, bk, tokenizer=None)
+    with pytest.raises(TextdiffError, match=r"^infill template: \[\.\.\.\] .* the masked back-end .* \[MASK:n\]$"):
+        pipe.infill("In the beginning [...] the earth.")
+
+
 def test_length_histograms_report_both_distributions_on_shared_bins():
     rep = length_histograms([3, 3, 4, 9], [3, 4, 4, 4], bin_width=2)
     assert rep["bins"] == [0, 2, 4, 6, 8]
@@ -253,3 +289,33 @@ def test_pipeline_round_trip_samples_infill_and_length_report(edit_run):
     rep = length_report(pipe, num_samples=16, steps=8)
     assert rep["n_samples"] == 16 and rep["n_data"] == 80 and 0 <= rep["tv"] <= 1
     assert abs(rep["mean_samples"] - rep["mean_data"]) < 0.5 * rep["mean_data"], rep
+
+
+# --- revision (seq2seq, the target starts as the source) ---------------------------------------------------------
+
+
+def test_revision_starts_from_a_copy_of_the_source():
+    bk = backend(edit_prior="source")
+    x = torch.tensor([[7, 8, 9, SPECIAL.sep] + bk.open_hole(6), [10, SPECIAL.sep] + bk.open_hole(8)])
+    state = bk.start(x, torch.Generator().manual_seed(0))
+    assert state.ids.tolist() == [[7, 8, 9, SPECIAL.sep, 7, 8, 9, 0, 0, 0], [10, SPECIAL.sep, 10] + [0] * 7]
+    assert bk.gap_open(state)[0].tolist() == [False] * 4 + [True] * 4 + [False] * 3
+
+
+def test_a_revision_run_trains_and_translates(tmp_path, pair_corpus):
+    from textdiff.config import recipe_from_dict
+    from textdiff.pipeline import TextDiffusionPipeline
+    from textdiff.training import train_recipe
+
+    raw = seq2seq_recipe(pair_corpus, tmp_path / "run", "edit", steps=40)
+    raw["backend"].update(edit_prior="source", max_insert=16)
+    raw["data"]["pad_in_loss"] = False
+    raw["model"]["time_conditioning"] = True
+    raw["train"]["cond_dropout"] = 0.0
+    raw["sample"] = {"sampler": "edit", "steps": 4, "temperature": 0.0}
+    pipe = TextDiffusionPipeline.from_pretrained(train_recipe(recipe_from_dict(raw), progress=False))
+    out = pipe.translate(["king sees river", "stone keeps city"], steps=4)
+    assert len(out.texts) == 2 and out.ids.shape == (2, 16)
+    assert out.ids[0, :4].tolist() == pipe.tokenizer.convert_tokens_to_ids(["king", "sees", "river", "[SEP]"])
+    with pytest.raises(Exception, match="guidance"):
+        pipe.translate(["king sees river"], guidance_scale=1.0)

@@ -394,6 +394,9 @@ class Recipe:
             raise ValueError("model.segments=true is for the bidirectional back-ends; the ar baseline reads [SEP]")
         if self.train.cond_dropout > 0 and not seq2seq:
             raise ValueError("train.cond_dropout > 0 needs a seq2seq recipe: set data.source_field")
+        if self.backend.name == "edit" and self.backend.edit_prior == "source" and not seq2seq:
+            raise ValueError("backend.edit_prior=source revises the source into the target: it needs a seq2seq recipe "
+                             "(data.source_field); use random or empty")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

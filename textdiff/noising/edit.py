@@ -219,6 +219,45 @@ class EditDiffusion(Backend):
         bottom = torch.where(has_z, noise.gather(1, (has_z.long().cumsum(1) - 1).clamp_min(0)), BLANK)
         return top, bottom
 
+    @staticmethod
+    def lcs_table(data, n, noise, m) -> torch.Tensor:
+        """D (B, N + 1, M + 1): D[i, j] the longest common subsequence of data[:i] and noise[:j]. Row by row, each
+        row one cummax: D[i, j] = max_{j' <= j} max(D[i-1, j'], D[i-1, j'-1] + [data_i = noise_j'])."""
+        B, N = data.shape
+        M = noise.shape[1]
+        eq = (data[:, :, None] == noise[:, None, :]) & (torch.arange(M, device=data.device) < m[:, None])[:, None]
+        rows = [torch.zeros(B, M + 1, dtype=torch.long, device=data.device)]
+        for i in range(int(n.max())):
+            prev = rows[-1]
+            a = torch.maximum(prev[:, 1:], prev[:, :-1] + eq[:, i].long())
+            rows.append(F.pad(a, (1, 0)).cummax(1).values)
+        return torch.stack(rows, 1)  # (B, max n + 1, M + 1)
+
+    def lcs_align(self, data, n, noise, m):
+        """The alignment of a longest common subsequence: matched tokens share a column (never edited), the others
+        get a column of their own over or under a blank, in sequence order (C = n + m - LCS columns; the first L are
+        returned). Backtracked from the end, one column of every row per iteration."""
+        B, L = data.shape
+        D = self.lcs_table(data, n, noise, m)
+        rows = torch.arange(B, device=data.device)
+        i, j = n.clone(), m.clone()
+        C = n + m - D[rows, n, m]
+        W = 2 * L  # C <= n + m; the last column is a sink for finished rows
+        top = torch.full((B, W + 1), BLANK, dtype=torch.long, device=data.device)
+        bottom = top.clone()
+        for step in range(int((n + m).max())):
+            active = (i > 0) | (j > 0)
+            i1, j1 = (i - 1).clamp_min(0), (j - 1).clamp_min(0)
+            d_prev, z_prev = data.gather(1, i1[:, None])[:, 0], noise.gather(1, j1[:, None])[:, 0]
+            here = D[rows, i, j]
+            diag = (i > 0) & (j > 0) & (d_prev == z_prev) & (here == D[rows, i1, j1] + 1)  # a matched pair
+            up = ~diag & (i > 0) & ((j == 0) | (D[rows, i1, j] == here))  # a data token of its own
+            col = torch.where(active, C - 1 - step, W)[:, None]
+            top.scatter_(1, col, torch.where(diag | up, d_prev, BLANK)[:, None])
+            bottom.scatter_(1, col, torch.where(up, BLANK, z_prev)[:, None])
+            i, j = i - (active & (diag | up)).long(), j - (active & ~up).long()
+        return top[:, :L], bottom[:, :L], C
+
     def corrupt_with_script(self, x0, t, generator, noise_mask=None) -> Corruption:
         """x_t ~ q(x_t | x0) at times t (B,) and the oracle script x_t -> x0; noise_mask (B, L) marks the counted
         positions (default: every non-[PAD] one); the uncounted ones before the first counted one stay as a prefix."""
@@ -228,6 +267,10 @@ class EditDiffusion(Backend):
         room = L - prefix
         noise, m = self._noise(x0, prefix, room, generator)
         top, bottom = self.align(data, n, noise, m, room, generator)
+        if self.cfg.edit_prior == "source":  # revision: align the target with its source where it fits the room
+            lcs_top, lcs_bottom, C = self.lcs_align(data, n, noise, m)
+            fits = (C <= room)[:, None]
+            top, bottom = torch.where(fits, lcs_top, top), torch.where(fits, lcs_bottom, bottom)
         shown = torch.rand(B, L, generator=generator, device=x0.device) < self.alpha(t)[:, None]  # (B, L) per column
         value = torch.where(shown, top, bottom)
         visible = value != BLANK
