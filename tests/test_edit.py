@@ -319,3 +319,16 @@ def test_a_revision_run_trains_and_translates(tmp_path, pair_corpus):
     assert out.ids[0, :4].tolist() == pipe.tokenizer.convert_tokens_to_ids(["king", "sees", "river", "[SEP]"])
     with pytest.raises(Exception, match="guidance"):
         pipe.translate(["king sees river"], guidance_scale=1.0)
+
+
+def test_eval_reports_the_length_histograms_through_the_cli(edit_run, tmp_path, capsys):
+    from textdiff.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(edit_run), "--metrics", "ppl,lengths", "--num-samples", "8", "--steps", "4",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ppl: n/a" in printed and "TV " in printed and "samples" in printed
+    res = json.loads(out.read_text())
+    assert res["lengths"]["n_samples"] == 8 and len(res["lengths"]["data"]) == len(res["lengths"]["samples"])
+    assert "| length TV (data vs samples) |" in out.with_suffix(".md").read_text()

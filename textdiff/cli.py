@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="ppl", help="comma-separated: bleu, rouge (seq2seq runs; one output per source, "
                    "all its references), ppl (ELBO bound / exact AR likelihood), genppl "
                    "(judge perplexity + entropy, dist-n, self-BLEU), control (classifier guidance: share of --num-samples "
-                   "samples per class that name it, per --classifier-scale). ppl alone on a back-end without a bound is an "
+                   "samples per class that name it, per --classifier-scale), lengths (histograms of the data's and --num-samples "
+                   "samples' lengths). ppl alone on a back-end without a bound is an "
                    "error; among several metrics it reads n/a")
     p.add_argument("--classifier", help="control: the guiding classifier (a directory written by `textdiff classifier`)")
     p.add_argument("--classifier-scale", default="0,1,3", dest="classifier_scales",
