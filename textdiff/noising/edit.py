@@ -1,6 +1,6 @@
 """Edit diffusion: corruption by insertions, deletions and replacements, denoising by predicted edit scripts.
-DiffusER (Reid et al. 2022) and the Levenshtein Transformer (Gu et al. 2019) in their prediction, with the
-continuous-time alignment process of Edit Flows (Havasu et al. 2025, sec. 3) as the noise.
+DiffusER (Reid et al. 2022) and the Levenshtein Transformer (Gu et al. 2019) in their prediction; the noise is a
+continuous-time process over aligned sequences in the manner of Edit Flows (Havasu et al. 2025).
 
 Forward: x0 (the n counted tokens) and a noise sequence z (m tokens: `edit_prior` random, empty or the seq2seq
 source) are laid out as C = n + m - k aligned columns (top, bottom) in a uniformly random order: k columns (x0_i, z_j)
@@ -9,7 +9,10 @@ each column independently shows its top (data) row with probability alpha(t), el
 x_t is the visible row with the blanks dropped. So x_0 = x0 and x_1 = z; a hidden column is
     (d, z) a replacement of d by z,   (d, ε) a deletion of d,   (ε, z) an insertion of z,
 each present w.p. 1 - alpha(t): every kind of edit grows with t. k is uniform over the values that keep
-|x_t| <= C within the room (data.max_length less any frozen prefix).
+|x_t| <= C within the room (data.max_length less any frozen prefix). With `edit_prior: source` (revision) the
+columns instead follow a longest common subsequence of target and source, where it fits the room: shared tokens
+share a column and are never edited, so the noise path from the KJV verse to the ASV one edits only where they
+differ.
 
 Oracle script: x_t -> x0 is, per token of x_t, keep / delete / replace, and per gap (before each token, and after
 the last) the number of tokens to insert; applying it turns x_t into the placeholder sequence y (x0 with [MASK]
@@ -29,7 +32,7 @@ Why DiffusER-style prediction and not Edit Flows' rates: a predicted insertion c
 number of tokens into a gap in one step, so a step from any t to 0 reaches the predicted x0 exactly (tau-leaping
 on Edit Flows' rates inserts one token per gap per step), and the token pass is the masked denoiser every other
 token back-end already trains. The price: no likelihood bound (`bound` is not offered; evaluate with gen-PPL) and
-two model calls per sampling step.
+two model calls per sampling step. Self-conditioning and guidance are not used by this back-end.
 """
 
 from __future__ import annotations
