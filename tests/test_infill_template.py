@@ -161,3 +161,12 @@ def test_parse_render_parse_is_the_identity(text):
     again = parse_template(render(template))
     assert again == template
     assert render(again) == render(template)
+
+
+def test_a_span_of_unknown_length_parses_to_none_and_becomes_the_back_ends_span_ids():
+    from textdiff.infill import parse_template, template_ids
+
+    tpl = parse_template("In the beginning [...] the [MASK:2].")
+    assert tpl.texts == ("In the beginning ", " the ", ".") and tpl.holes == (None, 2)
+    ids = template_ids(tpl, lambda s: [len(w) for w in s.split()], mask_id=1, span=(2,))
+    assert ids == [2, 3, 9, 2, 3, 1, 1, 1]
