@@ -140,14 +140,15 @@ def test_random_strings_raise_only_textdiff_error(text):
         assert "\n" not in str(e)
         return
     assert len(template.texts) == len(template.holes) + 1 >= 2
-    assert all(1 <= n <= MAX_HOLE for n in template.holes)
+    assert all(n is None or 1 <= n <= MAX_HOLE for n in template.holes)  # None: [...], a span of unknown length
     assert sum(map(len, template.texts)) < len(text)
-    assert template_ids(template, encode, MASK).count(MASK) == sum(template.holes)
+    assert template_ids(template, encode, MASK).count(MASK) == sum(n or 0 for n in template.holes)
 
 
 def render(template: Template) -> str:
-    """A parsed template written back in canonical form: every hole as [MASK:n]."""
-    return template.texts[0] + "".join(f"[MASK:{n}]{t}" for n, t in zip(template.holes, template.texts[1:]))
+    """A parsed template written back in canonical form: every hole as [MASK:n] (or [...])."""
+    return template.texts[0] + "".join(("[...]" if n is None else f"[MASK:{n}]") + t
+                                       for n, t in zip(template.holes, template.texts[1:]))
 
 
 @settings(max_examples=300, deadline=None)
