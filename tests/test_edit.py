@@ -239,6 +239,16 @@ def test_a_span_of_unknown_length_is_refused_by_a_fixed_length_back_end():
         pipe.infill("In the beginning [...] the earth.")
 
 
+def test_a_recipe_whose_infill_has_a_span_needs_a_variable_length_back_end():
+    from textdiff.config import recipe_from_dict
+    from textdiff.errors import TextdiffError
+
+    raw = {"data": {"path": "x.jsonl"}, "sample": {"infill": "In the beginning [...] the earth."}}
+    with pytest.raises(TextdiffError, match=r"sample.infill: \[\.\.\.\] .* the masked back-end"):
+        recipe_from_dict(raw)
+    assert recipe_from_dict({**raw, "backend": {"name": "edit"}}).sample.infill.endswith("earth.")
+
+
 def test_length_histograms_report_both_distributions_on_shared_bins():
     rep = length_histograms([3, 3, 4, 9], [3, 4, 4, 4], bin_width=2)
     assert rep["bins"] == [0, 2, 4, 6, 8]

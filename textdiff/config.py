@@ -384,6 +384,8 @@ class Recipe:
     """Run directory (default: runs/<name>)."""
 
     def __post_init__(self):
+        from textdiff.noising import BACKENDS
+
         if self.backend.name == "masked" and self.model.time_conditioning and self.backend.mask_sampling == "count":
             raise ValueError("backend.mask_sampling=count integrates t out and needs model.time_conditioning: false; "
                              "set backend.mask_sampling: time for a time-conditioned denoiser")
@@ -394,6 +396,9 @@ class Recipe:
             raise ValueError("model.segments=true is for the bidirectional back-ends; the ar baseline reads [SEP]")
         if self.train.cond_dropout > 0 and not seq2seq:
             raise ValueError("train.cond_dropout > 0 needs a seq2seq recipe: set data.source_field")
+        if self.sample.infill and "[...]" in self.sample.infill and not BACKENDS[self.backend.name].variable_length:
+            raise ValueError(f"sample.infill: [...] (a span of unknown length) needs the edit back-end; the "
+                             f"{self.backend.name} back-end fills holes of a fixed length: write [MASK:n]")
         if self.backend.name == "edit" and self.backend.edit_prior == "source" and not seq2seq:
             raise ValueError("backend.edit_prior=source revises the source into the target: it needs a seq2seq recipe "
                              "(data.source_field); use random or empty")
