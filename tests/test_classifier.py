@@ -22,7 +22,8 @@ from textdiff.errors import TextdiffError
 from textdiff.noising import BACKENDS
 from textdiff.sampling import SAMPLERS
 
-GUIDED = [(b, s) for b in sorted(BACKENDS) if not BACKENDS[b].causal for s in BACKENDS[b].samplers]
+GUIDED = [(b, s) for b in sorted(BACKENDS) if not (BACKENDS[b].causal or BACKENDS[b].variable_length)
+          for s in BACKENDS[b].samplers]  # guidance re-weights per-position predictions: not for changing lengths
 COLOURS = ["red", "blue"]
 
 

@@ -140,14 +140,15 @@ def test_random_strings_raise_only_textdiff_error(text):
         assert "\n" not in str(e)
         return
     assert len(template.texts) == len(template.holes) + 1 >= 2
-    assert all(1 <= n <= MAX_HOLE for n in template.holes)
+    assert all(n is None or 1 <= n <= MAX_HOLE for n in template.holes)  # None: [...], a span of unknown length
     assert sum(map(len, template.texts)) < len(text)
-    assert template_ids(template, encode, MASK).count(MASK) == sum(template.holes)
+    assert template_ids(template, encode, MASK).count(MASK) == sum(n or 0 for n in template.holes)
 
 
 def render(template: Template) -> str:
-    """A parsed template written back in canonical form: every hole as [MASK:n]."""
-    return template.texts[0] + "".join(f"[MASK:{n}]{t}" for n, t in zip(template.holes, template.texts[1:]))
+    """A parsed template written back in canonical form: every hole as [MASK:n] (or [...])."""
+    return template.texts[0] + "".join(("[...]" if n is None else f"[MASK:{n}]") + t
+                                       for n, t in zip(template.holes, template.texts[1:]))
 
 
 @settings(max_examples=300, deadline=None)
@@ -161,3 +162,12 @@ def test_parse_render_parse_is_the_identity(text):
     again = parse_template(render(template))
     assert again == template
     assert render(again) == render(template)
+
+
+def test_a_span_of_unknown_length_parses_to_none_and_becomes_the_back_ends_span_ids():
+    from textdiff.infill import parse_template, template_ids
+
+    tpl = parse_template("In the beginning [...] the [MASK:2].")
+    assert tpl.texts == ("In the beginning ", " the ", ".") and tpl.holes == (None, 2)
+    ids = template_ids(tpl, lambda s: [len(w) for w in s.split()], mask_id=1, span=(2,))
+    assert ids == [2, 3, 9, 2, 3, 1, 1, 1]

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-scale", type=float, default=3.0, dest="classifier_scale",
                    help="classifier guidance strength gamma >= 0 (default 3; 0: unguided)")
 
-    p = sub.add_parser("infill", help="fill [MASK] / [MASK:n] holes in a text")
+    p = sub.add_parser("infill", help="fill [MASK] / [MASK:n] holes (and [...] spans on edit runs) in a text")
     p.add_argument("run", help="run directory")
     p.add_argument("text", help='template, e.g. "The [MASK:3] of the LORD [MASK] upon the waters"')
     p.add_argument("-n", type=int, default=1, help="number of fillings")
@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="ppl", help="comma-separated: bleu, rouge (seq2seq runs; one output per source, "
                    "all its references), ppl (ELBO bound / exact AR likelihood), genppl "
                    "(judge perplexity + entropy, dist-n, self-BLEU), control (classifier guidance: share of --num-samples "
-                   "samples per class that name it, per --classifier-scale). ppl alone on a back-end without a bound is an "
+                   "samples per class that name it, per --classifier-scale), lengths (histograms of the data's and --num-samples "
+                   "samples' lengths). ppl alone on a back-end without a bound is an "
                    "error; among several metrics it reads n/a")
     p.add_argument("--classifier", help="control: the guiding classifier (a directory written by `textdiff classifier`)")
     p.add_argument("--classifier-scale", default="0,1,3", dest="classifier_scales",

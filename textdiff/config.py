@@ -79,7 +79,7 @@ class BackendConfig:
     """The noising back-end, its schedule and its parameterisation. Keys a back-end does not use are ignored by it."""
 
     name: str = "masked"
-    """Registered back-end: see `textdiff.noising.BACKENDS` (`masked`, `uniform`, `embedding`, `simplex`, `ar`)."""
+    """Registered back-end: see `textdiff.noising.BACKENDS` (`masked`, `uniform`, `edit`, `embedding`, `simplex`, `ar`)."""
     schedule: Optional[str] = None
     """Noise schedule in continuous time t in [0, 1] (None: the back-end's default). Masked and uniform: `loglinear`
     (default) or `cosine`. Gaussian back-ends: `cosine`, `sqrt` (Diffusion-LM), `linear` (DDPM betas) or `learned`
@@ -119,6 +119,12 @@ class BackendConfig:
     """Gaussian back-ends: log noise-to-signal ratio at t = 1."""
     simplex_k: float = 5.0
     """Simplex back-end: clean tokens become logits +k (the token) and -k (every other)."""
+    edit_prior: str = "random"
+    """Edit back-end: the sequence x_1 that noise edits toward and sampling starts from. `random`: real tokens of a
+    length drawn uniformly up to the room left; `empty`: nothing (generation only inserts); `source` (seq2seq): a copy
+    of the source, so sampling revises the source into the target."""
+    max_insert: int = 128
+    """Edit back-end: most tokens one step inserts into one gap (the insertion-count head has max_insert + 1 classes)."""
 
     def __post_init__(self):
         from textdiff.noising import BACKENDS
@@ -146,6 +152,8 @@ class BackendConfig:
         if self.schedule == "learned" and self.loss != "elbo":
             raise ValueError("backend.schedule=learned is trained by the bound; it needs backend.loss: elbo")
         _check_positive("backend.simplex_k", self.simplex_k)
+        _check_choice("backend.edit_prior", self.edit_prior, ("random", "empty", "source"))
+        _check_positive("backend.max_insert", self.max_insert)
 
 
 @dataclass(frozen=True)
@@ -376,6 +384,8 @@ class Recipe:
     """Run directory (default: runs/<name>)."""
 
     def __post_init__(self):
+        from textdiff.noising import BACKENDS
+
         if self.backend.name == "masked" and self.model.time_conditioning and self.backend.mask_sampling == "count":
             raise ValueError("backend.mask_sampling=count integrates t out and needs model.time_conditioning: false; "
                              "set backend.mask_sampling: time for a time-conditioned denoiser")
@@ -386,6 +396,12 @@ class Recipe:
             raise ValueError("model.segments=true is for the bidirectional back-ends; the ar baseline reads [SEP]")
         if self.train.cond_dropout > 0 and not seq2seq:
             raise ValueError("train.cond_dropout > 0 needs a seq2seq recipe: set data.source_field")
+        if self.sample.infill and "[...]" in self.sample.infill and not BACKENDS[self.backend.name].variable_length:
+            raise ValueError(f"sample.infill: [...] (a span of unknown length) needs the edit back-end; the "
+                             f"{self.backend.name} back-end fills holes of a fixed length: write [MASK:n]")
+        if self.backend.name == "edit" and self.backend.edit_prior == "source" and not seq2seq:
+            raise ValueError("backend.edit_prior=source revises the source into the target: it needs a seq2seq recipe "
+                             "(data.source_field); use random or empty")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

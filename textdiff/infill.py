@@ -1,4 +1,5 @@
-"""Infill templates: text with `[MASK]` (one token) and `[MASK:n]` (exactly n tokens) holes."""
+"""Infill templates: text with `[MASK]` (one token), `[MASK:n]` (exactly n tokens) and `[...]` (a span of unknown
+length, for variable-length back-ends) holes."""
 
 from __future__ import annotations
 
@@ -7,29 +8,31 @@ from dataclasses import dataclass
 
 from textdiff.errors import TextdiffError
 
-HOLE = re.compile(r"\[MASK(?::([^\]]*))?\]")
+HOLE = re.compile(r"\[MASK(?::([^\]]*))?\]|\[\.\.\.\]")
 MAX_HOLE = 4096
 
 
 @dataclass(frozen=True)
 class Template:
-    """Alternating pieces: `texts` has one more entry than `holes`; holes[i] tokens go after texts[i]."""
+    """Alternating pieces: `texts` has one more entry than `holes`; holes[i] tokens go after texts[i] (None: a span
+    of unknown length)."""
 
     texts: tuple[str, ...]
-    holes: tuple[int, ...]
+    holes: tuple[int | None, ...]
 
 
 def parse_template(template: str) -> Template:
-    """'The [MASK:3] of the LORD [MASK]' -> Template(('The', ' of the LORD', ''), (3, 1))."""
+    """'The [MASK:3] of the LORD [MASK]' -> Template(('The', ' of the LORD', ''), (3, 1)); `[...]` gives None."""
     texts, holes, pos = [], [], 0
     for m in HOLE.finditer(template):
-        n = _hole_size(m.group(1), m.group(0))
+        n = None if m.group(0) == "[...]" else _hole_size(m.group(1), m.group(0))
         texts.append(template[pos:m.start()])
         holes.append(n)
         pos = m.end()
     texts.append(template[pos:])
     if not holes:
-        raise TextdiffError(f"infill template {template!r} has no hole; write [MASK] for one token or [MASK:n] for n")
+        raise TextdiffError(f"infill template {template!r} has no hole; write [MASK] for one token, [MASK:n] for n "
+                            "or [...] for a span of unknown length")
     stray = next((t for t in texts if "[MASK" in t), None)
     if stray is not None:
         raise TextdiffError(f"infill template: malformed hole in {stray!r}; write [MASK] or [MASK:n] with n >= 1")
@@ -48,9 +51,9 @@ def _hole_size(arg: str | None, hole: str) -> int:
     return n
 
 
-def template_ids(template: Template, encode, mask_id: int) -> list[int]:
-    """Token ids with mask_id in the holes. Whitespace before a hole is left to the hole's first token
-    (byte-level BPE spells a word with its leading space)."""
+def template_ids(template: Template, encode, mask_id: int, span: tuple[int, ...] = ()) -> list[int]:
+    """Token ids with mask_id in the holes and the ids `span` for a span of unknown length. Whitespace before a hole
+    is left to the hole's first token (byte-level BPE spells a word with its leading space)."""
     ids: list[int] = []
     for i, text in enumerate(template.texts):
         if i < len(template.holes):
@@ -58,5 +61,6 @@ def template_ids(template: Template, encode, mask_id: int) -> list[int]:
         if text:
             ids.extend(encode(text))
         if i < len(template.holes):
-            ids.extend([mask_id] * template.holes[i])
+            n = template.holes[i]
+            ids.extend(span if n is None else [mask_id] * n)
     return ids

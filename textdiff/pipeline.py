@@ -3,6 +3,7 @@
     pipe = TextDiffusionPipeline.from_pretrained("runs/quickstart")
     pipe.generate(4, steps=64)
     pipe.infill("The [MASK:3] of the LORD [MASK] upon the waters")
+    pipe.infill("In the beginning [...] the earth.")                     # edit runs: a span of unknown length
     pipe.translate(["name[The Eagle], eatType[coffee shop]"], guidance_scale=1.0, mbr=8)   # seq2seq runs
 """
 
@@ -133,12 +134,19 @@ class TextDiffusionPipeline:
 
     def infill(self, template: str, num_samples: int = 1, steps: Optional[int] = None, sampler: Optional[str] = None,
                seed: int = 0, callback: Optional[Callable] = None, **opts) -> Generation:
-        """Fill the [MASK] / [MASK:n] holes of `template`; the given text stays fixed at every step.
-        A template ending in a hole is prefix-conditioned generation, one starting with a hole suffix-conditioned."""
+        """Fill the [MASK] / [MASK:n] holes of `template` (and, on a variable-length back-end, the [...] spans of
+        unknown length); the given text stays fixed at every step. A template ending in a hole is prefix-conditioned
+        generation, one starting with a hole suffix-conditioned."""
         if num_samples < 1:
             raise TextdiffError(f"n={num_samples}: the number of samples must be at least 1")
-        ids = template_ids(parse_template(template), lambda s: encode(self.tokenizer, [s])[0], self.backend.special.mask)
+        tpl, bk = parse_template(template), self.backend
+        if None in tpl.holes and not bk.variable_length:
+            raise TextdiffError(f"infill template: [...] (a span of unknown length) needs the edit back-end; the "
+                                f"{bk.name} back-end fills holes of a fixed length: write [MASK:n]")
+        ids = template_ids(tpl, lambda s: encode(self.tokenizer, [s])[0], bk.special.mask, tuple(bk.open_hole(1)))
         self._check_length(len(ids))
+        if None in tpl.holes:  # room for the spans to grow into
+            ids += [bk.special.pad] * max(0, self.recipe.data.max_length - len(ids))
         holes = sum(1 for i in ids if i == self.backend.special.mask)
         o = self.options(steps=steps, sampler=sampler, **opts)
         if steps is None and o.sampler == "confidence":  # it reveals at least one token per step
@@ -166,7 +174,8 @@ class TextDiffusionPipeline:
         out: dict[int, torch.Tensor] = {}
         for group in _by_length(encoded, max(1, batch_size // draws)):
             n = len(encoded[group[0]])
-            x = torch.tensor([encoded[i] + [sp.sep] + [sp.mask] * (L - n - 1) for i in group for _ in range(draws)])
+            x = torch.tensor([encoded[i] + [sp.sep] + self.backend.open_hole(L - n - 1) for i in group
+                              for _ in range(draws)])
             run_opts = dataclasses.replace(o, steps=min(o.steps, L - n - 1)) if o.sampler == "confidence" else o
             ids = self._sample(x, run_opts, gen, guidance_scale=o.guidance_scale).view(len(group), draws, L)
             out.update({i: row for i, row in zip(group, ids)})

@@ -52,6 +52,12 @@ def run_eval(pipe, metrics: list[str], run: str, *, split: str = "test", draws: 
         for row in c["rows"]:
             echo(f"control ({c['label']}), scale {row['scale']:g}: {row['success']:.1%} of samples name their class "
                  f"({', '.join(f'{k} {v:.0%}' for k, v in row['per_class'].items())}); dist-2 {row['dist_2']:.3f}")
+    if "lengths" in metrics:
+        from textdiff.evaluation.lengths import format_histograms, length_report
+
+        opts = {k: v for k, v in (sample_opts or {}).items() if k not in ("mbr", "guidance_scale")}
+        result["lengths"] = length_report(pipe, num_samples, split, seed, **opts)
+        echo(format_histograms(result["lengths"]))
     wanted = [m for m in SEQ2SEQ_METRICS if m in metrics]
     if wanted:
         result["seq2seq"] = seq2seq_eval(pipe, wanted, split, max_sequences, seed, guidance_scales, copy_baseline,
@@ -104,6 +110,10 @@ def markdown(result: dict) -> str:
              "| metric | value | details |", "|---|---|---|"]
     if "ppl" in result:
         lines += _ppl_rows(result["ppl"])
+    if "lengths" in result:
+        r = result["lengths"]
+        lines += [f"| length TV (data vs samples) | {r['tv']:.3f} | mean {r['mean_data']:.1f} tokens over {r['n_data']} "
+                  f"sequences vs {r['mean_samples']:.1f} over {r['n_samples']} samples |"]
     if "genppl" in result:
         g = result["genppl"]
         lines += _genppl_rows(g)

@@ -12,4 +12,4 @@ def get_backend(cfg, special, vocab_size):
     return BACKENDS[cfg.name](cfg, special, vocab_size)
 
 
-from textdiff.noising import ar, embedding, masked, simplex, uniform  # noqa: E402,F401  (registration)
+from textdiff.noising import ar, edit, embedding, masked, simplex, uniform  # noqa: E402,F401  (registration)

@@ -78,6 +78,13 @@ class StepOutput:
     """(B, L, V) the model's x0 distribution at time t (for self-conditioning and callbacks)."""
 
 
+def real_token_mask(special: SpecialTokens, vocab_size: int) -> torch.Tensor:
+    """(V,) bool: the tokens noise may write, every token but [PAD] [MASK] [BOS] [SEP] [UNK] ([EOS] is real)."""
+    real = torch.ones(vocab_size, dtype=torch.bool)
+    real[[special.pad, special.mask, special.bos, special.sep, special.unk]] = False
+    return real
+
+
 class Backend:
     """Base class; subclasses register with `@register(name)` in `textdiff.noising`."""
 
@@ -93,6 +100,9 @@ class Backend:
     default_schedule = "loglinear"
     schedules: tuple[str, ...] = ()
     """Schedule names this back-end accepts in `backend.schedule` (empty: it has no schedule)."""
+    variable_length = False
+    """Samples change length (insertions, deletions): sampler inputs mark holes of unknown length with `open_hole`,
+    positions are not kept, and position-based features (semi-autoregressive blocks, guidance) do not apply."""
 
     def __init__(self, cfg: BackendConfig, special: SpecialTokens, vocab_size: int):
         self.cfg, self.special, self.vocab_size = cfg, special, vocab_size
@@ -159,6 +169,10 @@ class Backend:
     def prior(self, shape: tuple[int, int], device=None) -> torch.Tensor:
         """The starting sequence of generation: [MASK] everywhere (for AR: the positions still to be written)."""
         return torch.full(shape, self.special.mask, dtype=torch.long, device=device)
+
+    def open_hole(self, width: int) -> list[int]:
+        """Sampler-input ids for a hole that may take up to `width` tokens: here exactly `width` [MASK]s."""
+        return [self.special.mask] * width
 
     def corrupt(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator,
                 noise_mask: Optional[torch.Tensor] = None, model=None) -> torch.Tensor:

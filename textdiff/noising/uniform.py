@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from textdiff.noising import register
-from textdiff.noising.base import Backend, Batch, StepOutput
+from textdiff.noising.base import Backend, Batch, StepOutput, real_token_mask
 from textdiff.noising.masked import MaskedDiffusion
 from textdiff.schedules import get_schedule
 
@@ -48,8 +48,7 @@ class UniformDiffusion(Backend):
         self.schedule = get_schedule(cfg.schedule or self.default_schedule)
         if float(self.alpha(torch.ones(1))) > 1e-6:  # the prior term of the bound is 0 only then
             raise ValueError(f"the uniform back-end needs alpha(1) = 0; backend.schedule={cfg.schedule!r} ends above")
-        self.real = torch.ones(vocab_size, dtype=torch.bool)
-        self.real[[special.pad, special.mask, special.bos, special.sep, special.unk]] = False
+        self.real = real_token_mask(special, vocab_size)
         self.real_ids = self.real.nonzero()[:, 0]  # (V',)
         self.n_real = len(self.real_ids)
 

@@ -61,4 +61,4 @@ def split_steps(steps: int, n_blocks: int) -> list[int]:
     return [base + (i < extra) for i in range(n_blocks)]
 
 
-from textdiff.sampling import ar, embedding, masked, simplex, uniform  # noqa: E402,F401  (registration)
+from textdiff.sampling import ar, edit, embedding, masked, simplex, uniform  # noqa: E402,F401  (registration)
