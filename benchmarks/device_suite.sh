@@ -19,13 +19,15 @@
 #
 # Knobs (environment): DEVICE (cuda), DEADLINE (seconds from the start after which unfinished jobs are stopped and
 # what exists is packed; 3000), BUDGETS ("800 3200"; BASE, 800, is the one with uniform and distillation), NUM_SAMPLES (64), DRAWS (32), GENPPL_STEPS ("16 64 256"),
-# DISTILL_ITERS (500), S2S_ARGS (extra benchmarks/seq2seq.py arguments), JOBS (a regex of job names to run).
+# DISTILL_ITERS (500), S2S_ARGS (extra benchmarks/seq2seq.py arguments), JOBS (a regex of job names to run),
+# PARALLEL (jobs at a time, 4: CUDA time-slices between processes, so 21 at once ran each ~10x slower on an H100).
 # With PACK_DIR, everything but weights is packed into PACK_DIR/results.tgz at the end.
 set -u
 RUNS=${1:?usage: device_suite.sh RUNS [PACK_DIR]}
 PACK=${2:-}
 DEVICE=${DEVICE:-cuda} DEADLINE=${DEADLINE:-3000} BUDGETS=${BUDGETS:-"800 3200"} BASE=${BASE:-800} NUM=${NUM_SAMPLES:-64}
 DRAWS=${DRAWS:-32} GSTEPS=${GENPPL_STEPS:-"16 64 256"} ITERS=${DISTILL_ITERS:-500} S2S_ARGS=${S2S_ARGS:-} JOBS=${JOBS:-.}
+PARALLEL=${PARALLEL:-4}
 cd "$(dirname "$0")/.."
 mkdir -p "$RUNS/logs"
 START=$(date +%s)
@@ -35,9 +37,10 @@ VARIANTS="--variant masked-selfcond=masked:model.self_conditioning=true \
 --variant embedding-selfcond=embedding:model.self_conditioning=true \
 --variant simplex-no-selfcond=simplex:model.self_conditioning=false"
 
-job() {  # job NAME COMMAND...: run in the background, logged, stopped at the deadline
+job() {  # job NAME COMMAND...: run in the background once fewer than PARALLEL run, logged, stopped at the deadline
   local name=$1; shift
   [[ $name =~ $JOBS ]] || return 0
+  while (( $(jobs -pr | wc -l) >= PARALLEL )); do sleep 2; done
   local left=$(( DEADLINE - ($(date +%s) - START) ))
   (( left > 0 )) || return 0
   ( export HF_HOME="/tmp/hf-$name"; timeout --signal=TERM --kill-after=10 "$left" bash -c "set -e; $*" \
@@ -74,7 +77,7 @@ for task in e2e kjv-asv; do
   done
 done
 
-echo "$(jobs -p | wc -l) jobs started; deadline ${DEADLINE}s"
+echo "all jobs started; deadline ${DEADLINE}s"
 while [[ -n $(jobs -pr) ]]; do  # a progress line a minute (the GPU's load with it, where there is one)
   sleep 15
   elapsed=$(( $(date +%s) - START ))

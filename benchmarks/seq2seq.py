@@ -91,7 +91,7 @@ def rows(name: str, ev: dict, run: Path) -> list[dict]:
     out = []
     for kind, e in ev.items():
         for r in e["seq2seq"]["rows"]:
-            out.append({"model": name, "kind": kind, **r["settings"], "bleu": r["bleu"]["score"],
+            out.append({"model": name, "kind": kind, "machine": e.get("machine", ""), **r["settings"], "bleu": r["bleu"]["score"],
                         "rouge": r["rouge"]["score"], "seconds": r["seconds"], "tok_per_s": speed,
                         "bleu_signature": r["bleu"]["signature"], "rouge_signature": r["rouge"]["signature"]})
     return out
@@ -101,9 +101,12 @@ def table(task: str, results: dict[str, dict], runs: dict[str, Path]) -> list[st
     all_rows = [row for name, ev in results.items() for row in rows(name, ev, runs[name])]
     first = next(iter(results.values()))["greedy"]["seq2seq"]
     ar = max((r["bleu"] for r in all_rows if r["model"] == "ar"), default=None)
+    machines = sorted({r["machine"] for r in all_rows})
     head = ["model", "decoding", "sampler", "steps", "ω", "MBR", "temperature", "BLEU", "÷ AR", "ROUGE-L",
-            "generation s", "train tok/s"]
-    lines = [f"{TASKS[task]}: {first['n_sources']} sources, {first['n_references']} references.", "",
+            "generation s", "train tok/s", *(["machine"] if len(machines) > 1 else [])]
+    mixed = (" The rows were computed on different machines (machine column); budgets are counted in steps, so only the "
+             "wall times and tok/s depend on it.") if len(machines) > 1 else ""
+    lines = [f"{TASKS[task]}: {first['n_sources']} sources, {first['n_references']} references.{mixed}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if "copy" in first:
         lines.append(f"| copy the input | | | | | | | {first['copy']['bleu']['score']:.2f} | "
@@ -115,7 +118,7 @@ def table(task: str, results: dict[str, dict], runs: dict[str, Path]) -> list[st
         omega = "" if r["model"] == "ar" else f"{r['guidance_scale']:g}"
         lines.append(f"| {r['model']} | {r['kind']} | {r['sampler']} | {r['steps'] if r['model'] != 'ar' else ''} | "
                      f"{omega} | {r['mbr']} | {r['temperature']:g} | {r['bleu']:.2f} | {ratio} | {r['rouge']:.2f} | "
-                     f"{r['seconds']:.1f} | {r['tok_per_s']:,.0f} |")
+                     f"{r['seconds']:.1f} | {r['tok_per_s']:,.0f} |" + (f" {r['machine']} |" if len(machines) > 1 else ""))
     diffusion = [r for r in all_rows if r["model"] != "ar"]
     if diffusion and ar:
         best = max(diffusion, key=lambda r: r["bleu"])

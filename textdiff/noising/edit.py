@@ -1,6 +1,6 @@
 """Edit diffusion: corruption by insertions, deletions and replacements, denoising by predicted edit scripts.
 DiffusER (Reid et al. 2022) and the Levenshtein Transformer (Gu et al. 2019) in their prediction; the noise is a
-continuous-time process over aligned sequences in the manner of Edit Flows (Havasu et al. 2025).
+continuous-time process over aligned sequences in the manner of Edit Flows (Havasi et al. 2025).
 
 Forward: x0 (the n counted tokens) and a noise sequence z (m tokens: `edit_prior` random, empty or the seq2seq
 source) are laid out as C = n + m - k aligned columns (top, bottom) in a uniformly random order: k columns (x0_i, z_j)
