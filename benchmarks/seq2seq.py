@@ -60,9 +60,12 @@ def train(recipe_path: Path, out: Path, device: str, overrides: list[str]) -> Pa
     return out
 
 
-def cached(path: Path, argv: list[str]) -> dict:
-    """Run `textdiff ARGV` (which writes `path`) unless `path` exists; return its JSON."""
+def cached(path: Path, argv: list[str], from_cache: bool = False) -> dict | None:
+    """Run `textdiff ARGV` (which writes `path`) unless `path` exists; return its JSON (None: not cached and
+    `from_cache`)."""
     if not path.is_file():
+        if from_cache:
+            return None
         print(f"\n$ textdiff {' '.join(argv)}", flush=True)
         if textdiff(argv) != 0:
             raise SystemExit(f"seq2seq: `textdiff {' '.join(argv)}` failed")
@@ -70,19 +73,19 @@ def cached(path: Path, argv: list[str]) -> dict:
 
 
 def evaluations(task: str, name: str, run: Path, res: Path, args) -> dict:
-    """The greedy (guidance sweep) and MBR evaluations of one run, cached under `res`."""
+    """The greedy (guidance sweep) and MBR evaluations of one run, cached under `res` (with --from-cache, those
+    that exist)."""
     causal = BACKENDS[name].causal if name in BACKENDS else False
     common = ["eval", str(run), "--metrics", "bleu,rouge", "--split", "test", "--device", args.device, "--seed", "0",
               "--batch-size", str(args.batch_size), *(["--max-sequences", str(args.max_sources)] if args.max_sources else [])]
     copy = ["--copy-baseline"] if task == "kjv-asv" and name == ORDER[0] else []
     greedy = [] if causal else ["--guidance-scale", args.guidance]
-    out = {"greedy": cached(res / f"{task}-{name}-greedy.json", [*common, *greedy, *copy, "--temperature", "0",
-                                                                  "--out", str(res / f"{task}-{name}-greedy.json")])}
+    todo = {"greedy": (res / f"{task}-{name}-greedy.json", [*common, *greedy, *copy, "--temperature", "0"])}
     if args.mbr > 1:
-        out["mbr"] = cached(res / f"{task}-{name}-mbr{args.mbr}.json",
-                            [*common, "--mbr", str(args.mbr), "--temperature", str(args.mbr_temperature),
-                             "--out", str(res / f"{task}-{name}-mbr{args.mbr}.json")])
-    return out
+        todo["mbr"] = (res / f"{task}-{name}-mbr{args.mbr}.json",
+                       [*common, "--mbr", str(args.mbr), "--temperature", str(args.mbr_temperature)])
+    out = {kind: cached(path, [*argv, "--out", str(path)], args.from_cache) for kind, (path, argv) in todo.items()}
+    return {kind: e for kind, e in out.items() if e is not None}
 
 
 def rows(name: str, ev: dict, run: Path) -> list[dict]:
@@ -99,7 +102,7 @@ def rows(name: str, ev: dict, run: Path) -> list[dict]:
 
 def table(task: str, results: dict[str, dict], runs: dict[str, Path]) -> list[str]:
     all_rows = [row for name, ev in results.items() for row in rows(name, ev, runs[name])]
-    first = next(iter(results.values()))["greedy"]["seq2seq"]
+    first = next(e for ev in results.values() for e in ev.values())["seq2seq"]
     ar = max((r["bleu"] for r in all_rows if r["model"] == "ar"), default=None)
     machines = sorted({r["machine"] for r in all_rows})
     head = ["model", "decoding", "sampler", "steps", "ω", "MBR", "temperature", "BLEU", "÷ AR", "ROUGE-L",
@@ -160,19 +163,25 @@ def main():
             for n, r in picked.items():
                 train(r, run_dirs[n], args.device, args.set)
         results = {n: evaluations(task, n, run_dirs[n], res, args) for n in picked}
+        missing = [f"{n} ({', '.join(k for k in ('greedy', 'mbr') if k not in ev and (k == 'greedy' or args.mbr > 1))})"
+                   for n, ev in results.items() if "greedy" not in ev or (args.mbr > 1 and "mbr" not in ev)]
+        results = {n: ev for n, ev in results.items() if ev}
         if "report" in args.skip or not results:
             continue
         recipe = load_recipe(rs[next(iter(picked))])
         budget = (f"{recipe.train.steps} steps of batch {recipe.train.batch_size} x {recipe.data.max_length} tokens, "
                   f"{recipe.model.n_layer} x {recipe.model.n_embd} x {recipe.model.n_head} every model")
         lines = [f"# {TASKS[task]}: every back-end beside the AR baseline ({time.strftime('%Y-%m-%d')})", "",
-                 *env_lines(next(iter(results.values()))["greedy"]), "",  # the machine that ran the evaluations
+                 *env_lines(next(e for ev in results.values() for e in ev.values())), "",  # where they were evaluated
                  f"Recipes: `{Path(args.recipes) / task}/*.yaml` ({budget}{'; overrides ' + ', '.join(args.set) if args.set else ''}). "
                  f"greedy: temperature 0, one output per source, swept over ω (classifier-free guidance; the "
                  f"diffusion models dropped the source w.p. train.cond_dropout); MBR: {args.mbr} candidates at "
                  f"temperature {args.mbr_temperature:g}, the one of highest expected BLEU against the others. "
-                 f"Command: `python benchmarks/seq2seq.py {' '.join(sys.argv[1:])}`", "",
-                 *table(task, results, run_dirs)]
+                 f"Command: `python benchmarks/seq2seq.py {' '.join(sys.argv[1:])}`"
+                 + (" (the tables from evaluations cached by earlier calls, e.g. the s2s-* jobs of "
+                    "`benchmarks/device_suite.sh`)" if args.from_cache else ""), "",
+                 *table(task, results, run_dirs),
+                 *(["", f"Not evaluated (no cached result): {'; '.join(missing)}."] if missing else [])]
         out = Path(args.out_dir) / f"{task.replace('-', '_')}.md"
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())
