@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from textdiff.checkpoint import atomic_write_bytes
@@ -45,7 +46,8 @@ def main():
     if not runs:
         raise SystemExit("val_curves: no run directory with metrics.jsonl and config.json among the arguments")
     lines = [f"# {args.title}", "", "Validation nats per token (ELBO bound for diffusion, exact NLL for AR) logged "
-             "during training on train.eval_batches batches of the validation split.", "", *table(runs)]
+             "during training on train.eval_batches batches of the validation split. Command: "
+             f"`python benchmarks/val_curves.py {' '.join(sys.argv[1:])}`", "", *table(runs)]
     print("\n".join(lines))
     if args.out:
         atomic_write_bytes(Path(args.out), ("\n".join(lines) + "\n").encode())
