@@ -188,7 +188,7 @@ def main():
              f"samples x {length} tokens from the back-end's default sampler (AR: its KV cache), seed 0, fp32, scored "
              f"by the judge, token-weighted, in the judge's tokens; entropy: unigram, nats, over the run's BPE ids of "
              f"all samples; wall: sampling time of all {args.num_samples}. train tok/s: from each run's log (runs may "
-             f"have shared the CPU; the throughput table below is measured side by side). "
+             f"have shared the machine; `textdiff bench throughput` measures side by side). "
              f"Command: `python benchmarks/run_all.py {' '.join(sys.argv[1:])}`", "",
              *headline(results, args.genppl_steps), "", ANCHORS]
     if "throughput" not in args.skip:

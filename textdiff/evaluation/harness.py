@@ -125,4 +125,9 @@ def markdown(result: dict) -> str:
         lines += _control_rows(result["control"])
     if "ppl" in result and result["ppl"].get("available", True):
         lines += [f"Likelihood seed {result['seed']}."]
+    if "lengths" in result:
+        from textdiff.evaluation.lengths import format_histograms
+
+        lines += ["", f"Tokens per sequence, data vs samples (bins of {result['lengths']['bin_width']}; bars scaled to "
+                      "the largest bin):", "", "```", format_histograms(result["lengths"]), "```"]
     return "\n".join(lines) + "\n"
