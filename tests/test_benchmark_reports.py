@@ -72,3 +72,18 @@ def test_distill_report_finds_the_fewest_steps_within_the_target(tmp_path):
     sys.argv = ["distill_report.py", str(path), "--out", str(out)]
     distill_report.main()
     assert "teacher at 128 steps" in out.read_text()  # steps_start read off stage 1's recipe (2 x 64)
+
+
+def test_val_curves_table_marks_runs_stopped_early(tmp_path):
+    import val_curves
+
+    for name, planned, rows in (("a", 4, [{"step": 2, "val_nll": 5.0}, {"step": 4, "val_nll": 4.5, "tok_per_s": 10.0}]),
+                                ("b", 8, [{"step": 2, "val_nll": 4.9, "tok_per_s": 20.0}, {"step": 3, "loss": 1.0}])):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"recipe": {"train": {"steps": planned}}}))
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = val_curves.table([tmp_path / "a", tmp_path / "b"])
+    assert lines[0] == "| run | trained / planned steps | step 2 | step 4 | train tok/s |"
+    assert lines[2] == "| a | 4 / 4 | 5.000 | 4.500 | 10 |"
+    assert lines[3] == "| b | 3 / 8 (stopped) | 4.900 |  | 20 |"

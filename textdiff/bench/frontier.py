@@ -24,7 +24,9 @@ def _point(run: str, pipe, g, stats=None) -> dict:
     """One frontier point from a `Generated` and its judge statistics (None: deferred, texts and ids kept)."""
     p = {"run": run, "backend": pipe.backend.name, "causal": pipe.backend.causal, "sampler": g.sampler,
          "steps": g.steps, "tokens_per_s": g.tokens_per_s, "wall_s": g.sample_seconds}
-    return {**p, **_scores(stats)} if stats is not None else {**p, **dict.fromkeys(SCORED), "texts": g.texts, "ids": g.ids}
+    if stats is None:
+        return {**p, **dict.fromkeys(SCORED), "texts": g.texts, "ids": g.ids}
+    return {**p, **_scores(stats)}
 
 
 def _scores(s) -> dict:

@@ -47,7 +47,8 @@ def seq2seq_eval(pipe, metrics: list[str], split: str = "test", max_sources: int
         run_opts = {**opts, **({"guidance_scale": w} if w is not None else {})}
         start = time.perf_counter()
         gen = pipe.translate(sources, seed=seed, batch_size=batch_size, **run_opts)
-        settings = pipe.options(**{k: v for k, v in run_opts.items() if k in ("steps", "sampler", "guidance_scale", "mbr", "temperature")})
+        settings = pipe.options(**{k: v for k, v in run_opts.items()
+                                   if k in ("steps", "sampler", "guidance_scale", "mbr", "temperature")})
         row = {"settings": {"sampler": settings.sampler, "steps": settings.steps, "guidance_scale": settings.guidance_scale,
                             "mbr": settings.mbr, "temperature": settings.temperature},
                "seconds": time.perf_counter() - start, **score(gen.texts, refs, metrics), "predictions": gen.texts}
