@@ -42,7 +42,7 @@ TARGET = 0.95
 
 def recipes(root: Path, task: str) -> dict[str, Path]:
     """backend name -> recipe of `task`, in ORDER (recipes of back-ends not registered are left out)."""
-    found = {p.stem: p for p in (root / task).glob("*.yaml") if p.stem in BACKENDS or p.stem == "ar"}
+    found = {p.stem: p for p in (root / task).glob("*.yaml") if p.stem in BACKENDS}
     return {name: found[name] for name in ORDER if name in found}
 
 
@@ -75,7 +75,7 @@ def cached(path: Path, argv: list[str], from_cache: bool = False) -> dict | None
 def evaluations(task: str, name: str, run: Path, res: Path, args) -> dict:
     """The greedy (guidance sweep) and MBR evaluations of one run, cached under `res` (with --from-cache, those
     that exist)."""
-    causal = BACKENDS[name].causal if name in BACKENDS else False
+    causal = BACKENDS[name].causal
     common = ["eval", str(run), "--metrics", "bleu,rouge", "--split", "test", "--device", args.device, "--seed", "0",
               "--batch-size", str(args.batch_size), *(["--max-sequences", str(args.max_sources)] if args.max_sources else [])]
     copy = ["--copy-baseline"] if task == "kjv-asv" and name == ORDER[0] else []
@@ -94,7 +94,8 @@ def rows(name: str, ev: dict, run: Path) -> list[dict]:
     out = []
     for kind, e in ev.items():
         for r in e["seq2seq"]["rows"]:
-            out.append({"model": name, "kind": kind, "machine": e.get("machine", ""), **r["settings"], "bleu": r["bleu"]["score"],
+            out.append({"model": name, "causal": BACKENDS[name].causal, "kind": kind, "machine": e.get("machine", ""),
+                        **r["settings"], "bleu": r["bleu"]["score"],
                         "rouge": r["rouge"]["score"], "seconds": r["seconds"], "tok_per_s": speed,
                         "bleu_signature": r["bleu"]["signature"], "rouge_signature": r["rouge"]["signature"]})
     return out
@@ -103,7 +104,8 @@ def rows(name: str, ev: dict, run: Path) -> list[dict]:
 def table(task: str, results: dict[str, dict], runs: dict[str, Path]) -> list[str]:
     all_rows = [row for name, ev in results.items() for row in rows(name, ev, runs[name])]
     first = next(e for ev in results.values() for e in ev.values())["seq2seq"]
-    ar = max((r["bleu"] for r in all_rows if r["model"] == "ar"), default=None)
+    ar = max((r["bleu"] for r in all_rows if r["causal"]), default=None)
+    ratio = lambda bleu: f"{bleu / ar:.2f}" if ar else ""  # noqa: E731
     machines = sorted({r["machine"] for r in all_rows})
     head = ["model", "decoding", "sampler", "steps", "ω", "MBR", "temperature", "BLEU", "÷ AR", "ROUGE-L",
             "generation s", "train tok/s", *(["machine"] if len(machines) > 1 else [])]
@@ -112,17 +114,14 @@ def table(task: str, results: dict[str, dict], runs: dict[str, Path]) -> list[st
     lines = [f"{TASKS[task]}: {first['n_sources']} sources, {first['n_references']} references.{mixed}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if "copy" in first:
-        lines.append(f"| copy the input | | | | | | | {first['copy']['bleu']['score']:.2f} | "
-                     f"{first['copy']['bleu']['score'] / ar:.2f} | {first['copy']['rouge']['score']:.2f} | | |"
-                     if ar else f"| copy the input | | | | | | | {first['copy']['bleu']['score']:.2f} | | "
-                     f"{first['copy']['rouge']['score']:.2f} | | |")
+        bleu, rouge = first["copy"]["bleu"]["score"], first["copy"]["rouge"]["score"]
+        lines.append(f"| copy the input | | | | | | | {bleu:.2f} | {ratio(bleu)} | {rouge:.2f} | | |")
     for r in all_rows:
-        ratio = f"{r['bleu'] / ar:.2f}" if ar else ""
-        omega = "" if r["model"] == "ar" else f"{r['guidance_scale']:g}"
-        lines.append(f"| {r['model']} | {r['kind']} | {r['sampler']} | {r['steps'] if r['model'] != 'ar' else ''} | "
-                     f"{omega} | {r['mbr']} | {r['temperature']:g} | {r['bleu']:.2f} | {ratio} | {r['rouge']:.2f} | "
+        steps, omega = ("", "") if r["causal"] else (r["steps"], f"{r['guidance_scale']:g}")
+        lines.append(f"| {r['model']} | {r['kind']} | {r['sampler']} | {steps} | {omega} | {r['mbr']} | "
+                     f"{r['temperature']:g} | {r['bleu']:.2f} | {ratio(r['bleu'])} | {r['rouge']:.2f} | "
                      f"{r['seconds']:.1f} | {r['tok_per_s']:,.0f} |" + (f" {r['machine']} |" if len(machines) > 1 else ""))
-    diffusion = [r for r in all_rows if r["model"] != "ar"]
+    diffusion = [r for r in all_rows if not r["causal"]]
     if diffusion and ar:
         best = max(diffusion, key=lambda r: r["bleu"])
         verdict = "meets" if best["bleu"] >= TARGET * ar else "misses"
