@@ -64,6 +64,17 @@ def test_frontier_drawn_without_a_judge_is_scored_later_like_a_judged_one(masked
     assert "already scored" in err and "missing.json" in err
 
 
+def test_a_run_named_with_at_steps_is_sampled_at_those_steps_only(masked_run, tmp_path, capsys):
+    out = tmp_path / "frontier"
+    assert main(["bench", "frontier", str(masked_run), f"{masked_run}@3", "--steps", "2,4", "--samplers", "ancestral",
+                 "--num-samples", "2", "--judge", "none", "--out-dir", str(out)]) == 0
+    res = json.loads((out / "frontier.json").read_text())
+    assert res["runs"] == [str(masked_run)] * 2 and res["steps"] == [2, 3, 4]
+    assert [p["steps"] for p in res["points"]] == [2, 4, 3]
+    assert main(["bench", "frontier", f"{masked_run}@0", "--judge", "none", "--out-dir", str(out)]) == 2
+    assert "step counts must be > 0" in capsys.readouterr().err
+
+
 def test_bench_refuses_bad_flags(masked_run, capsys):
     assert main(["bench", "throughput", "--backends", "nope"]) == 2
     assert main(["bench", "frontier", str(masked_run), "--steps", "4,x"]) == 2

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from textdiff.distill import (DistillConfig, ddim_target, discrepancy, distill_run, lineage, progressive_loss,
-                              student_times, teacher_two_steps)
+from textdiff.distill import (DistillConfig, ddim_target, discrepancy, distill_run, lineage, make_student,
+                              progressive_loss, student_times, teacher_two_steps)
 from textdiff.noising.base import Batch
 from textdiff.noising.embedding import Prediction
 from tests.test_conformance import B, batch, make
@@ -86,7 +86,16 @@ def test_the_progressive_loss_is_zero_for_a_student_that_outputs_the_target(monk
     captured["zero"] = float(out.loss.detach())
     monkeypatch.setattr(backend, "predict", real)
     out = progressive_loss(model, student, backend, b, 4, torch.Generator().manual_seed(0))
-    assert captured["zero"] < 1e-6 < float(out.loss)
+    assert captured["zero"] < 1e-6 < float(out.loss.detach())
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_the_student_trains_without_dropout_unless_asked(dropout):
+    """Matched to the teacher's eval-mode output, the student trains in eval mode (no dropout) by default."""
+    teacher = make("masked")[0].eval()
+    student = make_student(teacher, dropout)
+    assert all(m.training == dropout for m in student.modules()) and not teacher.training
+    assert all(p.requires_grad for p in student.parameters())
 
 
 @pytest.mark.parametrize("kwargs, msg", [({"stages": 0}, "stages"), ({"steps_start": 12, "stages": 3}, "divisible"),

@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="write JSON here and markdown beside it (.md)")
     b.add_argument("--device", default="cpu")
     b = bench.add_parser("frontier", help="judge genppl / entropy vs wall time for every sampler x steps of each run")
-    b.add_argument("runs", nargs="+", help="run directories; an AR run gives the KV-cache reference line")
+    b.add_argument("runs", nargs="+", help="run directories; an AR run gives the KV-cache reference line; RUN@8,16 "
+                   "samples that run at those step counts only (e.g. a distilled student at its own)")
     b.add_argument("--steps", default=",".join(map(str, (4, 8, 16, 32, 64, 128, 256))),
                    help="comma-separated step counts")
     b.add_argument("--samplers", help="comma-separated samplers (default: every sampler of each run's back-end)")
@@ -175,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive(int), dest="batch_size",
                    help="sequences per step (default: the teacher's train.batch_size)")
     p.add_argument("--out", help="output folder (default: RUN-distill)")
+    p.add_argument("--student-dropout", action="store_true", dest="student_dropout",
+                   help="train the student with its recipe's dropout (default off: it is matched to the teacher's "
+                        "eval-mode output and samples in eval mode)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
@@ -481,7 +485,8 @@ def cmd_distill(args) -> None:
     distiller(recipe.backend.name)
     try:
         cfg = DistillConfig(stages=args.stages, steps_start=args.steps_start or recipe.sample.steps, iters=args.iters,
-                            lr=args.lr, batch_size=args.batch_size or recipe.train.batch_size, seed=args.seed)
+                            lr=args.lr, batch_size=args.batch_size or recipe.train.batch_size, seed=args.seed,
+                            student_dropout=args.student_dropout)
     except ValueError as e:
         raise TextdiffError(str(e).replace("distill.", "--").replace("_", "-")) from None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

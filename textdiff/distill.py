@@ -56,6 +56,10 @@ class DistillConfig:
     """Sequences per optimizer step."""
     seed: int = 0
     """Seeds the data order and the noise of every step."""
+    student_dropout: bool = False
+    """Train the student with its recipe's dropout. Off by default: the target is the teacher's deterministic
+    (eval-mode) output and the student samples in eval mode, so matching it under dropout only adds noise and a
+    train/eval mismatch."""
 
     def __post_init__(self):
         for name in ("stages", "steps_start", "iters", "batch_size"):
@@ -193,10 +197,11 @@ def distiller(name: str):
     return DISTILLERS[name]
 
 
-def make_student(teacher):
-    """A copy of the teacher; for the embedding back-end the diffused embeddings and the schedule stay frozen, so
-    teacher and student share one space (the student learns the denoiser)."""
-    student = copy.deepcopy(teacher).train().requires_grad_(True)
+def make_student(teacher, dropout: bool = False):
+    """A trainable copy of the teacher, in train mode (dropout on) only when `dropout`; for the embedding back-end
+    the diffused embeddings and the schedule stay frozen, so teacher and student share one space (the student
+    learns the denoiser)."""
+    student = copy.deepcopy(teacher).train(dropout).requires_grad_(True)
     noise = getattr(student, "noise", None)
     for name in ("embedding", "schedule"):
         part = getattr(noise, name, None)
@@ -227,7 +232,7 @@ def distill_stage(teacher, backend, train, steps: int, cfg: DistillConfig, devic
 
     loss_fn = distiller(backend.name)
     teacher.eval().requires_grad_(False)
-    student = make_student(teacher if student is None else student)
+    student = make_student(teacher if student is None else student, cfg.student_dropout)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     for it in range(cfg.iters):
@@ -314,6 +319,7 @@ def distill_run(run: str | Path, cfg: DistillConfig, out: Path, device: str = "c
         lineage = {"stage": k, "steps": steps, "teacher_steps": 2 * steps, "teacher": teacher_path,
                    "method": DISTILLERS[pipe.backend.name].method,
                    "iters": cfg.iters, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
+                   "student_dropout": cfg.student_dropout,
                    "held_out_loss_before": before, "held_out_loss_after": after}
         write_student(pipe, student, stage_dir, lineage)
         if progress:
@@ -324,14 +330,15 @@ def distill_run(run: str | Path, cfg: DistillConfig, out: Path, device: str = "c
 
 
 def _autocast(recipe, device):
-    """bf16 autocast on a GPU when the teacher trained in bf16; float32 on a CPU."""
-    if recipe.train.precision == "bf16" and torch.device(device).type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast when the teacher trained in bf16 (as the training loop does, on a CPU too), else float32."""
+    if recipe.train.precision == "bf16":
+        kind = torch.device(device).type
+        return lambda: torch.autocast(kind, dtype=torch.bfloat16)
     return None
 
 
 def _fmt(x: Optional[float]) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
+    return "n/a" if x is None else f"{x:.4g}"
 
 
 def _logger(stage: int, iters: int):
@@ -339,7 +346,7 @@ def _logger(stage: int, iters: int):
 
     def log(it: int, loss: torch.Tensor) -> None:
         if (it + 1) % every == 0 or it + 1 == iters:
-            print(f"stage {stage}: iter {it + 1}/{iters} loss {float(loss):.4f}", flush=True)
+            print(f"stage {stage}: iter {it + 1}/{iters} loss {float(loss):.4g}", flush=True)
     return log
 
 

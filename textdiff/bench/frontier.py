@@ -34,6 +34,18 @@ def _scores(s) -> dict:
             "judge_tokens": s.n_judge_tokens}
 
 
+def run_steps(spec: str, default: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+    """'RUN@8,16' -> (RUN, (8, 16)): step counts for one run (a distilled student at its own steps); a plain RUN
+    takes the default ones."""
+    head, sep, tail = spec.rpartition("@")
+    counts = tail.split(",")
+    if not (sep and head and all(c.strip().isdigit() for c in counts)):
+        return spec, default
+    if min(int(c) for c in counts) < 1:
+        raise TextdiffError(f"{spec}: step counts must be > 0")
+    return head, tuple(int(c) for c in counts)
+
+
 def _warm_up(pipe, grid) -> None:
     """One untimed call, so the first timed point does not pay for allocation and kernel selection."""
     try:
@@ -46,7 +58,7 @@ def frontier(runs: list[str], steps: tuple[int, ...] = STEPS, num_samples: int =
              judge: Optional[str] = None, device: str = "cpu", samplers: Optional[list[str]] = None,
              echo=print) -> dict:
     """Every (run, sampler, steps) point; combinations a sampler refuses (e.g. more steps than tokens) are
-    listed under "skipped" with the reason."""
+    listed under "skipped" with the reason. A run given as 'RUN@8,16' is sampled at those step counts only."""
     from textdiff.evaluation.genppl import generate_for_judge, reference_texts, text_stats
     from textdiff.evaluation.judge import load_judge
     from textdiff.evaluation.report import environment
@@ -54,14 +66,15 @@ def frontier(runs: list[str], steps: tuple[int, ...] = STEPS, num_samples: int =
 
     j = None if judge == DEFERRED else load_judge(judge, device)
     points, skipped, references = [], [], {}
-    for run in runs:
+    specs = [run_steps(r, tuple(steps)) for r in runs]
+    for run, counts in specs:
         pipe = TextDiffusionPipeline.from_pretrained(run, device=device)
         data_key = str(pipe.recipe.data.path)
         if data_key not in references:
             texts, ids = reference_texts(pipe, num_samples)
             references[data_key] = {"texts": texts, "ids": ids} if j is None else text_stats(texts, ids, j).__dict__
         grid = [(pipe.backend.default_sampler, None)] if pipe.backend.causal else \
-            [(s, n) for s in pipe.backend.samplers if not samplers or s in samplers for n in steps]
+            [(s, n) for s in pipe.backend.samplers if not samplers or s in samplers for n in counts]
         _warm_up(pipe, grid)
         for sampler, n in grid:
             try:
@@ -72,7 +85,8 @@ def frontier(runs: list[str], steps: tuple[int, ...] = STEPS, num_samples: int =
                 continue
             points.append(_point(run, pipe, g, None if j is None else text_stats(g.texts, g.ids, j)))
             _echo_point(echo, points[-1])
-    return {"runs": runs, "steps": list(steps), "num_samples": num_samples, "seed": seed,
+    return {"runs": [r for r, _ in specs], "steps": sorted({n for _, ns in specs for n in ns}),
+            "num_samples": num_samples, "seed": seed,
             "judge": j.name if j else DEFERRED, "judge_tokenizer": j.tokenizer if j else None,
             "references": references, "points": points, "skipped": skipped, **environment(device)}
 
