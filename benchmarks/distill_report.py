@@ -69,6 +69,33 @@ def section(res: dict, steps_start: int, name: str) -> list[str]:
     return lines
 
 
+def settings(lineage: dict) -> dict:
+    """The knobs of a stage's lineage record, without its per-stage outcome."""
+    per_stage = {"stage", "steps", "teacher_steps", "teacher", "held_out_loss_before", "held_out_loss_after"}
+    return {k: v for k, v in lineage.items() if k not in per_stage}
+
+
+def stages(res: dict) -> list[str]:
+    """One line per student: the held-out loss it was trained on (teacher as student -> student) and its judge
+    perplexity beside the teacher's at the same step count, the distillation's own gain."""
+    g, lines = grid(res), []
+    for run in res["runs"]:
+        if label(run) == "teacher":
+            continue
+        rec = json.loads((Path(run) / "config.json").read_text()).get("distillation", {})
+        line = f"- {label(run)}"
+        if "held_out_loss_before" in rec:
+            line += (f" ({rec['teacher_steps']} -> {rec['steps']} steps): held-out distillation loss "
+                     f"{rec['held_out_loss_before']:.4g} (teacher as student) -> {rec['held_out_loss_after']:.4g}")
+        for s, p in sorted(g[label(run)].items(), reverse=True):
+            t = g["teacher"].get(s)
+            if t:
+                line += (f"; at {s} steps judge perplexity {p['genppl']:.1f} vs the teacher's {t['genppl']:.1f} "
+                         f"({p['genppl'] / t['genppl'] - 1:+.1%})")
+        lines.append(line)
+    return lines
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("frontiers", nargs="+", help="judged frontier.json files, one per teacher")
@@ -88,7 +115,8 @@ def main():
         if path.with_suffix(".png").is_file():
             shutil.copyfile(path.with_suffix(".png"), plot)
         lines += [*section(res, steps_start, f"{res['points'][0]['backend']} ({res['points'][0]['sampler']})"), "",
-                  f"Teacher `{teacher}`; distillation settings: `{json.dumps(lineage.get('config', lineage))}`. "
+                  *stages(res), "",
+                  f"Teacher `{teacher}`; distillation settings: `{json.dumps(settings(lineage))}`. "
                   f"{res['num_samples']} samples per point, seed {res['seed']}, judge {res['judge']}.",
                   *env_lines(res), "", f"![frontier]({plot.name})", ""]
     atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())

@@ -1,12 +1,16 @@
-"""The report logic of benchmarks/seq2seq.py and benchmarks/distill_report.py on fixed inputs."""
+"""The report logic of benchmarks/seq2seq.py and benchmarks/distill_report.py on fixed inputs, and
+benchmarks/distill_suite.sh on a tiny teacher."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import distill_report  # noqa: E402
 import seq2seq  # noqa: E402
 
@@ -46,8 +50,11 @@ def _frontier(tmp_path, genppl: dict[str, dict[int, tuple[float, float]]]) -> di
         run = tmp_path / ("masked-800" if name == "teacher" else name)
         run.mkdir()
         if name == "stage1":
-            (run / "config.json").write_text(json.dumps({"recipe": {"sample": {"steps": 64}},
-                                                         "distillation": {"config": {"iters": 500}}}))
+            (run / "config.json").write_text(json.dumps({"recipe": {"sample": {"steps": 64}}, "distillation": {
+                "stage": 1, "steps": 64, "teacher_steps": 128, "iters": 500,
+                "held_out_loss_before": 0.02, "held_out_loss_after": 0.015}}))
+        elif name != "teacher":
+            (run / "config.json").write_text("{}")
         runs.append(str(run))
     points = [{"run": str(tmp_path / ("masked-800" if name == "teacher" else name)), "backend": "masked",
                "sampler": "ancestral", "steps": s, "genppl": g, "entropy": e}
@@ -71,7 +78,12 @@ def test_distill_report_finds_the_fewest_steps_within_the_target(tmp_path):
     out = tmp_path / "report.md"
     sys.argv = ["distill_report.py", str(path), "--out", str(out)]
     distill_report.main()
-    assert "teacher at 128 steps" in out.read_text()  # steps_start read off stage 1's recipe (2 x 64)
+    report = out.read_text()
+    assert "teacher at 128 steps" in report  # steps_start read off stage 1's recipe (2 x 64)
+    assert ("- stage 1 (128 -> 64 steps): held-out distillation loss 0.02 (teacher as student) -> 0.015; at 64 steps "
+            "judge perplexity 101.0 vs the teacher's 104.0 (-2.9%); at 32 steps judge perplexity 105.0 vs the "
+            "teacher's 130.0 (-19.2%)") in report
+    assert '"iters": 500' in report and "held_out_loss_before" not in report
 
 
 def test_val_curves_table_marks_runs_stopped_early(tmp_path):
@@ -87,3 +99,21 @@ def test_val_curves_table_marks_runs_stopped_early(tmp_path):
     assert lines[0] == "| run | trained / planned steps | step 2 | step 4 | train tok/s |"
     assert lines[2] == "| a | 4 / 4 | 5.000 | 4.500 | 10 |"
     assert lines[3] == "| b | 3 / 8 (stopped) | 4.900 |  | 20 |"
+
+
+def test_distill_suite_distils_draws_the_frontier_and_writes_the_report(masked_run, ar_run, tmp_path):
+    """benchmarks/distill_suite.sh end to end on a tiny teacher: a stage, a judged frontier, the report."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "masked-800").symlink_to(masked_run)
+    out = tmp_path / "distill.md"
+    env = {**os.environ, "BACKENDS": "masked", "STEPS_START": "4", "STAGES": "1", "ITERS": "2", "NUM_SAMPLES": "2",
+           "JUDGE": str(ar_run), "PYTHON": sys.executable, "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "distill_suite.sh"), str(runs), str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads((runs / "distill" / "masked-frontier" / "frontier.json").read_text())
+    assert sorted((p["run"].split("/")[-1], p["steps"]) for p in res["points"]) == \
+        [("masked-800", 2), ("masked-800", 4), ("stage1", 2)]
+    report = out.read_text()
+    assert "teacher at 4 steps" in report and "- stage 1 (4 -> 2 steps): held-out distillation loss" in report
