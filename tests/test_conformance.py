@@ -182,6 +182,23 @@ def test_greedy_confidence_sampler_with_steps_equal_length_reveals_one_token_per
     assert counts == list(range(L - 1, -1, -1))
 
 
+def test_greedy_confidence_sampler_reveals_the_most_probable_position_first():
+    """At temperature 0 every draw is a one-hot, so the ranking must come from the model's probabilities, not from
+    the (all 1.0) filtered ones: each step reveals the masked position whose argmax is most probable."""
+    model, backend = make("masked", seed=3)
+    states = [backend.prior((B, L))]
+    opts = SampleConfig(sampler="confidence", steps=L, temperature=0.0)
+    SAMPLERS["confidence"](model, backend, states[0].clone(), opts, torch.Generator().manual_seed(0),
+                           lambda i, xs, p: states.append(xs.clone()))
+    for j, (before, after) in enumerate(zip(states, states[1:])):
+        t = torch.full((B,), 1.0 - j / L)  # the sampler's time at step j
+        probs = torch.softmax(backend.x0_logits(model, before, t).float(), -1)
+        best = probs.max(-1).values.masked_fill(before != SPECIAL.mask, -1.0).argmax(1)  # (B,)
+        revealed = ((before == SPECIAL.mask) & (after != SPECIAL.mask)).float().argmax(1)
+        assert torch.equal(revealed, best)
+        assert torch.equal(after[torch.arange(B), revealed], probs.argmax(-1)[torch.arange(B), revealed])
+
+
 # --- the bound against the exact likelihood on a toy problem ------------------------------------------------------
 
 

@@ -40,14 +40,17 @@ def filter_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
     return torch.softmax(logits, dim=-1)
 
 
-def x0_probs(model, backend, x, t: float, opts, x0_prev=None, guidance=None) -> torch.Tensor:
-    """The filtered x0 distribution (B, L, V) of a token-id back-end (`backend.x0_logits`) at time t, after
-    `guidance`; x0_prev (B, L, V) is the self-conditioning input or None."""
+def x0_logits(model, backend, x, t: float, x0_prev=None, guidance=None) -> torch.Tensor:
+    """The x0 logits (B, L, V) of a token-id back-end (`backend.x0_logits`) at time t, after `guidance`;
+    x0_prev (B, L, V) is the self-conditioning input or None."""
     tt = torch.full((x.shape[0],), t, device=x.device)
     logits = backend.x0_logits(model, x, tt, x0_prev=x0_prev)
-    if guidance is not None:
-        logits = guidance(logits, x, tt)
-    return filter_probs(logits, opts.temperature, opts.top_k, opts.top_p)
+    return guidance(logits, x, tt) if guidance is not None else logits
+
+
+def x0_probs(model, backend, x, t: float, opts, x0_prev=None, guidance=None) -> torch.Tensor:
+    """`x0_logits` filtered by opts (temperature, top-k, top-p) into a distribution (B, L, V)."""
+    return filter_probs(x0_logits(model, backend, x, t, x0_prev, guidance), opts.temperature, opts.top_k, opts.top_p)
 
 
 def blocks(length: int, block_size: int) -> list[tuple[int, int]]:
