@@ -147,7 +147,8 @@ def main():
     p.add_argument("--max-sources", type=int, default=0, dest="max_sources", help="evaluate the first N sources only")
     p.add_argument("--skip", nargs="*", default=[], choices=["report"])
     p.add_argument("--from-cache", action="store_true", help="train and evaluate nothing: tables from cached JSON")
-    p.add_argument("--out-dir", default="benchmarks/results", dest="out_dir", help="writes <task>.md here")
+    p.add_argument("--out-dir", default="benchmarks/results", dest="out_dir", help="writes <task><suffix>.md here")
+    p.add_argument("--suffix", default="", help="appended to each table's file name, e.g. _masked_cpu")
     args = p.parse_args()
     runs, res = Path(args.runs), Path(args.runs) / "results"
     res.mkdir(parents=True, exist_ok=True)
@@ -174,14 +175,15 @@ def main():
                  *env_lines(next(e for ev in results.values() for e in ev.values())), "",  # where they were evaluated
                  f"Recipes: `{Path(args.recipes) / task}/*.yaml` ({budget}{'; overrides ' + ', '.join(args.set) if args.set else ''}). "
                  f"greedy: temperature 0, one output per source, swept over ω (classifier-free guidance; the "
-                 f"diffusion models dropped the source w.p. train.cond_dropout); MBR: {args.mbr} candidates at "
-                 f"temperature {args.mbr_temperature:g}, the one of highest expected BLEU against the others. "
-                 f"Command: `python benchmarks/seq2seq.py {' '.join(sys.argv[1:])}`"
+                 f"diffusion models dropped the source w.p. train.cond_dropout); "
+                 + (f"MBR: {args.mbr} candidates at temperature {args.mbr_temperature:g}, the one of highest "
+                    f"expected BLEU against the others. " if args.mbr > 1 else "no MBR rows. ")
+                 + f"Command: `python benchmarks/seq2seq.py {' '.join(sys.argv[1:])}`"
                  + (" (the tables from evaluations cached by earlier calls, e.g. the s2s-* jobs of "
                     "`benchmarks/device_suite.sh`)" if args.from_cache else ""), "",
                  *table(task, results, run_dirs),
                  *(["", f"Not evaluated (no cached result): {'; '.join(missing)}."] if missing else [])]
-        out = Path(args.out_dir) / f"{task.replace('-', '_')}.md"
+        out = Path(args.out_dir) / f"{task.replace('-', '_')}{args.suffix}.md"
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())
         print("\n".join(lines) + f"\n\nwrote {out}")

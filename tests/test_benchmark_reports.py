@@ -1,5 +1,5 @@
-"""The report logic of benchmarks/seq2seq.py and benchmarks/distill_report.py on fixed inputs, and
-benchmarks/distill_suite.sh on a tiny teacher."""
+"""The report logic of benchmarks/seq2seq.py and benchmarks/distill_report.py on fixed inputs,
+benchmarks/distill_suite.sh on a tiny teacher, and benchmarks/sdtt_gap.py's loss split."""
 
 from __future__ import annotations
 
@@ -117,3 +117,25 @@ def test_distill_suite_distils_draws_the_frontier_and_writes_the_report(masked_r
         [("masked-800", 2), ("masked-800", 4), ("stage1", 2)]
     report = out.read_text()
     assert "teacher at 4 steps" in report and "- stage 1 (4 -> 2 steps): held-out distillation loss" in report
+
+
+def test_sdtt_gap_splits_the_loss_exactly_into_irreducible_and_learnable():
+    """mean_k KL(p_k || q) = mean_k KL(p_k || p_bar) + KL(p_bar || q) for the empirical mixture p_bar, whatever q."""
+    import torch
+
+    import sdtt_gap
+    from textdiff.config import BackendConfig, DataConfig, ModelConfig, Recipe
+    from textdiff.models import build_model
+    from textdiff.noising import get_backend
+    from textdiff.noising.base import Batch, SpecialTokens
+
+    recipe = Recipe(data=DataConfig(path="unused.jsonl", max_length=12), model=ModelConfig(n_layer=1, n_embd=32, n_head=2),
+                    backend=BackendConfig(name="masked"))
+    torch.manual_seed(0)
+    pipe = type("Pipe", (), {})()
+    pipe.model = build_model(recipe, 20, 12).eval()
+    pipe.backend = get_backend(recipe.backend, SpecialTokens(pad=0, mask=1, bos=2, eos=3, unk=4, sep=5), 20)
+    ids = torch.randint(6, 20, (8, 12), generator=torch.Generator().manual_seed(0))
+    out = sdtt_gap.gap(pipe, Batch(ids, torch.ones_like(ids, dtype=torch.bool)), steps=4, draws=6, seed=0)
+    assert out["n"] > 0 and out["irreducible"] > 0 and out["learnable"] >= 0
+    assert abs(out["loss"] - out["irreducible"] - out["learnable"]) < 1e-6 * out["loss"]
