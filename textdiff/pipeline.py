@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from textdiff import checkpoint as ckpt
 from textdiff.config import Recipe, SampleConfig, recipe_from_dict
@@ -155,11 +156,13 @@ class TextDiffusionPipeline:
         return self._run(x, o, seed, callback)
 
     def translate(self, sources: str | list[str], num_samples: int = 1, steps: Optional[int] = None,
-                  sampler: Optional[str] = None, seed: int = 0, batch_size: int = 64, **opts) -> Generation:
+                  sampler: Optional[str] = None, seed: int = 0, batch_size: int = 64, progress: bool = False,
+                  **opts) -> Generation:
         """Seq2seq generation: num_samples targets per source (source-major order), each sequence laid out as in
         training, `source [SEP] [MASK]...`, the source never noised. `guidance_scale=w` mixes in the unconditional
         model (classifier-free guidance); `mbr=N` draws N candidates per source and keeps the one of highest
-        expected BLEU against the others. Sources longer than (max_length - 2) // 2 tokens are cut to that."""
+        expected BLEU against the others. Sources longer than (max_length - 2) // 2 tokens are cut to that.
+        `progress` shows a bar over the generation batches."""
         if not self.recipe.data.source_field:
             raise TextdiffError("this run is not seq2seq (its recipe has no data.source_field); use sample or infill")
         sources = [sources] if isinstance(sources, str) else list(sources)
@@ -172,7 +175,8 @@ class TextDiffusionPipeline:
         encoded = [ids[:(L - 2) // 2] for ids in encode(self.tokenizer, sources)]
         gen = torch.Generator(self.device).manual_seed(seed)
         out: dict[int, torch.Tensor] = {}
-        for group in _by_length(encoded, max(1, batch_size // draws)):
+        groups = _by_length(encoded, max(1, batch_size // draws))
+        for group in tqdm(groups, desc=f"generate ({len(sources)} sources)", unit="batch", disable=not progress):
             n = len(encoded[group[0]])
             x = torch.tensor([encoded[i] + [sp.sep] + self.backend.open_hole(L - n - 1) for i in group
                               for _ in range(draws)])

@@ -28,7 +28,7 @@ def score(predictions: list[str], references: list[list[str]], metrics: list[str
 
 def seq2seq_eval(pipe, metrics: list[str], split: str = "test", max_sources: int = 0, seed: int = 0,
                  guidance_scales: tuple[float, ...] = (), copy_baseline: bool = False, sample_opts=None,
-                 batch_size: int = 64, echo=print) -> dict:
+                 batch_size: int = 64, echo=print, progress: bool = True) -> dict:
     from textdiff.data import load_texts
 
     if not pipe.recipe.data.source_field:
@@ -46,7 +46,7 @@ def seq2seq_eval(pipe, metrics: list[str], split: str = "test", max_sources: int
     for w in guidance_scales or (opts.pop("guidance_scale", None),):
         run_opts = {**opts, **({"guidance_scale": w} if w is not None else {})}
         start = time.perf_counter()
-        gen = pipe.translate(sources, seed=seed, batch_size=batch_size, **run_opts)
+        gen = pipe.translate(sources, seed=seed, batch_size=batch_size, progress=progress, **run_opts)
         settings = pipe.options(**{k: v for k, v in run_opts.items()
                                    if k in ("steps", "sampler", "guidance_scale", "mbr", "temperature")})
         row = {"settings": {"sampler": settings.sampler, "steps": settings.steps, "guidance_scale": settings.guidance_scale,
