@@ -119,6 +119,30 @@ def test_self_conditioned_training_reaches_the_self_conditioning_input(name):
     assert any(grads) and not all(grads)  # about half of the steps take the self-conditioning pass
 
 
+@pytest.mark.parametrize("name,sampler", [("masked", "ancestral"), ("masked", "confidence"),
+                                          ("uniform", "uniform_ancestral")])
+def test_greedy_sampling_feeds_the_models_own_distribution_back_as_self_conditioning(name, sampler):
+    """Training feeds back softmax(x0 logits); greedy sampling must too, not its one-hot draws."""
+    recipe = Recipe(data=DataConfig(path="unused.jsonl", max_length=L), backend=BackendConfig(name=name),
+                    model=ModelConfig(n_layer=1, n_embd=32, n_head=2, time_conditioning=name != "masked",
+                                      self_conditioning=True))
+    torch.manual_seed(0)
+    model, backend = build_model(recipe, V, L).eval(), get_backend(recipe.backend, SPECIAL, V)
+    fed, logits_of = [], backend.x0_logits
+
+    def spy(m, x, t, x0_prev=None):
+        out = logits_of(m, x, t, x0_prev)
+        fed.append((x0_prev, torch.softmax(out.float(), -1)))
+        return out
+
+    backend.x0_logits = spy
+    opts = SampleConfig(sampler=sampler, steps=4, temperature=0.0)
+    SAMPLERS[sampler](model, backend, backend.prior((B, L)), opts, torch.Generator().manual_seed(0))
+    assert fed[0][0] is None and len(fed) > 1
+    for (_, produced), (prev, _) in zip(fed, fed[1:]):
+        assert torch.allclose(prev, produced)
+
+
 def _start(backend, infill: bool) -> torch.Tensor:
     x = backend.prior((B, L))
     if infill:

@@ -48,9 +48,12 @@ def x0_logits(model, backend, x, t: float, x0_prev=None, guidance=None) -> torch
     return guidance(logits, x, tt) if guidance is not None else logits
 
 
-def x0_probs(model, backend, x, t: float, opts, x0_prev=None, guidance=None) -> torch.Tensor:
-    """`x0_logits` filtered by opts (temperature, top-k, top-p) into a distribution (B, L, V)."""
-    return filter_probs(x0_logits(model, backend, x, t, x0_prev, guidance), opts.temperature, opts.top_k, opts.top_p)
+def x0_probs(model, backend, x, t: float, opts, x0_prev=None, guidance=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(filtered, model): `x0_logits` filtered by opts (temperature, top-k, top-p) into the distribution a step
+    draws from, and its unfiltered softmax, the model's own x0 distribution (B, L, V each). The second is what a
+    self-conditioned model saw of its first pass in training, so it is the next step's x0_prev."""
+    logits = x0_logits(model, backend, x, t, x0_prev, guidance)
+    return filter_probs(logits, opts.temperature, opts.top_k, opts.top_p), torch.softmax(logits.float(), dim=-1)
 
 
 def blocks(length: int, block_size: int) -> list[tuple[int, int]]:

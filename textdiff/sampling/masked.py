@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from textdiff.sampling import blocks, filter_probs, register_sampler, split_steps, x0_logits, x0_probs
+from textdiff.sampling import blocks, register_sampler, split_steps, x0_probs
 
 
 @register_sampler("ancestral")
@@ -12,8 +12,8 @@ from textdiff.sampling import blocks, filter_probs, register_sampler, split_step
 def ancestral(model, backend, x, opts, generator, callback=None, guidance=None):
     """MDLM's ancestral sampler with its cache: when a step reveals nothing and the model ignores t,
     the next step reuses the last x0 distribution instead of calling the model."""
-    reuse = not model.cfg.time_conditioning
-    step_no, probs, fresh = 0, None, False
+    reuse, sc = not model.cfg.time_conditioning, model.cfg.self_conditioning
+    step_no, probs, model_probs, fresh = 0, None, None, False
     spans = blocks(x.shape[1], opts.block_size)
     for (lo, hi), steps in zip(spans, split_steps(opts.steps, len(spans))):
         active = torch.zeros_like(x, dtype=torch.bool)
@@ -21,8 +21,7 @@ def ancestral(model, backend, x, opts, generator, callback=None, guidance=None):
         for j in range(steps):
             t, s = 1.0 - j / steps, 1.0 - (j + 1) / steps
             if not (fresh and reuse):
-                probs = x0_probs(model, backend, x, t, opts, x0_prev=probs if model.cfg.self_conditioning else None,
-                                 guidance=guidance)
+                probs, model_probs = x0_probs(model, backend, x, t, opts, model_probs if sc else None, guidance)
             out = backend.step(probs, x, t, s, generator)
             new = torch.where(active, out.sample, x)
             fresh = torch.equal(new, x)  # nothing changed: the last x0 distribution still holds
@@ -40,7 +39,7 @@ def confidence(model, backend, x, opts, generator, callback=None, guidance=None)
     draws all masked tokens and keeps the most confident ones, so the mask count falls linearly to zero.
     A token's confidence is the model's own probability of it (softmax of the logits before temperature and
     top-k/p filtering, as LLaDA ranks), so greedy decoding (temperature 0, a one-hot draw) still ranks positions."""
-    mask_id, step_no, probs = backend.mask_id, 0, None
+    mask_id, step_no, model_probs = backend.mask_id, 0, None
     spans = blocks(x.shape[1], opts.block_size)
     for (lo, hi), steps in zip(spans, split_steps(opts.steps, len(spans))):
         active = torch.zeros_like(x, dtype=torch.bool)
@@ -48,13 +47,11 @@ def confidence(model, backend, x, opts, generator, callback=None, guidance=None)
         total = ((x == mask_id) & active).sum(dim=1)  # (B,)
         for j in range(steps):
             t = 1.0 - j / steps
-            logits = x0_logits(model, backend, x, t, x0_prev=probs if model.cfg.self_conditioning else None,
-                               guidance=guidance)
-            probs = filter_probs(logits, opts.temperature, opts.top_k, opts.top_p)
+            probs, model_probs = x0_probs(model, backend, x, t, opts,
+                                          model_probs if model.cfg.self_conditioning else None, guidance)
             masked = (x == mask_id) & active
             draw = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(x.shape)
-            conf = torch.gather(torch.softmax(logits.float(), dim=-1), -1, draw[..., None]).squeeze(-1)
-            conf = conf.masked_fill(~masked, -1.0)  # (B, L)
+            conf = torch.gather(model_probs, -1, draw[..., None]).squeeze(-1).masked_fill(~masked, -1.0)  # (B, L)
             keep_masked = (total.float() * (1.0 - (j + 1) / steps)).floor().long()  # (B,)
             n_reveal = masked.sum(dim=1) - keep_masked
             rank = conf.argsort(dim=1, descending=True).argsort(dim=1)  # (B, L) 0 = most confident

@@ -15,10 +15,10 @@ def uniform_ancestral(model, backend, x, opts, generator, callback=None, guidanc
     step t -> s draws x_s from the posterior with the model's (guided, filtered) x0 distribution plugged in
     (`backend.step`), and the last one lands on s = 0: clean tokens everywhere. With opts.block_size, blocks go
     left to right; a block not yet started stays at the prior's noise and shows [MASK] to the callback.
-    Self-conditioning feeds each step's x0 distribution into the next."""
+    Self-conditioning feeds each step's (unfiltered) x0 distribution into the next."""
     given = x != backend.special.mask  # (B, L)
     state = torch.where(given, x, backend.noise_tokens(x.shape, generator, x.device))
-    started, probs, step_no = given.clone(), None, 0
+    started, model_probs, step_no = given.clone(), None, 0
     spans = blocks(x.shape[1], opts.block_size)
     for (lo, hi), steps in zip(spans, split_steps(opts.steps, len(spans))):
         active = torch.zeros_like(given)
@@ -27,7 +27,8 @@ def uniform_ancestral(model, backend, x, opts, generator, callback=None, guidanc
         started |= active
         for j in range(steps):
             t, s = 1.0 - j / steps, 1.0 - (j + 1) / steps
-            probs = x0_probs(model, backend, state, t, opts, probs if model.cfg.self_conditioning else None, guidance)
+            probs, model_probs = x0_probs(model, backend, state, t, opts,
+                                          model_probs if model.cfg.self_conditioning else None, guidance)
             state = torch.where(active, backend.step(probs, state, t, s, generator).sample, state)
             step_no += 1
             if callback is not None:
