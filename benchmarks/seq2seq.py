@@ -81,6 +81,10 @@ def evaluations(task: str, name: str, run: Path, res: Path, args) -> dict:
     copy = ["--copy-baseline"] if task == "kjv-asv" and name == ORDER[0] else []
     greedy = [] if causal else ["--guidance-scale", args.guidance]
     todo = {"greedy": (res / f"{task}-{name}-greedy.json", [*common, *greedy, *copy, "--temperature", "0"])}
+    for sampler in ([] if causal else args.samplers):  # more greedy rows, each with another sampler of the back-end
+        if sampler in BACKENDS[name].samplers:
+            todo[f"greedy, {sampler}"] = (res / f"{task}-{name}-greedy-{sampler}.json",
+                                          [*common, *greedy, "--sampler", sampler, "--temperature", "0"])
     if args.mbr > 1:
         todo["mbr"] = (res / f"{task}-{name}-mbr{args.mbr}.json",
                        [*common, "--mbr", str(args.mbr), "--temperature", str(args.mbr_temperature)])
@@ -141,6 +145,9 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--set", action="append", default=[], help="recipe override for every run, e.g. train.steps=20")
     p.add_argument("--guidance", default="0,1", help="classifier-free guidance scales of the greedy rows")
+    p.add_argument("--samplers", type=lambda v: [x for x in v.split(",") if x], default=[],
+                   help="comma-separated samplers for extra greedy rows of the back-ends that have them "
+                        "(e.g. ancestral: the masked back-end's random reveal order beside its recipe's confidence)")
     p.add_argument("--mbr", type=int, default=8, help="candidates per source of the MBR row (1: no MBR row)")
     p.add_argument("--mbr-temperature", type=float, default=0.7, dest="mbr_temperature")
     p.add_argument("--batch-size", type=int, default=256, dest="batch_size", help="sequences per generation batch")

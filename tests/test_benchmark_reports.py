@@ -44,6 +44,20 @@ def test_seq2seq_table_ratios_to_the_best_ar_row_and_the_target(tmp_path):
     assert "it misses the 0.95× target" in "\n".join(seq2seq.table("e2e", results, {"masked": tmp_path, "ar": tmp_path}))
 
 
+def test_seq2seq_extra_sampler_rows_only_for_back_ends_that_have_the_sampler(tmp_path, monkeypatch):
+    import argparse
+
+    calls = {}
+    monkeypatch.setattr(seq2seq, "cached", lambda path, argv, from_cache=False: calls.setdefault(path.name, argv))
+    args = argparse.Namespace(device="cpu", batch_size=8, max_sources=0, guidance="0,1", samplers=["ancestral"],
+                              mbr=1, mbr_temperature=0.7, from_cache=False)
+    assert set(seq2seq.evaluations("e2e", "masked", tmp_path, tmp_path, args)) == {"greedy", "greedy, ancestral"}
+    argv = calls["e2e-masked-greedy-ancestral.json"]
+    assert argv[argv.index("--sampler") + 1] == "ancestral" and argv[argv.index("--guidance-scale") + 1] == "0,1"
+    assert "--sampler" not in calls["e2e-masked-greedy.json"]
+    assert set(seq2seq.evaluations("e2e", "ar", tmp_path, tmp_path, args)) == {"greedy"}
+
+
 def _frontier(tmp_path, genppl: dict[str, dict[int, tuple[float, float]]]) -> dict:
     runs = []
     for name in genppl:
