@@ -24,6 +24,7 @@ import torch
 
 from textdiff.checkpoint import atomic_write_bytes
 from textdiff.distill import _data, _held_out, masked_x0_logits, student_times, teacher_two_step_probs
+from textdiff.evaluation.report import env_lines, environment
 from textdiff.pipeline import TextDiffusionPipeline
 
 
@@ -84,6 +85,14 @@ def main(argv=None) -> int:
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     if args.out:
+        head = ["# Masked SDTT: how much of the distillation loss a student can learn", "",
+                *env_lines(environment(args.device)), "",
+                f"Command: `python benchmarks/sdtt_gap.py {' '.join(sys.argv[1:] if argv is None else argv)}`. "
+                f"{args.batches} validation batches of {args.batch_size} sequences, {args.draws} draws of the teacher's "
+                f"first step per x_t; the run is its own teacher (the loss `textdiff distill` prints as \"teacher as "
+                f"student\"). Per masked token, in nats: SDTT loss = irreducible + learnable; the corrected learnable "
+                f"part subtracts its finite-draw bias, irreducible / (draws - 1).", ""]
+        text = "\n".join(head) + "\n" + text
         atomic_write_bytes(Path(args.out), text.encode())
     else:
         print(text)
