@@ -23,14 +23,10 @@ from pathlib import Path
 import torch
 
 from textdiff.checkpoint import atomic_write_bytes
-from textdiff.distill import _data, _held_out, masked_x0_logits, student_times, teacher_two_step_probs
+from textdiff.distill import (DISTILLERS, _data, _held_out, kl_div, masked_x0_logits, student_times,
+                              teacher_two_step_probs)
 from textdiff.evaluation.report import env_lines, environment
 from textdiff.pipeline import TextDiffusionPipeline
-
-
-def _kl(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) over the last axis, 0 log 0 = 0."""
-    return (torch.xlogy(p, p) - p * log_q.masked_fill(p == 0, 0.0)).sum(-1)
 
 
 @torch.no_grad()
@@ -44,10 +40,10 @@ def gap(pipe, batch, steps: int, draws: int, seed: int) -> dict:
     log_q = torch.log_softmax(masked_x0_logits(backend, model, x_t, t).double(), dim=-1)[masked]  # (N, V)
     targets = [teacher_two_step_probs(backend, model, x_t, t, t_mid, gen)[masked].double() for _ in range(draws)]
     p_bar = torch.stack(targets).mean(0)
-    loss = torch.stack([_kl(p, log_q) for p in targets]).mean(0)  # (N,)
+    loss = torch.stack([kl_div(p, log_q) for p in targets]).mean(0)  # (N,)
     log_p_bar = torch.log(p_bar.clamp_min(1e-30))
-    spread = torch.stack([_kl(p, log_p_bar) for p in targets]).mean(0)
-    learn = _kl(p_bar, log_q)
+    spread = torch.stack([kl_div(p, log_p_bar) for p in targets]).mean(0)
+    learn = kl_div(p_bar, log_q)
     n = int(masked.sum())
     return {"n": n, "loss": float(loss.sum()), "irreducible": float(spread.sum()), "learnable": float(learn.sum())}
 
@@ -69,8 +65,8 @@ def main(argv=None) -> int:
              "learnable share |", "|---|---|---|---|---|---|---|---|"]
     for run in args.runs:
         pipe = TextDiffusionPipeline.from_pretrained(run, device=args.device)
-        if pipe.backend.name != "masked":
-            p.error(f"{run}: a {pipe.backend.name} run; this split is for the masked back-end's SDTT")
+        if getattr(DISTILLERS.get(pipe.backend.name), "method", None) != "sdtt":
+            p.error(f"{run}: back-end {pipe.backend.name}; this split is for back-ends distilled by SDTT (masked)")
         _, val = _data(pipe.recipe, pipe.tokenizer)
         held = _held_out(val, args.batch_size, args.device, args.batches)
         if not held:

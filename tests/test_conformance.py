@@ -104,12 +104,17 @@ def test_save_load_round_trip(name, tmp_path):
         assert fresh.head.weight.data_ptr() == fresh.tok.weight.data_ptr()  # tying survives loading
 
 
-@pytest.mark.parametrize("name", ["masked", "simplex", "uniform"])
-def test_self_conditioned_training_reaches_the_self_conditioning_input(name):
+def self_conditioned(name: str):
+    """A one-layer self-conditioned model of back-end `name` (time-conditioned unless masked) and its back-end."""
     recipe = Recipe(data=DataConfig(path="unused.jsonl", max_length=L), backend=BackendConfig(name=name),
                     model=ModelConfig(n_layer=1, n_embd=32, n_head=2, time_conditioning=name != "masked",
                                       self_conditioning=True))
-    model, backend = build_model(recipe, V, L), get_backend(recipe.backend, SPECIAL, V)
+    return build_model(recipe, V, L), get_backend(recipe.backend, SPECIAL, V)
+
+
+@pytest.mark.parametrize("name", ["masked", "simplex", "uniform"])
+def test_self_conditioned_training_reaches_the_self_conditioning_input(name):
+    model, backend = self_conditioned(name)
     torch.nn.init.normal_(model.self_cond.weight)  # zero-initialised: make the second pass depend on the first
     grads = []
     for seed in range(6):
@@ -123,11 +128,9 @@ def test_self_conditioned_training_reaches_the_self_conditioning_input(name):
                                           ("uniform", "uniform_ancestral")])
 def test_greedy_sampling_feeds_the_models_own_distribution_back_as_self_conditioning(name, sampler):
     """Training feeds back softmax(x0 logits); greedy sampling must too, not its one-hot draws."""
-    recipe = Recipe(data=DataConfig(path="unused.jsonl", max_length=L), backend=BackendConfig(name=name),
-                    model=ModelConfig(n_layer=1, n_embd=32, n_head=2, time_conditioning=name != "masked",
-                                      self_conditioning=True))
     torch.manual_seed(0)
-    model, backend = build_model(recipe, V, L).eval(), get_backend(recipe.backend, SPECIAL, V)
+    model, backend = self_conditioned(name)
+    model.eval()
     fed, logits_of = [], backend.x0_logits
 
     def spy(m, x, t, x0_prev=None):

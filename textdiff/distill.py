@@ -166,6 +166,11 @@ def teacher_two_step_probs(backend, teacher, x_t, t, t_mid, generator) -> torch.
     return torch.where(revealed[..., None], probs, second)
 
 
+def kl_div(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last axis from probabilities p and log-probabilities log_q, with 0 log 0 = 0."""
+    return (torch.xlogy(p, p) - p * log_q.masked_fill(p == 0, 0.0)).sum(-1)
+
+
 @DISTILLERS.register("masked")
 def sdtt_loss(teacher, student, backend, batch: Batch, steps: int, generator, guidance=None) -> LossOutput:
     """SDTT, one batch: KL(teacher two-step || student one-step) over the positions masked in x_t."""
@@ -176,8 +181,7 @@ def sdtt_loss(teacher, student, backend, batch: Batch, steps: int, generator, gu
     target = teacher_two_step_probs(backend, teacher, x_t, t, t_mid, generator)
     masked = x_t == backend.mask_id  # (B, L)
     log_q = torch.log_softmax(masked_x0_logits(backend, student, x_t, t), dim=-1)[masked]  # (N, V)
-    p = target[masked]
-    kl = (torch.xlogy(p, p) - p * log_q.masked_fill(p == 0, 0.0)).sum(-1)  # (N,)
+    kl = kl_div(target[masked], log_q)  # (N,)
     n = int(masked.sum())
     return LossOutput(loss=kl.sum() / max(n, 1), n_tokens=n)
 
