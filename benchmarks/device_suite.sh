@@ -19,7 +19,8 @@
 #
 # Knobs (environment): DEVICE (cuda), DEADLINE (seconds from the start after which unfinished jobs are stopped and
 # what exists is packed; 3000), BUDGETS ("800 3200"; BASE, 800, is the one with uniform and distillation), NUM_SAMPLES (64), DRAWS (32), GENPPL_STEPS ("16 64 256"),
-# DISTILL_ITERS (500), S2S_ARGS (extra benchmarks/seq2seq.py arguments), JOBS (a regex of job names to run),
+# DISTILL_ITERS (500), S2S_ARGS (extra benchmarks/seq2seq.py arguments), S2S_BACKENDS (the seq2seq back-ends, in
+# the order their jobs start; default: every recipe of the task), JOBS (a regex of job names to run),
 # PARALLEL (jobs at a time, 4: CUDA time-slices between processes, so 21 at once ran each ~10x slower on an H100).
 # With PACK_DIR, everything but weights is packed into PACK_DIR/results.tgz at the end.
 set -u
@@ -70,7 +71,8 @@ for steps in $BUDGETS; do
   fi
 done
 for task in e2e kjv-asv; do
-  for backend in $(cd recipes/$task && ls *.yaml | sed 's/\.yaml$//' | grep -v '^lm-'); do
+  for backend in ${S2S_BACKENDS:-$(cd recipes/$task && ls *.yaml | sed 's/\.yaml$//' | grep -v '^lm-')}; do
+    [[ -f recipes/$task/$backend.yaml ]] || continue
     mbr=8; [[ $task == kjv-asv ]] && mbr=4
     job "s2s-$task-$backend" "$PY benchmarks/seq2seq.py --device $DEVICE --runs $RUNS/s2s --tasks $task \
 --only $task/$backend --skip report --mbr $mbr --batch-size 256 $S2S_ARGS"

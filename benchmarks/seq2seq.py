@@ -29,7 +29,7 @@ from kjv_ratio import same_recipe, tok_per_s  # noqa: E402
 
 from textdiff.checkpoint import atomic_write_bytes  # noqa: E402
 from textdiff.cli import main as textdiff  # noqa: E402
-from textdiff.config import load_recipe  # noqa: E402
+from textdiff.config import load_recipe, recipe_from_dict  # noqa: E402
 from textdiff.evaluation.report import env_lines  # noqa: E402
 from textdiff.noising import BACKENDS  # noqa: E402
 from textdiff.training import train_recipe  # noqa: E402
@@ -72,6 +72,13 @@ def cached(path: Path, argv: list[str], from_cache: bool = False) -> dict | None
     return json.loads(path.read_text())
 
 
+def trained_for_guidance(run: Path) -> bool:
+    """The run saw the null condition in training (train.cond_dropout > 0), so classifier-free guidance applies
+    (the edit back-end's recipes drop no source; `textdiff eval` refuses ω > 0 for them)."""
+    config = run / "config.json"
+    return config.is_file() and recipe_from_dict(json.loads(config.read_text())["recipe"]).train.cond_dropout > 0
+
+
 def evaluations(task: str, name: str, run: Path, res: Path, args) -> dict:
     """The greedy (guidance sweep) and MBR evaluations of one run, cached under `res` (with --from-cache, those
     that exist)."""
@@ -79,7 +86,7 @@ def evaluations(task: str, name: str, run: Path, res: Path, args) -> dict:
     common = ["eval", str(run), "--metrics", "bleu,rouge", "--split", "test", "--device", args.device, "--seed", "0",
               "--batch-size", str(args.batch_size), *(["--max-sequences", str(args.max_sources)] if args.max_sources else [])]
     copy = ["--copy-baseline"] if task == "kjv-asv" and name == ORDER[0] else []
-    greedy = [] if causal else ["--guidance-scale", args.guidance]
+    greedy = ["--guidance-scale", args.guidance] if not causal and trained_for_guidance(run) else []
     todo = {"greedy": (res / f"{task}-{name}-greedy.json", [*common, *greedy, *copy, "--temperature", "0"])}
     for sampler in ([] if causal else args.samplers):  # more greedy rows, each with another sampler of the back-end
         if sampler in BACKENDS[name].samplers:

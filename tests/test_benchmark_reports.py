@@ -14,6 +14,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import distill_report  # noqa: E402
 import seq2seq  # noqa: E402
 
+from textdiff.config import load_recipe  # noqa: E402
+
 
 def _eval(rows, copy=None):
     def metric(score):
@@ -51,11 +53,33 @@ def test_seq2seq_extra_sampler_rows_only_for_back_ends_that_have_the_sampler(tmp
     monkeypatch.setattr(seq2seq, "cached", lambda path, argv, from_cache=False: calls.setdefault(path.name, argv))
     args = argparse.Namespace(device="cpu", batch_size=8, max_sources=0, guidance="0,1", samplers=["ancestral"],
                               mbr=1, mbr_temperature=0.7, from_cache=False)
-    assert set(seq2seq.evaluations("e2e", "masked", tmp_path, tmp_path, args)) == {"greedy", "greedy, ancestral"}
+    masked = trained(tmp_path / "masked", "recipes/e2e/masked.yaml")
+    assert set(seq2seq.evaluations("e2e", "masked", masked, tmp_path, args)) == {"greedy", "greedy, ancestral"}
     argv = calls["e2e-masked-greedy-ancestral.json"]
     assert argv[argv.index("--sampler") + 1] == "ancestral" and argv[argv.index("--guidance-scale") + 1] == "0,1"
     assert "--sampler" not in calls["e2e-masked-greedy.json"]
     assert set(seq2seq.evaluations("e2e", "ar", tmp_path, tmp_path, args)) == {"greedy"}
+
+
+def test_seq2seq_guidance_sweep_only_for_runs_trained_with_condition_dropout(tmp_path, monkeypatch):
+    """The edit back-end's seq2seq recipe drops no source, so `textdiff eval` would refuse ω > 0 for it."""
+    import argparse
+
+    calls = {}
+    monkeypatch.setattr(seq2seq, "cached", lambda path, argv, from_cache=False: calls.setdefault(path.name, argv))
+    args = argparse.Namespace(device="cpu", batch_size=8, max_sources=0, guidance="0,1", samplers=[],
+                              mbr=1, mbr_temperature=0.7, from_cache=False)
+    seq2seq.evaluations("kjv-asv", "edit", trained(tmp_path / "edit", "recipes/kjv-asv/edit.yaml"), tmp_path, args)
+    seq2seq.evaluations("kjv-asv", "masked", trained(tmp_path / "masked", "recipes/kjv-asv/masked.yaml"), tmp_path, args)
+    assert "--guidance-scale" not in calls["kjv-asv-edit-greedy.json"]
+    assert "--guidance-scale" in calls["kjv-asv-masked-greedy.json"]
+
+
+def trained(run: Path, recipe: str) -> Path:
+    """A run directory holding only the config.json that training writes (the recipe it was trained with)."""
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"recipe": load_recipe(ROOT / recipe).to_dict()}))
+    return run
 
 
 def _frontier(tmp_path, genppl: dict[str, dict[int, tuple[float, float]]]) -> dict:
