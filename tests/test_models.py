@@ -63,3 +63,31 @@ def test_vector_inputs_are_the_same_as_their_token_embeddings():
     bare = Transformer(ModelConfig(n_layer=2, n_embd=32, n_head=2), 40, 10, token_input=False, vocab_head=False)
     assert bare.tok is None and bare.head is None
     assert bare.hidden(torch.randn(2, 10, 32)).shape == (2, 10, 32)
+
+
+def test_aligned_positions_restart_the_target_at_zero_per_sequence():
+    from textdiff.models.transformer import aligned_positions
+
+    segments = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0, 0]])
+    assert aligned_positions(segments).tolist() == [[0, 1, 2, 0, 1, 2, 3], [0, 1, 2, 3, 4, 0, 1], list(range(7))]
+    torch.manual_seed(0)
+    cfg = dict(n_layer=2, n_embd=32, n_head=4, segments=True)
+    plain = Transformer(ModelConfig(**cfg), 50, 7).eval()
+    aligned = Transformer(ModelConfig(**cfg, aligned_positions=True), 50, 7).eval()
+    aligned.load_state_dict(plain.state_dict())
+    ids = torch.randint(0, 50, (3, 7))
+    with plain.segmented(segments), aligned.segmented(segments):
+        out, ref = aligned(ids), plain(ids)
+    assert torch.allclose(out[2], ref[2], atol=1e-6)  # no target: the usual positions
+    assert not torch.allclose(out[:2], ref[:2], atol=1e-4)
+    for i in range(3):  # each sequence's positions are its own, whatever its neighbours' source lengths
+        with aligned.segmented(segments[i:i + 1]):
+            assert torch.allclose(aligned(ids[i:i + 1])[0], out[i], atol=1e-5)
+
+
+def test_aligned_positions_need_segments_and_rotary():
+    import pytest
+
+    for bad in (dict(segments=False), dict(segments=True, positions="learned")):
+        with pytest.raises(ValueError, match="model.aligned_positions needs"):
+            ModelConfig(aligned_positions=True, **bad)

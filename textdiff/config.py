@@ -62,6 +62,12 @@ class ModelConfig:
     segments: bool = False
     """Add a learned segment embedding, source (up to the first [SEP]) vs target: for seq2seq recipes
     (`data.source_field`) with a bidirectional back-end. A model with segments was trained with a clean source."""
+    aligned_positions: bool = False
+    """Seq2seq with segments and rotary positions: the target's positions count from 0 after [SEP], as the
+    source's do, so target token i and source token i sit at rotary distance 0. A prior for tasks whose
+    alignment is near-monotone (revision, e.g. KJV -> ASV), in the spirit of non-autoregressive translation's
+    source-copied decoder inputs (Gu et al. 2018): attending to "the source token at my index" becomes one
+    head's content-free pattern instead of a count past a variable-length source."""
 
     def __post_init__(self):
         for name in ("n_layer", "n_embd", "n_head", "mlp_ratio"):
@@ -72,6 +78,8 @@ class ModelConfig:
             raise ValueError("model.n_embd / model.n_head must be even for rotary positions")
         _check_unit("model.dropout", self.dropout)
         _check_choice("model.positions", self.positions, ("rotary", "learned"))
+        if self.aligned_positions and not (self.segments and self.positions == "rotary"):
+            raise ValueError("model.aligned_positions needs model.segments: true and model.positions: rotary")
 
 
 @dataclass(frozen=True)

@@ -47,10 +47,17 @@ class Rotary(nn.Module):
 
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x: (B, H, L, hd); cos, sin: (L, hd/2)."""
+        """x: (B, H, L, hd); cos, sin: (L, hd/2), or (B, 1, L, hd/2) for positions of each sequence's own."""
         x1, x2 = x.float().chunk(2, dim=-1)
         out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
         return out.type_as(x)
+
+
+def aligned_positions(segments: torch.Tensor) -> torch.Tensor:
+    """(B, L) positions of seq2seq sequences whose target restarts at 0 after the source: the source (segment 0,
+    [SEP] included) at 0, 1, ..., the target (segment 1) at 0, 1, ... again (model.aligned_positions)."""
+    col = torch.arange(segments.shape[1], device=segments.device)
+    return torch.where(segments == 1, col - (segments == 0).sum(1, keepdim=True), col)
 
 
 class KVCache:
@@ -214,6 +221,9 @@ class Transformer(nn.Module):
         if self.rotary is not None:
             cos, sin = self.rotary.cos_sin(offset + L, inputs.device)
             rope = (cos[offset:offset + L], sin[offset:offset + L])
+            if self.cfg.aligned_positions and self.segments is not None:
+                pos = aligned_positions(self.segments[:, offset:offset + L])
+                rope = (cos[pos][:, None], sin[pos][:, None])  # (B, 1, L, hd/2): per sequence
         return self.drop(x), c, rope
 
     def hidden(self, inputs, t=None, x0_prev=None, cache: Optional[KVCache] = None):
