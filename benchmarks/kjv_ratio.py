@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from textdiff.checkpoint import read_run_config
 from textdiff.config import load_recipe, recipe_from_dict
 from textdiff.evaluation import perplexity
 from textdiff.pipeline import TextDiffusionPipeline
@@ -30,9 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {p.stem: p for p in sorted((ROOT / "recipes/kjv").glob("*.yaml"))}  # one per back-end; ar.yaml is the AR twin
 
 
+def saved_recipe(run: Path):
+    """The recipe a run was trained with, from its config.json (keys added since then take their defaults)."""
+    return recipe_from_dict(read_run_config(run)["recipe"], str(run / "config.json"))
+
+
 def same_recipe(run: Path, recipe) -> bool:
     """The run was trained with this recipe (keys added to the config since then count as their defaults)."""
-    saved = recipe_from_dict(json.loads((run / "config.json").read_text())["recipe"])
+    saved = saved_recipe(run)
     return json.loads(json.dumps(saved.to_dict())) == json.loads(json.dumps(recipe.to_dict()))
 
 

@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kjv_ratio import same_recipe, tok_per_s  # noqa: E402
+from kjv_ratio import same_recipe, saved_recipe, tok_per_s  # noqa: E402
 
 from textdiff.checkpoint import atomic_write_bytes  # noqa: E402
 from textdiff.cli import main as textdiff  # noqa: E402
-from textdiff.config import load_recipe, recipe_from_dict  # noqa: E402
+from textdiff.config import load_recipe  # noqa: E402
 from textdiff.evaluation.report import env_lines  # noqa: E402
 from textdiff.noising import BACKENDS  # noqa: E402
 from textdiff.training import train_recipe  # noqa: E402
@@ -75,8 +75,7 @@ def cached(path: Path, argv: list[str], from_cache: bool = False) -> dict | None
 def trained_for_guidance(run: Path) -> bool:
     """The run saw the null condition in training (train.cond_dropout > 0), so classifier-free guidance applies
     (the edit back-end's recipes drop no source; `textdiff eval` refuses ω > 0 for them)."""
-    config = run / "config.json"
-    return config.is_file() and recipe_from_dict(json.loads(config.read_text())["recipe"]).train.cond_dropout > 0
+    return (run / "config.json").is_file() and saved_recipe(run).train.cond_dropout > 0
 
 
 def evaluations(task: str, name: str, run: Path, res: Path, args) -> dict:

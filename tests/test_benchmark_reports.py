@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import distill_report  # noqa: E402
 import seq2seq  # noqa: E402
 
+from textdiff.checkpoint import CONFIG_TYPE  # noqa: E402
 from textdiff.config import load_recipe  # noqa: E402
 
 
@@ -46,13 +47,18 @@ def test_seq2seq_table_ratios_to_the_best_ar_row_and_the_target(tmp_path):
     assert "it misses the 0.95× target" in "\n".join(seq2seq.table("e2e", results, {"masked": tmp_path, "ar": tmp_path}))
 
 
-def test_seq2seq_extra_sampler_rows_only_for_back_ends_that_have_the_sampler(tmp_path, monkeypatch):
+def spied_evaluations(monkeypatch, samplers: list[str]):
+    """(args for seq2seq.evaluations, {result file name: the `textdiff` argv it would run}), nothing run."""
     import argparse
 
     calls = {}
     monkeypatch.setattr(seq2seq, "cached", lambda path, argv, from_cache=False: calls.setdefault(path.name, argv))
-    args = argparse.Namespace(device="cpu", batch_size=8, max_sources=0, guidance="0,1", samplers=["ancestral"],
-                              mbr=1, mbr_temperature=0.7, from_cache=False)
+    return argparse.Namespace(device="cpu", batch_size=8, max_sources=0, guidance="0,1", samplers=samplers, mbr=1,
+                              mbr_temperature=0.7, from_cache=False), calls
+
+
+def test_seq2seq_extra_sampler_rows_only_for_back_ends_that_have_the_sampler(tmp_path, monkeypatch):
+    args, calls = spied_evaluations(monkeypatch, ["ancestral"])
     masked = trained(tmp_path / "masked", "recipes/e2e/masked.yaml")
     assert set(seq2seq.evaluations("e2e", "masked", masked, tmp_path, args)) == {"greedy", "greedy, ancestral"}
     argv = calls["e2e-masked-greedy-ancestral.json"]
@@ -63,12 +69,7 @@ def test_seq2seq_extra_sampler_rows_only_for_back_ends_that_have_the_sampler(tmp
 
 def test_seq2seq_guidance_sweep_only_for_runs_trained_with_condition_dropout(tmp_path, monkeypatch):
     """The edit back-end's seq2seq recipe drops no source, so `textdiff eval` would refuse ω > 0 for it."""
-    import argparse
-
-    calls = {}
-    monkeypatch.setattr(seq2seq, "cached", lambda path, argv, from_cache=False: calls.setdefault(path.name, argv))
-    args = argparse.Namespace(device="cpu", batch_size=8, max_sources=0, guidance="0,1", samplers=[],
-                              mbr=1, mbr_temperature=0.7, from_cache=False)
+    args, calls = spied_evaluations(monkeypatch, [])
     seq2seq.evaluations("kjv-asv", "edit", trained(tmp_path / "edit", "recipes/kjv-asv/edit.yaml"), tmp_path, args)
     seq2seq.evaluations("kjv-asv", "masked", trained(tmp_path / "masked", "recipes/kjv-asv/masked.yaml"), tmp_path, args)
     assert "--guidance-scale" not in calls["kjv-asv-edit-greedy.json"]
@@ -78,7 +79,9 @@ def test_seq2seq_guidance_sweep_only_for_runs_trained_with_condition_dropout(tmp
 def trained(run: Path, recipe: str) -> Path:
     """A run directory holding only the config.json that training writes (the recipe it was trained with)."""
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"recipe": load_recipe(ROOT / recipe).to_dict()}))
+    cfg = load_recipe(ROOT / recipe)
+    (run / "config.json").write_text(json.dumps({"type": CONFIG_TYPE, "vocab_size": cfg.tokenizer.vocab_size,
+                                                 "max_len": cfg.data.max_length, "recipe": cfg.to_dict()}))
     return run
 
 
