@@ -17,7 +17,7 @@ from textdiff.config import BackendConfig, SampleConfig
 from textdiff.evaluation.lengths import format_histograms, length_histograms
 from textdiff.noising import get_backend
 from textdiff.noising.base import Batch
-from textdiff.noising.edit import DELETE, KEEP, REPLACE, EditDiffusion, apply_script, compact, fill_masks
+from textdiff.noising.edit import BLANK, DELETE, KEEP, REPLACE, EditDiffusion, apply_script, compact, fill_masks
 from textdiff.sampling import SAMPLERS
 
 
@@ -129,6 +129,36 @@ def test_revision_keeps_what_the_source_and_target_share():
     c = bk.corrupt_with_script(changed, torch.ones(len(same)), torch.Generator().manual_seed(0), keep)
     n_edits = (c.ops != KEEP).sum(1) + c.counts.sum(1)
     assert (n_edits <= 3).all() and torch.equal(undo(bk, c), c.x0)  # [EOS] and the changed token at most
+
+
+def test_lcs_align_is_a_longest_common_subsequence():
+    """The revision alignment against a plain dynamic programme: its columns spell data over noise in order, the
+    columns holding a token in both rows hold the same token, and there are as many of them as the LCS is long,
+    also for empty rows and for alignments longer than L (only C is whole then)."""
+    def lcs(a, b):
+        row = [0] * (len(b) + 1)
+        for x in a:
+            prev, row = row, [0]
+            for j, y in enumerate(b):
+                row.append(max(row[-1], prev[j + 1], prev[j] + (x == y)))
+        return row[-1]
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        Bn, Ln, vocab = 4, int(torch.randint(1, 12, (1,), generator=g)), int(torch.randint(1, 4, (1,), generator=g))
+        n, m = torch.randint(0, Ln + 1, (Bn,), generator=g), torch.randint(0, Ln + 1, (Bn,), generator=g)
+        data, noise = torch.randint(0, vocab, (Bn, Ln), generator=g), torch.randint(0, vocab, (Bn, Ln), generator=g)
+        top, bottom, C = backend().lcs_align(data, n, noise, m)
+        for r in range(Bn):
+            d, z = data[r, :n[r]].tolist(), noise[r, :m[r]].tolist()
+            assert C[r] == len(d) + len(z) - lcs(d, z)
+            cols = min(int(C[r]), Ln)
+            tr, br = top[r, :cols].tolist(), bottom[r, :cols].tolist()
+            assert all(a == b for a, b in zip(tr, br) if a != BLANK and b != BLANK)
+            assert all(a == BLANK and b == BLANK for a, b in zip(top[r, cols:].tolist(), bottom[r, cols:].tolist()))
+            if C[r] <= Ln:
+                assert [a for a in tr if a != BLANK] == d and [b for b in br if b != BLANK] == z
+                assert sum(a != BLANK and b != BLANK for a, b in zip(tr, br)) == lcs(d, z)
 
 
 # --- the sampler -------------------------------------------------------------------------------------------------

@@ -239,27 +239,34 @@ class EditDiffusion(Backend):
     def lcs_align(self, data, n, noise, m):
         """The alignment of a longest common subsequence: matched tokens share a column (never edited), the others
         get a column of their own over or under a blank, in sequence order (C = n + m - LCS columns; the first L are
-        returned). Backtracked from the end, one column of every row per iteration."""
+        returned). The backtrack through D is a pointer per cell (diagonal on a match, else up or left), and the
+        path from (n, m) to (0, 0) is read off by pointer doubling: log2(n + m) gathers over the table, not one
+        iteration per column (each a dozen small kernels, which dominated a GPU training step)."""
         B, L = data.shape
-        D = self.lcs_table(data, n, noise, m)
-        rows = torch.arange(B, device=data.device)
-        i, j = n.clone(), m.clone()
-        C = n + m - D[rows, n, m]
-        W = 2 * L  # C <= n + m; the last column is a sink for finished rows
-        top = torch.full((B, W + 1), BLANK, dtype=torch.long, device=data.device)
-        bottom = top.clone()
-        for step in range(int((n + m).max())):
-            active = (i > 0) | (j > 0)
-            i1, j1 = (i - 1).clamp_min(0), (j - 1).clamp_min(0)
-            d_prev, z_prev = data.gather(1, i1[:, None])[:, 0], noise.gather(1, j1[:, None])[:, 0]
-            here = D[rows, i, j]
-            diag = (i > 0) & (j > 0) & (d_prev == z_prev) & (here == D[rows, i1, j1] + 1)  # a matched pair
-            up = ~diag & (i > 0) & ((j == 0) | (D[rows, i1, j] == here))  # a data token of its own
-            col = torch.where(active, C - 1 - step, W)[:, None]
-            top.scatter_(1, col, torch.where(diag | up, d_prev, BLANK)[:, None])
-            bottom.scatter_(1, col, torch.where(up, BLANK, z_prev)[:, None])
-            i, j = i - (active & (diag | up)).long(), j - (active & ~up).long()
-        return top[:, :L], bottom[:, :L], C
+        D = self.lcs_table(data, n, noise, m)  # (B, N + 1, M + 1)
+        N1, M1 = D.shape[1], D.shape[2]
+        i = torch.arange(N1, device=data.device)[:, None]
+        j = torch.arange(M1, device=data.device)
+        d_prev = data[:, (i - 1).clamp_min(0)[:, 0]][:, :, None]  # data[i - 1] per row i (B, N + 1, 1)
+        z_prev = noise[:, (j - 1).clamp_min(0)][:, None, :]  # noise[j - 1] per column j (B, 1, M + 1)
+        diag = (i > 0) & (j > 0) & (d_prev == z_prev)  # equal last tokens always extend an LCS of the rest
+        up = ~diag & (i > 0) & ((j == 0) | (F.pad(D[:, :-1], (0, 0, 1, 0)) == D))
+        left = ~diag & ~up & (j > 0)
+        cell = i * M1 + j
+        nxt = (cell - (diag | up).long() * M1 - (diag | left).long()).flatten(1)  # (0, 0) points to itself
+        C = n + m - D[torch.arange(B, device=data.device), n, m]
+        path = (n * M1 + m)[:, None]  # path[:, k]: the cell after k moves back from (n, m)
+        jump = nxt
+        while path.shape[1] < int(C.max()):
+            path = torch.cat([path, jump.gather(1, path)], 1)
+            jump = jump.gather(1, jump)
+        col = torch.arange(L, device=data.device)
+        here = path.gather(1, (C[:, None] - 1 - col).clamp(0, path.shape[1] - 1))  # column c is move C - 1 - c
+        moved_i, moved_j = (diag | up).flatten(1).gather(1, here), (diag | left).flatten(1).gather(1, here)
+        used = col < C[:, None]
+        top = torch.where(used & moved_i, data.gather(1, (here // M1 - 1).clamp_min(0)), BLANK)
+        bottom = torch.where(used & moved_j, noise.gather(1, (here % M1 - 1).clamp(0, L - 1)), BLANK)
+        return top, bottom, C
 
     def corrupt_with_script(self, x0, t, generator, noise_mask=None) -> Corruption:
         """x_t ~ q(x_t | x0) at times t (B,) and the oracle script x_t -> x0; noise_mask (B, L) marks the counted
