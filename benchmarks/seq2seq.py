@@ -30,7 +30,9 @@ from kjv_ratio import same_recipe, saved_recipe, tok_per_s  # noqa: E402
 from textdiff.checkpoint import atomic_write_bytes  # noqa: E402
 from textdiff.cli import main as textdiff  # noqa: E402
 from textdiff.config import load_recipe  # noqa: E402
+from textdiff.data import load_texts  # noqa: E402
 from textdiff.evaluation.report import env_lines  # noqa: E402
+from textdiff.evaluation.seq2seq import grouped_references, unchanged  # noqa: E402
 from textdiff.noising import BACKENDS  # noqa: E402
 from textdiff.training import train_recipe  # noqa: E402
 
@@ -98,38 +100,51 @@ def evaluations(task: str, name: str, run: Path, res: Path, args) -> dict:
     return {kind: e for kind, e in out.items() if e is not None}
 
 
-def rows(name: str, ev: dict, run: Path) -> list[dict]:
-    """One row per (evaluation, guidance scale)."""
+def split_sources(recipe_path: Path) -> list[str]:
+    """The test split's distinct sources in the order `textdiff eval` generates for them."""
+    return list(grouped_references(load_texts(load_recipe(recipe_path).data)["test"]))
+
+
+def rows(name: str, ev: dict, run: Path, sources: list[str] | None = None) -> list[dict]:
+    """One row per (evaluation, guidance scale); with the sources, the share of outputs equal to their source (read
+    from the evaluation, or counted from its predictions where an older evaluation lacks it)."""
     speed = tok_per_s(run) if (run / "metrics.jsonl").is_file() else float("nan")
     out = []
     for kind, e in ev.items():
         for r in e["seq2seq"]["rows"]:
+            same = (r["unchanged"] if "unchanged" in r else unchanged(r["predictions"], sources[:len(r["predictions"])])
+                    ) if sources is not None else None
             out.append({"model": name, "causal": BACKENDS[name].causal, "kind": kind, "machine": e.get("machine", ""),
-                        **r["settings"], "bleu": r["bleu"]["score"],
+                        **r["settings"], "bleu": r["bleu"]["score"], "unchanged": same,
                         "rouge": r["rouge"]["score"], "seconds": r["seconds"], "tok_per_s": speed,
                         "bleu_signature": r["bleu"]["signature"], "rouge_signature": r["rouge"]["signature"]})
     return out
 
 
-def table(task: str, results: dict[str, dict], runs: dict[str, Path]) -> list[str]:
-    all_rows = [row for name, ev in results.items() for row in rows(name, ev, runs[name])]
+def table(task: str, results: dict[str, dict], runs: dict[str, Path], sources: list[str] | None = None) -> list[str]:
+    """The task's table; with `sources` (tasks beside the copy baseline) a column of the outputs equal to their
+    source, and the best diffusion row set against copying."""
     first = next(e for ev in results.values() for e in ev.values())["seq2seq"]
+    sources = sources if "copy" in first else None
+    all_rows = [row for name, ev in results.items() for row in rows(name, ev, runs[name], sources)]
     ar = max((r["bleu"] for r in all_rows if r["causal"]), default=None)
     ratio = lambda bleu: f"{bleu / ar:.2f}" if ar else ""  # noqa: E731
     machines = sorted({r["machine"] for r in all_rows})
     head = ["model", "decoding", "sampler", "steps", "ω", "MBR", "temperature", "BLEU", "÷ AR", "ROUGE-L",
-            "generation s", "train tok/s", *(["machine"] if len(machines) > 1 else [])]
+            *(["= source"] if sources is not None else []), "generation s", "train tok/s",
+            *(["machine"] if len(machines) > 1 else [])]
     mixed = (" The rows were computed on different machines (machine column); budgets are counted in steps, so only the "
              "wall times and tok/s depend on it.") if len(machines) > 1 else ""
     lines = [f"{TASKS[task]}: {first['n_sources']} sources, {first['n_references']} references.{mixed}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if "copy" in first:
         bleu, rouge = first["copy"]["bleu"]["score"], first["copy"]["rouge"]["score"]
-        lines.append(f"| copy the input | | | | | | | {bleu:.2f} | {ratio(bleu)} | {rouge:.2f} | | |")
+        lines.append(f"| copy the input | | | | | | | {bleu:.2f} | {ratio(bleu)} | {rouge:.2f} | 100% | | |")
     for r in all_rows:
         steps, omega = ("", "") if r["causal"] else (r["steps"], f"{r['guidance_scale']:g}")
+        same = f"{r['unchanged']:.1f}% | " if sources is not None else ""
         lines.append(f"| {r['model']} | {r['kind']} | {r['sampler']} | {steps} | {omega} | {r['mbr']} | "
-                     f"{r['temperature']:g} | {r['bleu']:.2f} | {ratio(r['bleu'])} | {r['rouge']:.2f} | "
+                     f"{r['temperature']:g} | {r['bleu']:.2f} | {ratio(r['bleu'])} | {r['rouge']:.2f} | {same}"
                      f"{r['seconds']:.1f} | {r['tok_per_s']:,.0f} |" + (f" {r['machine']} |" if len(machines) > 1 else ""))
     diffusion = [r for r in all_rows if not r["causal"]]
     if diffusion and ar:
@@ -138,6 +153,10 @@ def table(task: str, results: dict[str, dict], runs: dict[str, Path]) -> list[st
         lines += ["", f"Best diffusion row: {best['model']} ({best['kind']}, ω {best['guidance_scale']:g}) at BLEU "
                       f"{best['bleu']:.2f} = {best['bleu'] / ar:.2f} × the AR baseline's {ar:.2f}; it {verdict} the "
                       f"{TARGET}× target."]
+        if sources is not None:
+            copy = first["copy"]["bleu"]["score"]
+            lines[-1] += (f" Copying the source scores {copy:.2f}: the row is {best['bleu'] - copy:+.2f} BLEU from it, "
+                          f"with {best['unchanged']:.1f}% of its outputs equal to their source.")
     lines += ["", f"BLEU: `{all_rows[0]['bleu_signature']}`; ROUGE-L: `{all_rows[0]['rouge_signature']}`."]
     return lines
 
@@ -194,7 +213,7 @@ def main():
                  + f"Command: `python benchmarks/seq2seq.py {' '.join(sys.argv[1:])}`"
                  + (" (the tables from evaluations cached by earlier calls, e.g. the s2s-* jobs of "
                     "`benchmarks/device_suite.sh`)" if args.from_cache else ""), "",
-                 *table(task, results, run_dirs),
+                 *table(task, results, run_dirs, split_sources(rs[next(iter(picked))])),
                  *(["", f"Not evaluated (no cached result): {'; '.join(missing)}."] if missing else [])]
         out = Path(args.out_dir) / f"{task.replace('-', '_')}{args.suffix}.md"
         out.parent.mkdir(parents=True, exist_ok=True)

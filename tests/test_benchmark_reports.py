@@ -47,6 +47,23 @@ def test_seq2seq_table_ratios_to_the_best_ar_row_and_the_target(tmp_path):
     assert "it misses the 0.95× target" in "\n".join(seq2seq.table("e2e", results, {"masked": tmp_path, "ar": tmp_path}))
 
 
+def test_seq2seq_table_beside_the_copy_baseline_counts_outputs_equal_to_their_source(tmp_path):
+    """With the sources, a `= source` column: read from the evaluation, or counted from its predictions where an
+    older evaluation lacks it; the verdict sets the best diffusion row against copying."""
+    masked = _eval([("confidence", 0.0, 1, 0.0, 30.0)], copy=20.0)
+    masked["seq2seq"]["rows"][0]["predictions"] = ["a b", "x", " c d "]  # 2 of 3 equal their source
+    ar = _eval([("ar", 0.0, 1, 0.0, 35.0)])
+    ar["seq2seq"]["rows"][0]["unchanged"] = 12.5
+    text = "\n".join(seq2seq.table("kjv-asv", {"masked": {"greedy": masked}, "ar": {"greedy": ar}},
+                                   {"masked": tmp_path, "ar": tmp_path}, ["a b", "y", "c d"]))
+    assert "| ROUGE-L | = source | generation s |" in text and "| 20.00 | 0.57 | 30.00 | 100% |" in text
+    assert "| 30.00 | 0.86 | 40.00 | 66.7% | 1.0 |" in text and "| 35.00 | 1.00 | 45.00 | 12.5% | 1.0 |" in text
+    assert "Copying the source scores 20.00: the row is +10.00 BLEU from it, with 66.7% of its outputs" in text
+    no_copy = _eval([("confidence", 0.0, 1, 0.0, 30.0)])  # E2E: no copy baseline, no column
+    assert "= source" not in "\n".join(seq2seq.table("e2e", {"masked": {"greedy": no_copy}}, {"masked": tmp_path},
+                                                      ["a b", "y", "c d"]))
+
+
 def spied_evaluations(monkeypatch, samplers: list[str]):
     """(args for seq2seq.evaluations, {result file name: the `textdiff` argv it would run}), nothing run."""
     import argparse

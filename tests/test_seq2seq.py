@@ -278,11 +278,12 @@ def test_train_generate_eval_bleu_through_the_cli(tmp_path, pair_corpus, capsys)
     assert main(["eval", str(tmp_path / "run"), "--metrics", "bleu,rouge", "--split", "test", "--steps", "4",
                  "--max-sequences", "5", "--guidance-scale", "0,1", "--copy-baseline", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "bleu:" in printed and "nrefs:" in printed and "rougeL|f1" in printed
+    assert "bleu:" in printed and "nrefs:" in printed and "rougeL|f1" in printed and "of the outputs equal" in printed
     result = json.loads(out.read_text())["seq2seq"]
     assert result["n_sources"] == 5 and result["n_references"] > 5  # references grouped by source
     assert [r["settings"]["guidance_scale"] for r in result["rows"]] == [0.0, 1.0]
     assert all(0 <= r["bleu"]["score"] <= 100 and len(r["predictions"]) == 5 for r in result["rows"])
+    assert all(r["unchanged"] in {0.0, 20.0, 40.0, 60.0, 80.0, 100.0} for r in result["rows"])  # of 5 outputs
     assert "| bleu (test) |" in out.with_suffix(".md").read_text()
 
 

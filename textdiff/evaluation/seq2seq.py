@@ -26,6 +26,13 @@ def score(predictions: list[str], references: list[list[str]], metrics: list[str
     return {m: load(m).compute(predictions=predictions, references=references) for m in metrics}
 
 
+def unchanged(predictions: list[str], sources: list[str]) -> float:
+    """The percentage of outputs identical to their source (whitespace at the ends aside): how much of a revision
+    model's BLEU is the copy baseline's."""
+    same = sum(p.strip() == s.strip() for p, s in zip(predictions, sources, strict=True))
+    return 100.0 * same / max(len(sources), 1)
+
+
 def seq2seq_eval(pipe, metrics: list[str], split: str = "test", max_sources: int = 0, seed: int = 0,
                  guidance_scales: tuple[float, ...] = (), copy_baseline: bool = False, sample_opts=None,
                  batch_size: int = 64, echo=print, progress: bool = True) -> dict:
@@ -51,10 +58,13 @@ def seq2seq_eval(pipe, metrics: list[str], split: str = "test", max_sources: int
                                    if k in ("steps", "sampler", "guidance_scale", "mbr", "temperature")})
         row = {"settings": {"sampler": settings.sampler, "steps": settings.steps, "guidance_scale": settings.guidance_scale,
                             "mbr": settings.mbr, "temperature": settings.temperature},
-               "seconds": time.perf_counter() - start, **score(gen.texts, refs, metrics), "predictions": gen.texts}
+               "seconds": time.perf_counter() - start, **score(gen.texts, refs, metrics),
+               "unchanged": unchanged(gen.texts, sources), "predictions": gen.texts}
         out["rows"].append(row)
         _echo_row(echo, f"w={settings.guidance_scale:g}, {settings.sampler}, {settings.steps} steps, mbr {settings.mbr}",
                   row, len(sources))
+        if copy_baseline:
+            echo(f"unchanged: {row['unchanged']:.1f}% of the outputs equal their source")
     return out
 
 
@@ -73,4 +83,7 @@ def markdown_rows(s: dict) -> list[str]:
             if m in r:
                 lines.append(f"| {m} ({s['split']}) | {r[m]['score']:.2f} | {what}; {s['n_sources']} sources, "
                              f"{s['n_references']} references; {r[m]['signature']} |")
+        if "copy" in s and "unchanged" in r:
+            lines.append(f"| unchanged ({s['split']}) | {r['unchanged']:.1f}% | {what}; outputs equal to their "
+                         "source |")
     return lines
