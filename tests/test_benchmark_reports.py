@@ -197,3 +197,20 @@ def test_sdtt_gap_splits_the_loss_exactly_into_irreducible_and_learnable():
     out = sdtt_gap.gap(pipe, Batch(ids, torch.ones_like(ids, dtype=torch.bool)), steps=4, draws=6, seed=0)
     assert out["n"] > 0 and out["irreducible"] > 0 and out["learnable"] >= 0
     assert abs(out["loss"] - out["irreducible"] - out["learnable"]) < 1e-6 * out["loss"]
+
+
+def test_source_use_pairs_are_a_word_cipher_and_every_variant_makes_a_valid_recipe(tmp_path):
+    import source_use
+
+    from textdiff.config import recipe_from_dict
+
+    pairs = tmp_path / "pairs.jsonl"
+    source_use.write_pairs(pairs)
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    assert [sum(r["split"] == s for r in rows) for s in ("train", "validation", "test")] == [4000, 100, 100]
+    assert all(r["tgt"] == r["src"].replace("w", "v") and 4 <= len(r["src"].split()) <= 10 for r in rows)
+    for variant in ("masked", "embedding", "embedding-no-prior", "simplex", "ar"):
+        recipe = recipe_from_dict(source_use.recipe(variant, pairs, tmp_path / variant, 10, "cpu"))
+        assert recipe.model.aligned_positions == (variant != "ar")
+    assert recipe_from_dict(source_use.recipe("embedding", pairs, tmp_path, 10, "cpu")).backend.output_prior
+    assert not recipe_from_dict(source_use.recipe("embedding-no-prior", pairs, tmp_path, 10, "cpu")).backend.output_prior
