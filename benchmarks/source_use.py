@@ -30,6 +30,7 @@ from textdiff.checkpoint import atomic_write_bytes  # noqa: E402
 from textdiff.cli import main as textdiff  # noqa: E402
 from textdiff.config import recipe_from_dict  # noqa: E402
 from textdiff.evaluation.report import env_lines, environment  # noqa: E402
+from textdiff.noising import BACKENDS  # noqa: E402
 from textdiff.training import train_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +80,8 @@ def last_validation(run: Path) -> float:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=["masked", "embedding", "embedding-no-prior", "simplex"])
+    p.add_argument("--variants", nargs="+", default=["masked", "embedding", "embedding-no-prior", "simplex"],
+                   choices=[*sorted(BACKENDS), "embedding-no-prior"])
     p.add_argument("--steps", nargs="+", type=int, default=[400, 800])
     p.add_argument("--runs", default="runs/source_use")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -108,7 +110,7 @@ def main():
     report = ["# Source use on a synthetic word cipher", "", *env_lines(environment(args.device)), "",
               f"Command: `python benchmarks/source_use.py --variants {' '.join(args.variants)} --steps "
               f"{' '.join(map(str, args.steps))}`. Validation: the bound in nats per target "
-              "token (the AR model's exact NLL).", "", *lines]
+              "token (the AR model's exact NLL; the loss, for a back-end without a bound).", "", *lines]
     print("\n".join(report))
     if args.out:
         atomic_write_bytes(Path(args.out), ("\n".join(report) + "\n").encode())
