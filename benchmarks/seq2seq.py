@@ -201,6 +201,7 @@ def main():
         if "report" in args.skip or not results:
             continue
         recipe = load_recipe(rs[next(iter(picked))])
+        copied = any("copy" in e["seq2seq"] for ev in results.values() for e in ev.values())  # the sources are needed
         budget = (f"{recipe.train.steps} steps of batch {recipe.train.batch_size} x {recipe.data.max_length} tokens, "
                   f"{recipe.model.n_layer} x {recipe.model.n_embd} x {recipe.model.n_head} every model")
         lines = [f"# {TASKS[task]}: every back-end beside the AR baseline ({time.strftime('%Y-%m-%d')})", "",
@@ -213,7 +214,7 @@ def main():
                  + f"Command: `python benchmarks/seq2seq.py {' '.join(sys.argv[1:])}`"
                  + (" (the tables from evaluations cached by earlier calls, e.g. the s2s-* jobs of "
                     "`benchmarks/device_suite.sh`)" if args.from_cache else ""), "",
-                 *table(task, results, run_dirs, split_sources(rs[next(iter(picked))])),
+                 *table(task, results, run_dirs, split_sources(rs[next(iter(picked))]) if copied else None),
                  *(["", f"Not evaluated (no cached result): {'; '.join(missing)}."] if missing else [])]
         out = Path(args.out_dir) / f"{task.replace('-', '_')}{args.suffix}.md"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -251,9 +251,8 @@ class EditDiffusion(Backend):
         z_prev = noise[:, (j - 1).clamp_min(0)][:, None, :]  # noise[j - 1] per column j (B, 1, M + 1)
         diag = (i > 0) & (j > 0) & (d_prev == z_prev)  # equal last tokens always extend an LCS of the rest
         up = ~diag & (i > 0) & ((j == 0) | (F.pad(D[:, :-1], (0, 0, 1, 0)) == D))
-        left = ~diag & ~up & (j > 0)
-        cell = i * M1 + j
-        nxt = (cell - (diag | up).long() * M1 - (diag | left).long()).flatten(1)  # (0, 0) points to itself
+        step_i, step_j = diag | up, diag | (~up & (j > 0))  # the move back from each cell: a row, a column or both
+        nxt = (i * M1 + j - step_i.long() * M1 - step_j.long()).flatten(1)  # (0, 0) points to itself
         C = n + m - D[torch.arange(B, device=data.device), n, m]
         path = (n * M1 + m)[:, None]  # path[:, k]: the cell after k moves back from (n, m)
         jump = nxt
@@ -262,7 +261,7 @@ class EditDiffusion(Backend):
             jump = jump.gather(1, jump)
         col = torch.arange(L, device=data.device)
         here = path.gather(1, (C[:, None] - 1 - col).clamp(0, path.shape[1] - 1))  # column c is move C - 1 - c
-        moved_i, moved_j = (diag | up).flatten(1).gather(1, here), (diag | left).flatten(1).gather(1, here)
+        moved_i, moved_j = step_i.flatten(1).gather(1, here), step_j.flatten(1).gather(1, here)
         used = col < C[:, None]
         top = torch.where(used & moved_i, data.gather(1, (here // M1 - 1).clamp_min(0)), BLANK)
         bottom = torch.where(used & moved_j, noise.gather(1, (here % M1 - 1).clamp(0, L - 1)), BLANK)
