@@ -200,6 +200,39 @@ def test_semi_autoregressive_blocks_reveal_left_to_right(name, sampler, block_si
         assert blocks_done == sorted(blocks_done)
 
 
+@pytest.mark.parametrize("name,sampler", [p for p in PAIRS
+                                          if not (BACKENDS[p[0]].causal or BACKENDS[p[0]].variable_length)])
+def test_blocks_cover_the_holes_only(name, sampler):
+    """A given prefix (a seq2seq source) takes no block: one step per block of the holes fills them all."""
+    model, backend = make(name)
+    x = backend.prior((B, L))
+    x[:, :4] = torch.tensor([7, 8, 9, 5])
+    changed, last = [], x.clone()
+
+    def record(i, xs, p):
+        nonlocal last
+        changed.append(not torch.equal(xs, last))
+        last = xs.clone()
+
+    opts = SampleConfig(sampler=sampler, steps=2, block_size=3)  # holes 4..9: blocks (4, 7), (7, 10)
+    out = SAMPLERS[sampler](model, backend, x.clone(), opts, torch.Generator().manual_seed(0), record)
+    assert not (out == SPECIAL.mask).any() and torch.equal(out[:, :4], x[:, :4])
+    assert changed == [True, True]
+
+
+def test_confidence_threshold_reveals_every_confident_draw_and_its_share_of_the_rest():
+    model, backend = make("masked")
+    left = {}
+    for threshold in (1e-9, 1.0):  # every draw is that probable / none is (a random model is never certain)
+        counts = []
+        opts = SampleConfig(sampler="confidence", steps=4, temperature=0.0, threshold=threshold)
+        SAMPLERS["confidence"](model, backend, backend.prior((B, L)), opts, torch.Generator().manual_seed(0),
+                               lambda i, xs, p: counts.append(int((xs == SPECIAL.mask).sum(1).max())))
+        left[threshold] = counts
+    assert left[1e-9] == [0]  # all in the first step; the model is not called again
+    assert left[1.0] == [7, 4, 2, 0]  # ceil(10 / 4), ceil(7 / 3), ceil(4 / 2), 2
+
+
 def test_greedy_confidence_sampler_with_steps_equal_length_reveals_one_token_per_step():
     model, backend = make("masked")
     counts = []

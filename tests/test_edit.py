@@ -212,7 +212,8 @@ def targets(seed: int = 0) -> torch.Tensor:
     return ids.masked_fill(torch.arange(L) >= torch.tensor([[L], [3], [7], [1]]), SPECIAL.pad)
 
 
-@pytest.mark.parametrize("opts", [{}, {"steps": 1}, {"top_p": 0.5}, {"temperature": 0.0}, {"top_k": 2}])
+@pytest.mark.parametrize("opts", [{}, {"steps": 1}, {"top_p": 0.5}, {"temperature": 0.0}, {"top_k": 2},
+                                  {"joint_edits": True}])
 @pytest.mark.parametrize("prior", ["random", "empty"])
 def test_sampler_with_an_oracle_returns_x0(opts, prior):
     x0 = targets()
@@ -222,6 +223,26 @@ def test_sampler_with_an_oracle_returns_x0(opts, prior):
                            torch.Generator().manual_seed(0), lambda i, xs, p: lengths.append((xs != 0).sum(1)))
     assert torch.equal(out, x0)
     assert len({tuple(n.tolist()) for n in lengths}) > 1 or opts.get("steps") == 1  # lengths change on the way
+
+
+def test_joint_edits_apply_each_run_of_adjacent_edits_whole_or_not_at_all():
+    """State 7 8 9 10 11: delete 8 and 9 and insert one token after them (one run), keep 10, replace 11 (a second
+    run). Independent coins split the first run; joint ones never do, and the runs still go apart."""
+    from textdiff.noising.edit import FREE, EditState, Script
+
+    bk, n = backend(), 400
+    ids = torch.tensor([[7, 8, 9, 10, 11] + [SPECIAL.pad] * (L - 5)] * n)
+    state = EditState(ids, torch.full_like(ids, FREE), torch.ones(n, L + 1, dtype=torch.bool))
+    ops = torch.zeros_like(ids)
+    ops[:, 1:3], ops[:, 4] = DELETE, REPLACE
+    counts = torch.zeros(n, L + 1, dtype=torch.long)
+    counts[:, 3] = 1  # before 10
+    x0 = torch.tensor([[7, 20, 10, 21] + [SPECIAL.pad] * (L - 4)] * n)
+    for joint in (False, True):
+        out = bk.step(state, Script(ops, counts), x0, 0.5, 0.25, torch.Generator().manual_seed(0), joint=joint)
+        rows = {tuple(v for v in r if v != SPECIAL.pad) for r in out.ids.tolist()}
+        whole = {(7, 8, 9, 10, 11), (7, 20, 10, 11), (7, 8, 9, 10, 21), (7, 20, 10, 21)}
+        assert rows == whole if joint else rows > whole
 
 
 def test_sampler_infills_a_span_of_unknown_length_and_fixed_slots_with_an_oracle():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from textdiff.config import SampleConfig
-from textdiff.sampling import SAMPLERS, blocks, filter_probs, split_steps
+from textdiff.sampling import SAMPLERS, blocks, filter_probs, hole_blocks, split_steps
 from tests.test_conformance import B, L, SPECIAL, make
 
 
@@ -43,3 +43,8 @@ def test_blocks_and_step_split():
     assert blocks(10, 0) == [(0, 10)]
     assert blocks(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert split_steps(10, 3) == [4, 3, 3] and sum(split_steps(7, 7)) == 7
+    x = torch.tensor([[7, 8, 5, 1, 1, 1, 1, 1], [7, 5, 1, 1, 1, 1, 1, 1]])  # source [SEP] then holes
+    spans = [m.long().tolist() for m in hole_blocks(x, 1, 4)]  # each row's blocks start at its first hole
+    assert spans == [[[0, 0, 0, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1, 0, 0]],
+                     [[0, 0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0, 1, 1]]]
+    assert [m.all().item() for m in hole_blocks(torch.full((2, 5), 1), 1, 0)] == [True]

@@ -139,6 +139,19 @@ def test_source_tokens_come_out_unchanged(s2s_runs, backend):
     assert (out.ids != pipe.backend.special.mask).all()
 
 
+@pytest.mark.parametrize("backend", ["masked", "ar"])
+def test_sources_of_different_lengths_share_a_batch_except_for_the_ar_baseline(s2s_runs, backend, monkeypatch):
+    """Each row keeps its own layout, so greedy outputs do not depend on the company a source keeps."""
+    pipe = TextDiffusionPipeline.from_pretrained(s2s_runs[backend])
+    sources = ["king sees river", "river finds king river", "stone keeps city"]
+    calls, sample = [], pipe._sample
+    monkeypatch.setattr(pipe, "_sample", lambda x, *a, **k: calls.append(x.shape[0]) or sample(x, *a, **k))
+    opts = {"temperature": 0.0, "steps": 4}
+    together = pipe.translate(sources, **opts).texts
+    assert calls == ([2, 1] if backend == "ar" else [3])
+    assert together == [pipe.translate(s, **opts).texts[0] for s in sources]
+
+
 def untrained(backend: str, vocab: int = 24, length: int = 16):
     from textdiff.models import build_model
     from textdiff.noising import get_backend

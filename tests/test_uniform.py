@@ -153,7 +153,7 @@ def test_sampler_infills_with_an_oracle_and_shows_blocks_not_started_as_mask():
     out = SAMPLERS["uniform_ancestral"](Oracle(ids), bk, x, SampleConfig(steps=4, block_size=4),
                                         torch.Generator().manual_seed(0), lambda i, xs, p: seen.append(xs.clone()))
     assert torch.equal(out, ids) and all(torch.equal(s[:, :2], ids[:, :2]) for s in seen)
-    assert (seen[0][:, 4:] == SPECIAL.mask).all() and not (seen[0][:, 2:4] == SPECIAL.mask).any()
+    assert (seen[0][:, 6:] == SPECIAL.mask).all() and not (seen[0][:, 2:6] == SPECIAL.mask).any()  # blocks from the hole
 
 
 def test_sampler_feeds_the_previous_distribution_back_with_self_conditioning():

@@ -46,6 +46,10 @@ def _sampling_args(p, seed_and_device: bool = True):
     p.add_argument("--top-k", type=int, dest="top_k")
     p.add_argument("--top-p", type=float, dest="top_p")
     p.add_argument("--block-size", type=int, dest="block_size", help="semi-autoregressive blocks of this many tokens")
+    p.add_argument("--threshold", type=float,
+                   help="masked confidence sampler: also reveal every draw at least this probable each step (0 = off)")
+    p.add_argument("--joint-edits", action="store_true", default=None, dest="joint_edits",
+                   help="edit back-end: apply each run of adjacent edits (a rewritten phrase) in one step")
     p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (Gaussian back-ends; 0 = deterministic)")
     p.add_argument("--clamp", action="store_true", default=None,
                    help="snap x0 estimates to the nearest token embedding every step (Gaussian back-ends)")
@@ -257,7 +261,8 @@ def _check_device(device: str | None) -> None:
 
 
 def _sample_opts(args) -> dict:
-    return {k: getattr(args, k) for k in ("steps", "sampler", "temperature", "top_k", "top_p", "block_size", "eta", "clamp")}
+    return {k: getattr(args, k) for k in ("steps", "sampler", "temperature", "top_k", "top_p", "block_size", "threshold",
+                                       "joint_edits", "eta", "clamp")}
 
 
 def _check_opts(opts: dict) -> None:

@@ -336,6 +336,11 @@ class SampleConfig:
     """Nucleus sampling mass (1: off)."""
     block_size: int = 0
     """Semi-autoregressive blocks of this many tokens, left to right (0: one block)."""
+    threshold: float = 0.0
+    """Masked confidence sampler: also reveal, every step, each draw whose probability is at least this (0: off;
+    Fast-dLLM's confidence-aware parallel decoding). The steps become a ceiling."""
+    joint_edits: bool = False
+    """Edit back-end: a run of adjacent edits (a phrase rewritten) applies in one step, not edit by edit."""
     eta: float = 0.0
     """DDIM stochasticity for Gaussian back-ends: 0 deterministic, 1 the DDPM posterior (sampler `ddim`)."""
     clamp: bool = False
@@ -363,6 +368,7 @@ class SampleConfig:
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"sample.top_p={self.top_p!r} must lie in (0, 1]")
         _check_positive("sample.block_size", self.block_size, allow_zero=True)
+        _check_unit("sample.threshold", self.threshold)
         _check_unit("sample.eta", self.eta)
         _check_positive("sample.num_samples", self.num_samples, allow_zero=True)
         _check_positive("sample.guidance_scale", self.guidance_scale, allow_zero=True)

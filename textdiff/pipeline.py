@@ -24,7 +24,7 @@ from textdiff.errors import TextdiffError
 from textdiff.infill import parse_template, template_ids
 from textdiff.models import build_model
 from textdiff.noising import get_backend
-from textdiff.sampling import SAMPLERS
+from textdiff.sampling import SAMPLERS, hole_blocks
 from textdiff.tokenization import encode, load_tokenizer, special_tokens
 
 
@@ -77,16 +77,19 @@ class TextDiffusionPipeline:
     def _run(self, x: torch.Tensor, opts: SampleConfig, seed: int, callback: Optional[Callable],
              guidance: Optional[Callable] = None) -> Generation:
         holes = int((x == self.backend.special.mask).sum(dim=1).max())
-        n_blocks = -(-x.shape[1] // opts.block_size) if opts.block_size else 1
         if opts.sampler == "confidence" and opts.steps > holes:
             raise TextdiffError(f"steps={opts.steps} is more than the {holes} tokens to generate; use --steps {holes} or fewer")
-        if opts.steps < n_blocks:
-            raise TextdiffError(f"steps={opts.steps} is fewer than the {n_blocks} blocks of block_size={opts.block_size}")
+        self._check_blocks(x, opts)
         if not 0 <= seed < 2 ** 63:
             raise TextdiffError(f"seed={seed} must lie in [0, 2**63)")
         gen = torch.Generator(self.device).manual_seed(seed)
         ids = self._sample(x, opts, gen, callback, guidance=guidance)
         return Generation([self.decode(row) for row in ids.tolist()], ids)
+
+    def _check_blocks(self, x: torch.Tensor, opts: SampleConfig) -> None:
+        n_blocks = len(hole_blocks(x, self.backend.special.mask, opts.block_size))
+        if opts.steps < n_blocks:
+            raise TextdiffError(f"steps={opts.steps} is fewer than the {n_blocks} blocks of block_size={opts.block_size}")
 
     def _sample(self, x: torch.Tensor, opts: SampleConfig, gen, callback=None, guidance_scale: float = 0.0,
                 guidance: Optional[Callable] = None) -> torch.Tensor:
@@ -175,12 +178,13 @@ class TextDiffusionPipeline:
         encoded = [ids[:(L - 2) // 2] for ids in encode(self.tokenizer, sources)]
         gen = torch.Generator(self.device).manual_seed(seed)
         out: dict[int, torch.Tensor] = {}
-        groups = _by_length(encoded, max(1, batch_size // draws))
+        groups = _by_length(encoded, max(1, batch_size // draws), exact=self.backend.causal)
         for group in tqdm(groups, desc=f"generate ({len(sources)} sources)", unit="batch", disable=not progress):
-            n = len(encoded[group[0]])
-            x = torch.tensor([encoded[i] + [sp.sep] + self.backend.open_hole(L - n - 1) for i in group
+            n = max(len(encoded[i]) for i in group)
+            x = torch.tensor([encoded[i] + [sp.sep] + self.backend.open_hole(L - len(encoded[i]) - 1) for i in group
                               for _ in range(draws)])
             run_opts = dataclasses.replace(o, steps=min(o.steps, L - n - 1)) if o.sampler == "confidence" else o
+            self._check_blocks(x, run_opts)
             ids = self._sample(x, run_opts, gen, guidance_scale=o.guidance_scale).view(len(group), draws, L)
             out.update({i: row for i, row in zip(group, ids)})
         ids = torch.cat([out[i] for i in range(len(sources))])  # (S * draws, L)
@@ -212,9 +216,14 @@ class TextDiffusionPipeline:
             raise TextdiffError(f"length {length} tokens is more than this model handles ({limit})")
 
 
-def _by_length(encoded: list[list[int]], size: int) -> list[list[int]]:
-    """Indices of the sources grouped by token length (one prompt layout per sampler call), in chunks of `size`."""
+def _by_length(encoded: list[list[int]], size: int, exact: bool = True) -> list[list[int]]:
+    """Indices of the sources in chunks of `size`, shortest first. `exact`: a chunk holds sources of one token length
+    only (one prompt layout per sampler call, as the AR baseline's KV cache needs); otherwise neighbouring lengths
+    share a chunk (each row has its own layout: the bidirectional samplers work per row), so batches stay full."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    if not exact:
+        return [order[k:k + size] for k in range(0, len(order), size)]
     groups: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        groups.setdefault(len(ids), []).append(i)
-    return [g[k:k + size] for _, g in sorted(groups.items()) for k in range(0, len(g), size)]
+    for i in order:
+        groups.setdefault(len(encoded[i]), []).append(i)
+    return [g[k:k + size] for _, g in groups.items() for k in range(0, len(g), size)]

@@ -415,18 +415,27 @@ class EditDiffusion(Backend):
         """y (B, L): the script applied with [MASK] at every token it writes."""
         return apply_script(state.ids, script.ops, script.counts, self.special.mask, self.special.pad)[0]
 
-    def step(self, state: EditState, script: Script, x0: torch.Tensor, t: float, s: float, generator) -> EditState:
+    def step(self, state: EditState, script: Script, x0: torch.Tensor, t: float, s: float, generator,
+             joint: bool = False) -> EditState:
         """Step t -> s toward x0 (B, L), the placeholders filled: each edit of the script applies w.p.
-        (alpha_s - alpha_t) / (1 - alpha_t) (1 at s = 0, so the last step returns x0)."""
+        (alpha_s - alpha_t) / (1 - alpha_t) (1 at s = 0, so the last step returns x0). With `joint`, each run of
+        adjacent edits (deleted, replaced and inserted tokens with no kept token between them: "the LORD" ->
+        "Jehovah" is two deletions and an insertion) shares one coin, so a rewritten phrase lands whole or not yet."""
         sp, (B, L) = self.special, state.ids.shape
         a_t, a_s = (float(self.alpha(torch.tensor(v))) for v in (t, s))
         p = 1.0 if s <= 0 else (a_s - a_t) / max(1.0 - a_t, 1e-12)
         _, pos, is_new, kept = apply_script(state.ids, script.ops, script.counts, sp.mask, sp.pad)
         width = is_new.shape[1]
         new_val = x0.gather(1, (kept.long().cumsum(1) - 1).clamp(0, L - 1))  # (B, W2) x0's token at each kept entry
-        rev = torch.rand(B, width, generator=generator, device=x0.device) < p
         old = state.ids.new_full((B, width), sp.pad).scatter_(1, pos, state.ids)
         op = torch.full_like(old, KEEP).scatter_(1, pos, script.ops)
+        coin = torch.rand(B, width, generator=generator, device=x0.device) < p
+        if joint:  # entry e of a run of edits takes the coin of the run's first entry
+            edited = is_new | (op != KEEP)
+            first = edited & ~F.pad(edited[:, :-1], (1, 0))
+            col = torch.arange(width, device=x0.device)
+            coin = coin.gather(1, torch.where(first, col, 0).cummax(1).values)
+        rev = coin
         kind = torch.full_like(old, FREE).scatter_(1, pos, state.kind)
         value = torch.where(rev & (is_new | (op == REPLACE)), new_val, old)
         include = (is_new & rev) | (~is_new & (old != sp.pad) & ~(rev & (op == DELETE)))

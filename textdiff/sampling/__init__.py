@@ -62,6 +62,17 @@ def blocks(length: int, block_size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + size, length)) for lo in range(0, length, size)]
 
 
+def hole_blocks(x: torch.Tensor, mask_id: int, block_size: int) -> list[torch.Tensor]:
+    """Semi-autoregressive blocks over each row's generated region: (B, L) masks, left to right, each covering
+    block_size positions counted from the row's first [MASK] (one block when block_size is 0). A given prefix (a
+    seq2seq source, an infill template's opening text) takes no block and no steps, however long it is in each row."""
+    L = x.shape[1]
+    hole = x == mask_id
+    start = torch.where(hole.any(dim=1), hole.long().argmax(dim=1), 0)  # (B,)
+    rel = torch.arange(L, device=x.device) - start[:, None]  # (B, L) position within the row's region
+    return [(rel >= lo) & (rel < hi) for lo, hi in blocks(L - int(start.min()), block_size)]
+
+
 def split_steps(steps: int, n_blocks: int) -> list[int]:
     base, extra = divmod(steps, n_blocks)
     return [base + (i < extra) for i in range(n_blocks)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from textdiff.sampling import blocks, filter_probs, register_sampler, split_steps
+from textdiff.sampling import filter_probs, hole_blocks, register_sampler, split_steps
 
 
 def _reimpose(backend, model, z, ids, given, t: float, generator):
@@ -43,11 +43,9 @@ def gaussian_sampler(model, backend, x, opts, generator, callback=None, guidance
     ids = x.clone()
     z = backend.prior_sample(model, x.shape, generator)
     step_no = 0
-    spans = blocks(x.shape[1], opts.block_size)
-    for (lo, hi), steps in zip(spans, split_steps(opts.steps, len(spans))):
-        active = torch.zeros_like(given)
-        active[:, lo:hi] = True
-        active &= ~given
+    spans = hole_blocks(x, backend.special.mask, opts.block_size)
+    for block, steps in zip(spans, split_steps(opts.steps, len(spans))):
+        active = block & ~given
         x0_prev = None
         for j in range(steps):
             t, s = 1.0 - j / steps, 1.0 - (j + 1) / steps

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from textdiff.sampling import blocks, register_sampler, split_steps, x0_probs
+from textdiff.sampling import hole_blocks, register_sampler, split_steps, x0_probs
 
 
 @register_sampler("ancestral")
@@ -14,10 +14,8 @@ def ancestral(model, backend, x, opts, generator, callback=None, guidance=None):
     the next step reuses the last x0 distribution instead of calling the model."""
     reuse, sc = not model.cfg.time_conditioning, model.cfg.self_conditioning
     step_no, probs, model_probs, fresh = 0, None, None, False
-    spans = blocks(x.shape[1], opts.block_size)
-    for (lo, hi), steps in zip(spans, split_steps(opts.steps, len(spans))):
-        active = torch.zeros_like(x, dtype=torch.bool)
-        active[:, lo:hi] = True
+    spans = hole_blocks(x, backend.mask_id, opts.block_size)
+    for active, steps in zip(spans, split_steps(opts.steps, len(spans))):
         for j in range(steps):
             t, s = 1.0 - j / steps, 1.0 - (j + 1) / steps
             if not (fresh and reuse):
@@ -38,22 +36,29 @@ def confidence(model, backend, x, opts, generator, callback=None, guidance=None)
     """Confidence-based remasking (MaskGIT, Chang et al. 2022; LLaDA's low-confidence remasking): every step
     draws all masked tokens and keeps the most confident ones, so the mask count falls linearly to zero.
     A token's confidence is the model's own probability of it (softmax of the logits before temperature and
-    top-k/p filtering, as LLaDA ranks), so greedy decoding (temperature 0, a one-hot draw) still ranks positions."""
+    top-k/p filtering, as LLaDA ranks), so greedy decoding (temperature 0, a one-hot draw) still ranks positions.
+    With opts.threshold > 0 (Fast-dLLM's confidence-aware parallel decoding, Wu et al. 2025) a step reveals every
+    draw at least that confident, and at least its share of the masks left spread over the steps left: the easy
+    positions (the padding after a seq2seq target, say) go in a few steps and the steps saved go to the hard ones;
+    a block whose positions are all revealed skips the rest of its steps."""
     mask_id, step_no, model_probs = backend.mask_id, 0, None
-    spans = blocks(x.shape[1], opts.block_size)
-    for (lo, hi), steps in zip(spans, split_steps(opts.steps, len(spans))):
-        active = torch.zeros_like(x, dtype=torch.bool)
-        active[:, lo:hi] = True
+    spans = hole_blocks(x, mask_id, opts.block_size)
+    for active, steps in zip(spans, split_steps(opts.steps, len(spans))):
         total = ((x == mask_id) & active).sum(dim=1)  # (B,)
         for j in range(steps):
+            masked = (x == mask_id) & active
+            if opts.threshold > 0 and not masked.any():  # the block is done early: its other steps are not needed
+                break
             t = 1.0 - j / steps
             probs, model_probs = x0_probs(model, backend, x, t, opts,
                                           model_probs if model.cfg.self_conditioning else None, guidance)
-            masked = (x == mask_id) & active
             draw = torch.multinomial(probs.view(-1, probs.shape[-1]), 1, generator=generator).view(x.shape)
             conf = torch.gather(model_probs, -1, draw[..., None]).squeeze(-1).masked_fill(~masked, -1.0)  # (B, L)
-            keep_masked = (total.float() * (1.0 - (j + 1) / steps)).floor().long()  # (B,)
-            n_reveal = masked.sum(dim=1) - keep_masked
+            n_masked = masked.sum(dim=1)
+            if opts.threshold > 0:  # every confident draw, and the rest spread evenly over the steps left
+                n_reveal = torch.maximum(-(-n_masked // (steps - j)), (conf >= opts.threshold).sum(dim=1))
+            else:  # the mask count falls linearly to zero
+                n_reveal = n_masked - (total.float() * (1.0 - (j + 1) / steps)).floor().long()  # (B,)
             rank = conf.argsort(dim=1, descending=True).argsort(dim=1)  # (B, L) 0 = most confident
             reveal = masked & (rank < n_reveal[:, None])
             x = torch.where(reveal, draw, x)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from textdiff.sampling import blocks, filter_probs, register_sampler, split_steps
+from textdiff.sampling import filter_probs, hole_blocks, register_sampler, split_steps
 
 
 @register_sampler("simplex")
@@ -40,11 +40,9 @@ def _denoise(model, backend, x, opts, generator, step, callback=None, guidance=N
     ones = torch.ones(B, device=x.device)
     state = torch.where(given[..., None], clean, backend.noise(torch.zeros_like(clean), ones, generator)[0])
     ids, probs, step_no = x.clone(), None, 0
-    spans = blocks(L, opts.block_size)
-    for (lo, hi), steps in zip(spans, split_steps(opts.steps, len(spans))):
-        active = torch.zeros_like(given)
-        active[:, lo:hi] = True
-        active &= ~given
+    spans = hole_blocks(x, backend.special.mask, opts.block_size)
+    for block, steps in zip(spans, split_steps(opts.steps, len(spans))):
+        active = block & ~given
         for j in range(steps):
             t, s = 1.0 - j / steps, 1.0 - (j + 1) / steps
             logits = backend.x0_logits(model, state, t * ones, probs if model.cfg.self_conditioning else None)

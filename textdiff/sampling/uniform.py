@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from textdiff.sampling import blocks, register_sampler, split_steps, x0_probs
+from textdiff.sampling import hole_blocks, register_sampler, split_steps, x0_probs
 
 
 @register_sampler("uniform_ancestral")
@@ -19,11 +19,9 @@ def uniform_ancestral(model, backend, x, opts, generator, callback=None, guidanc
     given = x != backend.special.mask  # (B, L)
     state = torch.where(given, x, backend.noise_tokens(x.shape, generator, x.device))
     started, model_probs, step_no = given.clone(), None, 0
-    spans = blocks(x.shape[1], opts.block_size)
-    for (lo, hi), steps in zip(spans, split_steps(opts.steps, len(spans))):
-        active = torch.zeros_like(given)
-        active[:, lo:hi] = True
-        active &= ~given
+    spans = hole_blocks(x, backend.special.mask, opts.block_size)
+    for block, steps in zip(spans, split_steps(opts.steps, len(spans))):
+        active = block & ~given
         started |= active
         for j in range(steps):
             t, s = 1.0 - j / steps, 1.0 - (j + 1) / steps
