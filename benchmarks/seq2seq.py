@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -93,6 +94,10 @@ def evaluations(task: str, name: str, run: Path, res: Path, args) -> dict:
         if sampler in BACKENDS[name].samplers:
             todo[f"greedy, {sampler}"] = (res / f"{task}-{name}-greedy-{sampler}.json",
                                           [*common, *greedy, "--sampler", sampler, "--temperature", "0"])
+    for extra in ([] if causal else args.greedy_args):  # more greedy rows with other sampling options
+        tag = "".join(c if c.isalnum() or c in ".-" else "_" for c in extra.replace("--", "").replace(" ", ""))
+        todo[f"greedy, {extra}"] = (res / f"{task}-{name}-greedy-{tag}.json",
+                                    [*common, *greedy, *shlex.split(extra), "--temperature", "0"])
     if args.mbr > 1:
         todo["mbr"] = (res / f"{task}-{name}-mbr{args.mbr}.json",
                        [*common, "--mbr", str(args.mbr), "--temperature", str(args.mbr_temperature)])
@@ -114,11 +119,18 @@ def rows(name: str, ev: dict, run: Path, sources: list[str] | None = None) -> li
         for r in e["seq2seq"]["rows"]:
             same = (r["unchanged"] if "unchanged" in r else unchanged(r["predictions"], sources[:len(r["predictions"])])
                     ) if sources is not None else None
-            out.append({"model": name, "causal": BACKENDS[name].causal, "kind": kind, "machine": e.get("machine", ""),
+            out.append({"model": name, "causal": BACKENDS[name].causal, "kind": kind.split(",")[0], "machine": e.get("machine", ""),
                         **r["settings"], "bleu": r["bleu"]["score"], "unchanged": same,
                         "rouge": r["rouge"]["score"], "seconds": r["seconds"], "tok_per_s": speed,
                         "bleu_signature": r["bleu"]["signature"], "rouge_signature": r["rouge"]["signature"]})
     return out
+
+
+def sampler_cell(r: dict) -> str:
+    """The sampler, with its semi-autoregressive blocks, confidence threshold and joint edits where they were set."""
+    extras = [f"blocks of {r['block_size']}" if r.get("block_size") else "",
+              f"threshold {r['threshold']:g}" if r.get("threshold") else "", "joint edits" if r.get("joint_edits") else ""]
+    return ", ".join([r["sampler"], *filter(None, extras)])
 
 
 def table(task: str, results: dict[str, dict], runs: dict[str, Path], sources: list[str] | None = None) -> list[str]:
@@ -143,7 +155,7 @@ def table(task: str, results: dict[str, dict], runs: dict[str, Path], sources: l
     for r in all_rows:
         steps, omega = ("", "") if r["causal"] else (r["steps"], f"{r['guidance_scale']:g}")
         same = f"{r['unchanged']:.1f}% | " if sources is not None else ""
-        lines.append(f"| {r['model']} | {r['kind']} | {r['sampler']} | {steps} | {omega} | {r['mbr']} | "
+        lines.append(f"| {r['model']} | {r['kind']} | {sampler_cell(r)} | {steps} | {omega} | {r['mbr']} | "
                      f"{r['temperature']:g} | {r['bleu']:.2f} | {ratio(r['bleu'])} | {r['rouge']:.2f} | {same}"
                      f"{r['seconds']:.1f} | {r['tok_per_s']:,.0f} |" + (f" {r['machine']} |" if len(machines) > 1 else ""))
     diffusion = [r for r in all_rows if not r["causal"]]
@@ -173,6 +185,9 @@ def main():
     p.add_argument("--samplers", type=lambda v: [x for x in v.split(",") if x], default=[],
                    help="comma-separated samplers for extra greedy rows of the back-ends that have them "
                         "(e.g. ancestral: the masked back-end's random reveal order beside its recipe's confidence)")
+    p.add_argument("--greedy-args", action="append", default=[], dest="greedy_args",
+                   help="`textdiff eval` sampling options for one more greedy row of each diffusion back-end, e.g. "
+                        "'--threshold 0.9' or '--block-size 16' (repeatable)")
     p.add_argument("--mbr", type=int, default=8, help="candidates per source of the MBR row (1: no MBR row)")
     p.add_argument("--mbr-temperature", type=float, default=0.7, dest="mbr_temperature")
     p.add_argument("--batch-size", type=int, default=256, dest="batch_size", help="sequences per generation batch")

@@ -64,14 +64,14 @@ def test_seq2seq_table_beside_the_copy_baseline_counts_outputs_equal_to_their_so
                                                       ["a b", "y", "c d"]))
 
 
-def spied_evaluations(monkeypatch, samplers: list[str]):
+def spied_evaluations(monkeypatch, samplers: list[str], greedy_args: tuple[str, ...] = ()):
     """(args for seq2seq.evaluations, {result file name: the `textdiff` argv it would run}), nothing run."""
     import argparse
 
     calls = {}
     monkeypatch.setattr(seq2seq, "cached", lambda path, argv, from_cache=False: calls.setdefault(path.name, argv))
     return argparse.Namespace(device="cpu", batch_size=8, max_sources=0, guidance="0,1", samplers=samplers, mbr=1,
-                              mbr_temperature=0.7, from_cache=False), calls
+                              mbr_temperature=0.7, from_cache=False, greedy_args=list(greedy_args)), calls
 
 
 def test_seq2seq_extra_sampler_rows_only_for_back_ends_that_have_the_sampler(tmp_path, monkeypatch):
@@ -82,6 +82,21 @@ def test_seq2seq_extra_sampler_rows_only_for_back_ends_that_have_the_sampler(tmp
     assert argv[argv.index("--sampler") + 1] == "ancestral" and argv[argv.index("--guidance-scale") + 1] == "0,1"
     assert "--sampler" not in calls["e2e-masked-greedy.json"]
     assert set(seq2seq.evaluations("e2e", "ar", tmp_path, tmp_path, args)) == {"greedy"}
+
+
+def test_seq2seq_greedy_args_rows_are_cached_apart_and_named_in_the_table(tmp_path, monkeypatch):
+    args, calls = spied_evaluations(monkeypatch, [], ("--threshold 0.9", "--block-size 16"))
+    masked = trained(tmp_path / "masked", "recipes/e2e/masked.yaml")
+    assert set(seq2seq.evaluations("e2e", "masked", masked, tmp_path, args)) == {
+        "greedy", "greedy, --threshold 0.9", "greedy, --block-size 16"}
+    argv = calls["e2e-masked-greedy-threshold0.9.json"]
+    assert argv[argv.index("--threshold") + 1] == "0.9" and "--threshold" not in calls["e2e-masked-greedy.json"]
+    assert "--block-size" in calls["e2e-masked-greedy-block-size16.json"]
+    assert set(seq2seq.evaluations("e2e", "ar", tmp_path, tmp_path, args)) == {"greedy"}
+    assert seq2seq.sampler_cell({"sampler": "confidence", "block_size": 16, "threshold": 0.9}) == \
+        "confidence, blocks of 16, threshold 0.9"
+    assert seq2seq.sampler_cell({"sampler": "confidence"}) == "confidence"  # an evaluation from before the options
+    assert seq2seq.sampler_cell({"sampler": "edit", "block_size": 0, "joint_edits": True}) == "edit, joint edits"
 
 
 def test_seq2seq_guidance_sweep_only_for_runs_trained_with_condition_dropout(tmp_path, monkeypatch):

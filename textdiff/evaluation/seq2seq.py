@@ -9,6 +9,8 @@ import time
 from textdiff.errors import TextdiffError
 
 SEQ2SEQ_METRICS = ("bleu", "rouge")
+SETTINGS = ("sampler", "steps", "guidance_scale", "mbr", "temperature", "block_size", "threshold", "joint_edits")
+"""The sampling options recorded with each row."""
 
 
 def grouped_references(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
@@ -54,10 +56,8 @@ def seq2seq_eval(pipe, metrics: list[str], split: str = "test", max_sources: int
         run_opts = {**opts, **({"guidance_scale": w} if w is not None else {})}
         start = time.perf_counter()
         gen = pipe.translate(sources, seed=seed, batch_size=batch_size, progress=progress, **run_opts)
-        settings = pipe.options(**{k: v for k, v in run_opts.items()
-                                   if k in ("steps", "sampler", "guidance_scale", "mbr", "temperature")})
-        row = {"settings": {"sampler": settings.sampler, "steps": settings.steps, "guidance_scale": settings.guidance_scale,
-                            "mbr": settings.mbr, "temperature": settings.temperature},
+        settings = pipe.options(**{k: v for k, v in run_opts.items() if k in SETTINGS})
+        row = {"settings": {k: getattr(settings, k) for k in SETTINGS},
                "seconds": time.perf_counter() - start, **score(gen.texts, refs, metrics),
                "unchanged": unchanged(gen.texts, sources), "predictions": gen.texts}
         out["rows"].append(row)
