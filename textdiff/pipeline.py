@@ -72,6 +72,11 @@ class TextDiffusionPipeline:
                 raise TextdiffError(f"sampler '{opts.sampler}' does not work with the {self.backend.name} back-end; "
                                     f"choose one of {', '.join(self.backend.samplers)}")
             opts = dataclasses.replace(opts, sampler=self.backend.default_sampler)
+        if opts.threshold > 0 and opts.sampler != "confidence":
+            raise TextdiffError(f"threshold={opts.threshold:g} is an option of the confidence sampler, not of "
+                                f"'{opts.sampler}'; use --sampler confidence or leave the threshold at 0")
+        if opts.joint_edits and opts.sampler != "edit":
+            raise TextdiffError(f"joint edits are an option of the edit back-end's sampler, not of '{opts.sampler}'")
         return opts
 
     def _run(self, x: torch.Tensor, opts: SampleConfig, seed: int, callback: Optional[Callable],

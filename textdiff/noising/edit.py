@@ -429,13 +429,11 @@ class EditDiffusion(Backend):
         new_val = x0.gather(1, (kept.long().cumsum(1) - 1).clamp(0, L - 1))  # (B, W2) x0's token at each kept entry
         old = state.ids.new_full((B, width), sp.pad).scatter_(1, pos, state.ids)
         op = torch.full_like(old, KEEP).scatter_(1, pos, script.ops)
-        coin = torch.rand(B, width, generator=generator, device=x0.device) < p
-        if joint:  # entry e of a run of edits takes the coin of the run's first entry
+        rev = torch.rand(B, width, generator=generator, device=x0.device) < p
+        if joint:  # every entry of a run of edits takes the coin of the run's first entry
             edited = is_new | (op != KEEP)
             first = edited & ~F.pad(edited[:, :-1], (1, 0))
-            col = torch.arange(width, device=x0.device)
-            coin = coin.gather(1, torch.where(first, col, 0).cummax(1).values)
-        rev = coin
+            rev = rev.gather(1, torch.where(first, torch.arange(width, device=x0.device), 0).cummax(1).values)
         kind = torch.full_like(old, FREE).scatter_(1, pos, state.kind)
         value = torch.where(rev & (is_new | (op == REPLACE)), new_val, old)
         include = (is_new & rev) | (~is_new & (old != sp.pad) & ~(rev & (op == DELETE)))

@@ -15,9 +15,9 @@ def edit(model, backend, x, opts, generator, callback=None, guidance=None):
     [PAD] as room; the spans start from the back-end's prior (random tokens, nothing or the source). Each step
     t -> s draws an edit script from the model (ops per token, insertion counts per gap), fills its placeholders
     with a second call (x0_hat, filtered by temperature / top-k / top-p) and applies each edit of the script with
-    the forward process's chance of being undone by s (all of them at s = 0); with opts.joint_edits a run of adjacent
-    edits applies together. `callback(step, ids, None)` sees the
-    (B, L) ids, [PAD] past each row's end. Returns (B, L) ids, [PAD] after each sample."""
+    the forward process's chance of being undone by s (all of them at s = 0); with opts.joint_edits each run of
+    adjacent edits applies together. `callback(step, ids, None)` sees the (B, L) ids, [PAD] past each row's end.
+    Returns (B, L) ids, [PAD] after each sample."""
     if guidance is not None:
         raise ValueError(f"the {backend.name} back-end takes no guidance")
     if opts.block_size:
