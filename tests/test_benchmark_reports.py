@@ -93,6 +93,15 @@ def test_seq2seq_greedy_args_rows_are_cached_apart_and_named_in_the_table(tmp_pa
     assert argv[argv.index("--threshold") + 1] == "0.9" and "--threshold" not in calls["e2e-masked-greedy.json"]
     assert "--block-size" in calls["e2e-masked-greedy-block-size16.json"]
     assert set(seq2seq.evaluations("e2e", "ar", tmp_path, tmp_path, args)) == {"greedy"}
+
+    def refused(path, argv, from_cache=False):  # `textdiff eval` refuses --joint-edits on a masked run
+        if "--joint-edits" in argv:
+            raise SystemExit("seq2seq: `textdiff eval ...` failed")
+        return {}
+
+    monkeypatch.setattr(seq2seq, "cached", refused)
+    args.greedy_args = ["--joint-edits"]
+    assert set(seq2seq.evaluations("e2e", "masked", masked, tmp_path, args)) == {"greedy"}
     assert seq2seq.sampler_cell({"sampler": "confidence", "block_size": 16, "threshold": 0.9}) == \
         "confidence, blocks of 16, threshold 0.9"
     assert seq2seq.sampler_cell({"sampler": "confidence"}) == "confidence"  # an evaluation from before the options
