@@ -185,10 +185,10 @@ class TextDiffusionPipeline:
         out: dict[int, torch.Tensor] = {}
         groups = _by_length(encoded, max(1, batch_size // draws), exact=self.backend.causal)
         for group in tqdm(groups, desc=f"generate ({len(sources)} sources)", unit="batch", disable=not progress):
-            n = max(len(encoded[i]) for i in group)
             x = torch.tensor([encoded[i] + [sp.sep] + self.backend.open_hole(L - len(encoded[i]) - 1) for i in group
                               for _ in range(draws)])
-            run_opts = dataclasses.replace(o, steps=min(o.steps, L - n - 1)) if o.sampler == "confidence" else o
+            fewest = L - 1 - max(len(encoded[i]) for i in group)  # the smallest hole in the batch
+            run_opts = dataclasses.replace(o, steps=min(o.steps, fewest)) if o.sampler == "confidence" else o
             self._check_blocks(x, run_opts)
             ids = self._sample(x, run_opts, gen, guidance_scale=o.guidance_scale).view(len(group), draws, L)
             out.update({i: row for i, row in zip(group, ids)})

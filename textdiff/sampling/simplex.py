@@ -34,7 +34,7 @@ def _denoise(model, backend, x, opts, generator, step, callback=None, guidance=N
     becomes clean context, blocks not yet started stay at the prior's noise and show [MASK] to the callback.
     Self-conditioning feeds each step's x0 distribution into the next (TESS).
     """
-    B, L = x.shape
+    B = x.shape[0]
     given = x != backend.special.mask  # (B, L)
     clean = backend.simplex(x)  # (B, L, V); only the given positions are used
     ones = torch.ones(B, device=x.device)
