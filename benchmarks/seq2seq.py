@@ -34,6 +34,7 @@ from textdiff.config import load_recipe  # noqa: E402
 from textdiff.data import load_texts  # noqa: E402
 from textdiff.evaluation.report import env_lines  # noqa: E402
 from textdiff.evaluation.seq2seq import grouped_references, unchanged  # noqa: E402
+from textdiff.evaluation.significance import describe, paired_bootstrap  # noqa: E402
 from textdiff.noising import BACKENDS  # noqa: E402
 from textdiff.training import train_recipe  # noqa: E402
 
@@ -112,9 +113,9 @@ def evaluations(task: str, name: str, run: Path, res: Path, args) -> dict:
     return {kind: e for kind, e in out.items() if e is not None}
 
 
-def split_sources(recipe_path: Path) -> list[str]:
-    """The test split's distinct sources in the order `textdiff eval` generates for them."""
-    return list(grouped_references(load_texts(load_recipe(recipe_path).data)["test"]))
+def split_references(recipe_path: Path) -> dict[str, list[str]]:
+    """{source: its references} of the test split, in the order `textdiff eval` generates for the sources."""
+    return grouped_references(load_texts(load_recipe(recipe_path).data)["test"])
 
 
 def rows(name: str, ev: dict, run: Path, sources: list[str] | None = None) -> list[dict]:
@@ -129,7 +130,8 @@ def rows(name: str, ev: dict, run: Path, sources: list[str] | None = None) -> li
             out.append({"model": name, "causal": BACKENDS[name].causal, "kind": kind.split(",")[0], "machine": e.get("machine", ""),
                         **r["settings"], "bleu": r["bleu"]["score"], "unchanged": same,
                         "rouge": r["rouge"]["score"], "seconds": r["seconds"], "tok_per_s": speed,
-                        "bleu_signature": r["bleu"]["signature"], "rouge_signature": r["rouge"]["signature"]})
+                        "bleu_signature": r["bleu"]["signature"], "rouge_signature": r["rouge"]["signature"],
+                        "predictions": r.get("predictions")})
     return out
 
 
@@ -140,9 +142,22 @@ def sampler_cell(r: dict) -> str:
     return ", ".join([r["sampler"], *filter(None, extras)])
 
 
-def table(task: str, results: dict[str, dict], runs: dict[str, Path], sources: list[str] | None = None) -> list[str]:
+def significance(best: dict, ar_rows: list[dict], sources: list[str] | None, references: list[list[str]]) -> list[str]:
+    """Paired bootstrap lines: the best diffusion row against the best AR row and, with the sources, copying."""
+    n = len(best["predictions"])
+    others = [("AR", r["predictions"]) for r in ar_rows[:1] if r["predictions"] and len(r["predictions"]) == n]
+    others += [("copy", sources[:n])] if sources is not None else []
+    return [f"Paired bootstrap (1,000 resamples of the {n} sources, BLEU): "
+            + "; ".join(describe(paired_bootstrap(best["predictions"], outputs, references[:n]), best["model"], name)
+                        for name, outputs in others) + "."] if others else []
+
+
+def table(task: str, results: dict[str, dict], runs: dict[str, Path], sources: list[str] | None = None,
+          references: list[list[str]] | None = None) -> list[str]:
     """The task's table; with `sources` (tasks beside the copy baseline) a column of the outputs equal to their
-    source, and the best diffusion row set against copying."""
+    source, and the best diffusion row set against copying; with the `references` of the sources too, a paired
+    bootstrap of the best diffusion row against the best AR row (and copying), where the evaluations kept their
+    outputs."""
     first = next(e for ev in results.values() for e in ev.values())["seq2seq"]
     sources = sources if "copy" in first else None
     all_rows = [row for name, ev in results.items() for row in rows(name, ev, runs[name], sources)]
@@ -169,13 +184,16 @@ def table(task: str, results: dict[str, dict], runs: dict[str, Path], sources: l
     if diffusion and ar:
         best = max(diffusion, key=lambda r: r["bleu"])
         verdict = "meets" if best["bleu"] >= TARGET * ar else "misses"
-        lines += ["", f"Best diffusion row: {best['model']} ({best['kind']}, ω {best['guidance_scale']:g}) at BLEU "
+        lines += ["", f"Best diffusion row: {best['model']} ({best['kind']}, {sampler_cell(best)}, ω {best['guidance_scale']:g}) at BLEU "
                       f"{best['bleu']:.2f} = {best['bleu'] / ar:.2f} × the AR baseline's {ar:.2f}; it {verdict} the "
                       f"{TARGET}× target."]
         if sources is not None:
             copy = first["copy"]["bleu"]["score"]
             lines[-1] += (f" Copying the source scores {copy:.2f}: the row is {best['bleu'] - copy:+.2f} BLEU from it, "
                           f"with {best['unchanged']:.1f}% of its outputs equal to their source.")
+        if references is not None and best["predictions"]:
+            lines += ["", *significance(best, [r for r in all_rows if r["causal"] and r["bleu"] == ar], sources,
+                                        references)]
     lines += ["", f"BLEU: `{all_rows[0]['bleu_signature']}`; ROUGE-L: `{all_rows[0]['rouge_signature']}`."]
     return lines
 
@@ -225,6 +243,7 @@ def main():
             continue
         recipe = load_recipe(rs[next(iter(picked))])
         copied = any("copy" in e["seq2seq"] for ev in results.values() for e in ev.values())  # the sources are needed
+        groups = split_references(rs[next(iter(picked))])
         budget = (f"{recipe.train.steps} steps of batch {recipe.train.batch_size} x {recipe.data.max_length} tokens, "
                   f"{recipe.model.n_layer} x {recipe.model.n_embd} x {recipe.model.n_head} every model")
         lines = [f"# {TASKS[task]}: every back-end beside the AR baseline ({time.strftime('%Y-%m-%d')})", "",
@@ -237,7 +256,7 @@ def main():
                  + f"Command: `python benchmarks/seq2seq.py {' '.join(sys.argv[1:])}`"
                  + (" (the tables from evaluations cached by earlier calls, e.g. the s2s-* jobs of "
                     "`benchmarks/device_suite.sh`)" if args.from_cache else ""), "",
-                 *table(task, results, run_dirs, split_sources(rs[next(iter(picked))]) if copied else None),
+                 *table(task, results, run_dirs, list(groups) if copied else None, list(groups.values())),
                  *(["", f"Not evaluated (no cached result): {'; '.join(missing)}."] if missing else [])]
         out = Path(args.out_dir) / f"{task.replace('-', '_')}{args.suffix}.md"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def test_seq2seq_table_ratios_to_the_best_ar_row_and_the_target(tmp_path):
     assert "| masked | greedy | confidence | 64 | 1 | 1 | 0 | 38.40 | 0.96 |" in text
     assert "| masked | mbr | confidence | 64 | 0 | 8 | 0.7 | 36.00 | 0.90 |" in text
     assert "| ar | mbr | ar |  |  | 8 | 0.7 | 40.00 | 1.00 |" in text
-    assert "masked (greedy, ω 1) at BLEU 38.40 = 0.96 × the AR baseline's 40.00; it meets" in text
+    assert "masked (greedy, confidence, ω 1) at BLEU 38.40 = 0.96 × the AR baseline's 40.00; it meets" in text
     results["masked"]["greedy"] = _eval([("confidence", 0.0, 1, 0.0, 30.0)])
     assert "it misses the 0.95× target" in "\n".join(seq2seq.table("e2e", results, {"masked": tmp_path, "ar": tmp_path}))
 
@@ -62,6 +62,26 @@ def test_seq2seq_table_beside_the_copy_baseline_counts_outputs_equal_to_their_so
     no_copy = _eval([("confidence", 0.0, 1, 0.0, 30.0)])  # E2E: no copy baseline, no column
     assert "= source" not in "\n".join(seq2seq.table("e2e", {"masked": {"greedy": no_copy}}, {"masked": tmp_path},
                                                       ["a b", "y", "c d"]))
+
+
+def test_seq2seq_table_bootstraps_the_best_row_against_the_ar_row_and_copying(tmp_path):
+    """With the references and the outputs, one line of paired bootstrap; without outputs (an AR evaluation that
+    kept none), that comparison is left out rather than guessed."""
+    sources, refs = ["the king went out", "and he said", "a b c d"], [["the king went out"], ["and he spake"], ["a b c"]]
+    masked = _eval([("confidence", 0.0, 1, 0.0, 30.0)], copy=20.0)
+    masked["seq2seq"]["rows"][0]["predictions"] = ["the king went out", "and he spake", "a b c"]
+    ar = _eval([("ar", 0.0, 1, 0.0, 25.0)])
+    ar["seq2seq"]["rows"][0]["predictions"] = ["the king", "he said", "a b c"]
+    results = {"masked": {"greedy": masked}, "ar": {"greedy": ar}}
+    runs = {"masked": tmp_path, "ar": tmp_path}
+    text = "\n".join(seq2seq.table("kjv-asv", results, runs, sources, refs))
+    line = next(x for x in text.splitlines() if x.startswith("Paired bootstrap (1,000 resamples of the 3 sources"))
+    assert "masked - AR = +" in line and "; masked - copy = +" in line
+    del ar["seq2seq"]["rows"][0]["predictions"]
+    ar["seq2seq"]["rows"][0]["unchanged"] = 0.0
+    line = next(x for x in seq2seq.table("kjv-asv", results, runs, sources, refs) if x.startswith("Paired"))
+    assert "AR" not in line and "masked - copy" in line
+    assert not any(x.startswith("Paired") for x in seq2seq.table("kjv-asv", results, runs, sources))  # no references
 
 
 def spied_evaluations(monkeypatch, samplers: list[str], greedy_args: tuple[str, ...] = ()):

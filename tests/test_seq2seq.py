@@ -264,6 +264,30 @@ def test_rouge_l_matches_a_hand_computation():
     assert two["score"] == pytest.approx(100 * (2 / 3 + 0.0) / 2)
 
 
+def test_paired_bootstrap_delta_is_the_bleu_difference_and_p_separates_better_from_equal():
+    from textdiff.evaluation.metrics import load
+    from textdiff.evaluation.significance import describe, paired_bootstrap
+
+    refs = REFS * 20
+    good, bad = PREDS * 20, ["the cat", "a man", "raining"] * 20
+    bleu = load("bleu")
+    r = paired_bootstrap(good, bad, refs, resamples=200)
+    want = bleu.compute(predictions=good, references=refs)["score"] - bleu.compute(predictions=bad, references=refs)["score"]
+    assert r["delta"] == pytest.approx(want, abs=1e-9) and r["delta"] > 0
+    assert r["low"] > 0 and r["p"] == 0.0 and r["resamples"] == 200  # better on every source: never <= in a resample
+    assert paired_bootstrap(bad, good, refs, resamples=200)["p"] == 1.0
+    same = paired_bootstrap(good, list(good), refs, resamples=50)
+    assert same["delta"] == same["low"] == same["high"] == 0.0 and same["p"] == 1.0  # a tie is not "above"
+    # one source better, one worse: the resamples disagree, and a fixed seed repeats them
+    mixed = [PREDS[0], "zebra", PREDS[2]] * 20
+    r1, r2 = (paired_bootstrap(mixed, [PREDS[0], PREDS[1], "rain"] * 20, refs, resamples=300, seed=3) for _ in range(2))
+    assert r1 == r2 and 0.0 < r1["p"] < 1.0 and r1["low"] < r1["high"]
+    assert describe(r, "edit", "copy").startswith(f"edit - copy = +{r['delta']:.2f} BLEU, 95% interval [+")
+    assert describe(r, "edit", "copy").endswith("p(edit <= copy) < 0.005")
+    with pytest.raises(TextdiffError, match="one output per source"):
+        paired_bootstrap(good[:-1], bad, refs)
+
+
 def test_mbr_picks_the_consensus_candidate():
     from textdiff.evaluation.mbr import mbr_select
 
