@@ -352,6 +352,19 @@ def test_pipeline_round_trip_samples_infill_and_length_report(edit_run):
     assert abs(rep["mean_samples"] - rep["mean_data"]) < 0.5 * rep["mean_data"], rep
 
 
+def test_joint_edits_default_from_the_recipe_and_either_flag_overrides_it(edit_run):
+    import dataclasses
+
+    from textdiff.cli import _sample_opts, build_parser
+    from textdiff.pipeline import TextDiffusionPipeline
+
+    pipe = TextDiffusionPipeline.from_pretrained(edit_run)
+    pipe.recipe = dataclasses.replace(pipe.recipe, sample=dataclasses.replace(pipe.recipe.sample, joint_edits=True))
+    for flags, want in (([], True), (["--joint-edits"], True), (["--no-joint-edits"], False)):
+        opts = _sample_opts(build_parser().parse_args(["sample", str(edit_run), *flags]))
+        assert pipe.options(**opts).joint_edits is want, flags
+
+
 # --- revision (seq2seq, the target starts as the source) ---------------------------------------------------------
 
 

@@ -48,8 +48,9 @@ def _sampling_args(p, seed_and_device: bool = True):
     p.add_argument("--block-size", type=int, dest="block_size", help="semi-autoregressive blocks of this many tokens")
     p.add_argument("--threshold", type=float,
                    help="masked confidence sampler: also reveal every draw at least this probable each step (0 = off)")
-    p.add_argument("--joint-edits", action="store_true", default=None, dest="joint_edits",
-                   help="edit back-end: apply each run of adjacent edits (a rewritten phrase) in one step")
+    p.add_argument("--joint-edits", action=argparse.BooleanOptionalAction, default=None, dest="joint_edits",
+                   help="edit back-end: apply each run of adjacent edits (a rewritten phrase) in one step "
+                        "(default: the recipe's sample.joint_edits)")
     p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (Gaussian back-ends; 0 = deterministic)")
     p.add_argument("--clamp", action="store_true", default=None,
                    help="snap x0 estimates to the nearest token embedding every step (Gaussian back-ends)")
