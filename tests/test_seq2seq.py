@@ -288,6 +288,45 @@ def test_paired_bootstrap_delta_is_the_bleu_difference_and_p_separates_better_fr
         paired_bootstrap(good[:-1], bad, refs)
 
 
+def test_bootstrap_script_sets_cached_evaluations_against_each_other_and_copying(tmp_path, pair_corpus):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from textdiff.config import recipe_from_dict
+    from textdiff.data import load_texts
+    from textdiff.evaluation.seq2seq import grouped_references
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(seq2seq_recipe(pair_corpus, tmp_path / "run", "masked")))
+    groups = grouped_references(load_texts(recipe_from_dict(seq2seq_recipe(pair_corpus, tmp_path, "masked")).data)["test"])
+    n_refs = sum(map(len, groups.values()))
+
+    def evaluation(name, rows, n_references=n_refs):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"seq2seq": {"split": "test", "n_sources": len(groups), "n_references": n_references,
+                                                "rows": [{"predictions": r} for r in rows]}}))
+        return str(path)
+
+    good = evaluation("good", [list(groups), [refs[0] for refs in groups.values()]])  # row 0 copies, row 1 is right
+    bad = evaluation("bad", [["zebra"] * len(groups)])
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "bootstrap.py"), "--recipe", str(recipe), "--resamples", "100"]
+    out = subprocess.run([*script, f"{good}:1", bad, "copy", f"{good}:0"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [ln.split(" = ")[0] for ln in lines] == ["good:1 - bad", "good:1 - copy", "good:1 - good:0"]
+    assert all("BLEU, 95% interval [+" in ln and ln.endswith("< 0.01") for ln in lines), lines
+    assert "good:0 - copy = +0.00 BLEU" in subprocess.run([*script, f"{good}:0", "copy"], capture_output=True,
+                                                         text=True).stdout  # row 0 is the sources themselves
+    other = evaluation("other", [list(groups)], n_references=n_refs + 1)  # scored against another split's references
+    for argv, why in (([other, "copy"], "split does not match"), ([f"{good}:7", "copy"], "not a seq2seq evaluation"),
+                      (["copy", good], "name an evaluation first")):
+        err = subprocess.run([*script, *argv], capture_output=True, text=True)
+        assert err.returncode == 2 and why in err.stderr and "Traceback" not in err.stderr, err.stderr
+
+
 def test_mbr_picks_the_consensus_candidate():
     from textdiff.evaluation.mbr import mbr_select
 
