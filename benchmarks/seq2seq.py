@@ -253,7 +253,7 @@ def main():
                  f"diffusion models dropped the source w.p. train.cond_dropout); "
                  + (f"MBR: {args.mbr} candidates at temperature {args.mbr_temperature:g}, the one of highest "
                     f"expected BLEU against the others. " if args.mbr > 1 else "no MBR rows. ")
-                 + f"Command: `python benchmarks/seq2seq.py {' '.join(sys.argv[1:])}`"
+                 + f"Command: `python benchmarks/seq2seq.py {shlex.join(sys.argv[1:])}`"
                  + (" (the tables from evaluations cached by earlier calls, e.g. the s2s-* jobs of "
                     "`benchmarks/device_suite.sh`)" if args.from_cache else ""), "",
                  *table(task, results, run_dirs, list(groups) if copied else None, list(groups.values())),
