@@ -12,13 +12,14 @@
 #                          distillation-free baseline) and stage k at its own STEPS_START / 2**k steps; judged
 # OUT.md                   benchmarks/distill_report.py over both frontiers (default benchmarks/results/kjv_distill.md)
 #
-# Knobs (environment): BACKENDS ("masked embedding"), STEPS_START (64), STAGES (2), ITERS (200), NUM_SAMPLES (64),
-# DEVICE (cpu), JUDGE (the frontier's --judge; default SmolLM2-135M), PYTHON (python3).
+# Knobs (environment): BACKENDS ("masked embedding"), STEPS_START (64), STAGES (2), ITERS (200), LR (`textdiff
+# distill`'s default), NUM_SAMPLES (64), DEVICE (cpu), JUDGE (the frontier's --judge; default SmolLM2-135M),
+# PYTHON (python3).
 set -euo pipefail
 RUNS=${1:?usage: distill_suite.sh RUNS [OUT.md]}
 OUT=${2:-benchmarks/results/kjv_distill.md}
 BACKENDS=${BACKENDS:-"masked embedding"} START=${STEPS_START:-64} STAGES=${STAGES:-2} ITERS=${ITERS:-200}
-NUM=${NUM_SAMPLES:-64} DEVICE=${DEVICE:-cpu} PY=${PYTHON:-python3} JUDGE=(${JUDGE:+--judge "$JUDGE"})
+NUM=${NUM_SAMPLES:-64} DEVICE=${DEVICE:-cpu} PY=${PYTHON:-python3} JUDGE=(${JUDGE:+--judge "$JUDGE"}) LR=(${LR:+--lr "$LR"})
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 declare -A SAMPLER=([masked]=ancestral [embedding]=ddim)
@@ -28,7 +29,7 @@ for b in $BACKENDS; do
   [[ -f $teacher/model.safetensors ]] || $PY -m textdiff train "recipes/kjv/$b.yaml" --set "out_dir=$teacher" \
     --no-samples --device "$DEVICE"
   [[ -d $d/stage$STAGES ]] || $PY -m textdiff distill "$teacher" --stages "$STAGES" --steps-start "$START" \
-    --iters "$ITERS" --out "$d" --device "$DEVICE"
+    --iters "$ITERS" "${LR[@]}" --out "$d" --device "$DEVICE"
   ladder=() students=()
   for ((k = 0; k <= STAGES; k++)); do
     ladder+=($((START >> k)))

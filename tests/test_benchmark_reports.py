@@ -209,8 +209,8 @@ def test_distill_suite_distils_draws_the_frontier_and_writes_the_report(masked_r
     runs.mkdir()
     (runs / "masked-800").symlink_to(masked_run)
     out = tmp_path / "distill.md"
-    env = {**os.environ, "BACKENDS": "masked", "STEPS_START": "4", "STAGES": "1", "ITERS": "2", "NUM_SAMPLES": "2",
-           "JUDGE": str(ar_run), "PYTHON": sys.executable, "HF_HOME": str(tmp_path / "hf")}
+    env = {**os.environ, "BACKENDS": "masked", "STEPS_START": "4", "STAGES": "1", "ITERS": "2", "LR": "2e-4",
+           "NUM_SAMPLES": "2", "JUDGE": str(ar_run), "PYTHON": sys.executable, "HF_HOME": str(tmp_path / "hf")}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "distill_suite.sh"), str(runs), str(out)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -219,6 +219,7 @@ def test_distill_suite_distils_draws_the_frontier_and_writes_the_report(masked_r
         [("masked-800", 2), ("masked-800", 4), ("stage1", 2)]
     report = out.read_text()
     assert "teacher at 4 steps" in report and "- stage 1 (4 -> 2 steps): held-out distillation loss" in report
+    assert '"lr": 0.0002' in report  # the LR knob reached `textdiff distill`
 
 
 def test_sdtt_gap_splits_the_loss_exactly_into_irreducible_and_learnable():
