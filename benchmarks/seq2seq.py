@@ -113,11 +113,6 @@ def evaluations(task: str, name: str, run: Path, res: Path, args) -> dict:
     return {kind: e for kind, e in out.items() if e is not None}
 
 
-def split_references(recipe_path: Path) -> dict[str, list[str]]:
-    """{source: its references} of the test split, in the order `textdiff eval` generates for the sources."""
-    return grouped_references(load_texts(load_recipe(recipe_path).data)["test"])
-
-
 def rows(name: str, ev: dict, run: Path, sources: list[str] | None = None) -> list[dict]:
     """One row per (evaluation, guidance scale); with the sources, the share of outputs equal to their source (read
     from the evaluation, or counted from its predictions where an older evaluation lacks it)."""
@@ -142,10 +137,10 @@ def sampler_cell(r: dict) -> str:
     return ", ".join([r["sampler"], *filter(None, extras)])
 
 
-def significance(best: dict, ar_rows: list[dict], sources: list[str] | None, references: list[list[str]]) -> list[str]:
+def significance(best: dict, ar: dict, sources: list[str] | None, references: list[list[str]]) -> list[str]:
     """Paired bootstrap lines: the best diffusion row against the best AR row and, with the sources, copying."""
     n = len(best["predictions"])
-    others = [("AR", r["predictions"]) for r in ar_rows[:1] if r["predictions"] and len(r["predictions"]) == n]
+    others = [("AR", ar["predictions"])] if ar["predictions"] and len(ar["predictions"]) == n else []
     others += [("copy", sources[:n])] if sources is not None else []
     return [f"Paired bootstrap (1,000 resamples of the {n} sources, BLEU): "
             + "; ".join(describe(paired_bootstrap(best["predictions"], outputs, references[:n]), best["model"], name)
@@ -192,8 +187,8 @@ def table(task: str, results: dict[str, dict], runs: dict[str, Path], sources: l
             lines[-1] += (f" Copying the source scores {copy:.2f}: the row is {best['bleu'] - copy:+.2f} BLEU from it, "
                           f"with {best['unchanged']:.1f}% of its outputs equal to their source.")
         if references is not None and best["predictions"]:
-            lines += ["", *significance(best, [r for r in all_rows if r["causal"] and r["bleu"] == ar], sources,
-                                        references)]
+            ar_row = next(r for r in all_rows if r["causal"] and r["bleu"] == ar)
+            lines += ["", *significance(best, ar_row, sources, references)]
     lines += ["", f"BLEU: `{all_rows[0]['bleu_signature']}`; ROUGE-L: `{all_rows[0]['rouge_signature']}`."]
     return lines
 
@@ -243,7 +238,7 @@ def main():
             continue
         recipe = load_recipe(rs[next(iter(picked))])
         copied = any("copy" in e["seq2seq"] for ev in results.values() for e in ev.values())  # the sources are needed
-        groups = split_references(rs[next(iter(picked))])
+        groups = grouped_references(load_texts(recipe.data)["test"])  # {source: references}, in `textdiff eval`'s order
         budget = (f"{recipe.train.steps} steps of batch {recipe.train.batch_size} x {recipe.data.max_length} tokens, "
                   f"{recipe.model.n_layer} x {recipe.model.n_embd} x {recipe.model.n_head} every model")
         lines = [f"# {TASKS[task]}: every back-end beside the AR baseline ({time.strftime('%Y-%m-%d')})", "",

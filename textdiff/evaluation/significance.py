@@ -20,10 +20,10 @@ from textdiff.errors import TextdiffError
 
 
 def _sentence_stats(bleu, predictions: list[str], references: list[list[str]]) -> np.ndarray:
-    n_refs = max(len(r) for r in references)
-    streams = [[r[k] if k < len(r) else None for r in references] for k in range(n_refs)]
+    from textdiff.evaluation.metrics.bleu import reference_streams
+
     # sacrebleu's own per-sentence sufficient statistics (its paired-bootstrap test uses the same two methods)
-    return np.asarray(bleu._extract_corpus_statistics(predictions, streams), dtype=np.int64)
+    return np.asarray(bleu._extract_corpus_statistics(predictions, reference_streams(references)), dtype=np.int64)
 
 
 def paired_bootstrap(a: list[str], b: list[str], references: list[list[str]], resamples: int = 1000,

@@ -11,6 +11,11 @@ import datasets
 import evaluate
 
 
+def reference_streams(references: list[list[str]]) -> list[list[str | None]]:
+    """sacrebleu's layout of ragged multi-reference data: stream k holds each prediction's k-th reference, or None."""
+    return [[r[k] if k < len(r) else None for r in references] for k in range(max(len(r) for r in references))]
+
+
 class Bleu(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
@@ -24,9 +29,7 @@ class Bleu(evaluate.Metric):
     def _compute(self, predictions, references, tokenize="13a", lowercase=False):
         import sacrebleu
 
-        n_refs = max(len(r) for r in references)
-        streams = [[r[k] if k < len(r) else None for r in references] for k in range(n_refs)]  # ragged: None
         bleu = sacrebleu.metrics.BLEU(tokenize=tokenize, lowercase=lowercase)
-        score = bleu.corpus_score(predictions, streams)
+        score = bleu.corpus_score(predictions, reference_streams(references))
         return {"score": score.score, "precisions": score.precisions, "bp": score.bp,
                 "sys_len": score.sys_len, "ref_len": score.ref_len, "signature": str(bleu.get_signature())}
