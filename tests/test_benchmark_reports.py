@@ -259,3 +259,31 @@ def test_source_use_pairs_are_a_word_cipher_and_every_variant_makes_a_valid_reci
         assert recipe.model.aligned_positions == (variant != "ar")
     assert recipe_from_dict(source_use.recipe("embedding", pairs, tmp_path, 10, "cpu")).backend.output_prior
     assert not recipe_from_dict(source_use.recipe("embedding-no-prior", pairs, tmp_path, 10, "cpu")).backend.output_prior
+
+
+def test_context_gain_oracle_meets_the_unigram_cross_entropy_and_refuses_other_back_ends(corpus, masked_run, tmp_path,
+                                                                                         capsys):
+    """The context-free oracle's diffusion term is its unigram cross-entropy (I-MMSE: the integral of the MMSE over
+    SNR is the entropy revealed), so the grid estimate must land on it; the table has a row per time."""
+    import re
+
+    import pytest
+
+    import context_gain
+    from tests.conftest import _train
+
+    run = _train(corpus, tmp_path / "embedding", "embedding", 12, {"model": {"time_conditioning": True}})
+    out = tmp_path / "gain.md"
+    assert context_gain.main([str(run), "--times", "64", "--batches", "3", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# Embedding diffusion: the context gain over time") and "Command: `" in text
+    assert sum(line.startswith("| 0.") for line in text.splitlines()) == 64
+    oracle, unigram = (float(x) for x in re.search(r"context-free oracle ([\d.]+) .* cross-entropy, ([\d.]+)",
+                                                   text).groups())
+    assert abs(oracle - unigram) < 0.05 * unigram  # grid and Monte Carlo error; a factor off fails
+    with pytest.raises(SystemExit) as err:
+        context_gain.main([str(masked_run)])
+    assert err.value.code == 2 and "for the embedding back-end" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        context_gain.main([str(tmp_path / "missing")])
+    assert err.value.code == 2 and "missing" in capsys.readouterr().err
