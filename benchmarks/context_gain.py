@@ -83,6 +83,8 @@ def main(argv=None) -> int:
             p.error(str(err) if str(run) in str(err) else f"{run}: {err}")
         if pipe.backend.name != "embedding":
             p.error(f"{run}: back-end {pipe.backend.name}; this comparison is for the embedding back-end")
+        if pipe.model.cfg.segments:
+            p.error(f"{run}: a seq2seq run (model.segments); this comparison is for language models")
         texts = load_texts(pipe.recipe.data)
         if not texts.get("validation"):
             p.error(f"{run}: its recipe has no validation split")
