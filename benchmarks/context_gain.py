@@ -29,38 +29,60 @@ from textdiff.noising.embedding import gaussian_logits
 from textdiff.pipeline import TextDiffusionPipeline
 
 
-def unigram_log_prior(pipe) -> torch.Tensor:
-    """(V,) log frequencies of the counted tokens of the training split (add-0.01 smoothed)."""
-    train = build_sequences(pipe.recipe.data, pipe.tokenizer, load_texts(pipe.recipe.data)["train"])
+def unigram_log_prior(pipe, texts: list) -> torch.Tensor:
+    """(V,) log frequencies of the counted tokens of `texts` (the training split; add-0.01 smoothed)."""
+    train = build_sequences(pipe.recipe.data, pipe.tokenizer, texts)
     counts = torch.bincount(train.ids[train.loss_mask], minlength=pipe.model.noise.table().shape[0]).double() + 0.01
     return (counts / counts.sum()).log().float()
 
 
 @torch.no_grad()
-def integrands(pipe, batch, times: int, log_prior: torch.Tensor, seed: int) -> list[dict]:
-    """Per time on the grid: summed diffusion integrand and rounding CE of the model and of the oracle, over counted
-    tokens of `batch`."""
+def integrands(pipe, batches: list, times: int, log_prior: torch.Tensor, seed: int) -> list[dict]:
+    """Per time on the grid: the diffusion integrand and rounding CE of the model and of the oracle, summed over the
+    counted tokens of `batches` (batch i draws its noise from seed + i)."""
     backend, model = pipe.backend, pipe.model.eval()
     noise = model.noise
     table = noise.table()
-    e, keep = table[batch.ids], batch.loss_mask
-    gen = torch.Generator(batch.ids.device).manual_seed(seed)
+    gens = [torch.Generator(b.ids.device).manual_seed(seed + i) for i, b in enumerate(batches)]
     rows = []
     for k in range(times):
-        t = torch.full((batch.ids.shape[0],), (k + 0.5) / times, device=batch.ids.device)
-        gamma = noise.schedule.gamma(t)
-        alpha, sigma = torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
-        z, _ = backend.noised(e, alpha, sigma, gen)
-        pred = backend.predict(model, z, t)
-        oracle = gaussian_logits(z, alpha, sigma ** 2, table) + log_prior.to(z.device)
-        oracle[..., backend.special.mask] = float("-inf")
-        weight = 0.5 * noise.schedule.gamma_prime(t) * torch.exp(-gamma)  # (B,)
-        row = {"t": float(t[0]), "log_snr": -float(gamma[0])}
-        for name, logits, x0 in (("model", pred.logits, pred.x0), ("oracle", oracle, torch.softmax(oracle, -1) @ table)):
-            row[name] = float((weight[:, None] * ((e - x0) ** 2).sum(-1))[keep].sum())
-            row[f"{name}_ce"] = float(F.cross_entropy(logits.transpose(1, 2), batch.ids, reduction="none")[keep].sum())
+        row = dict.fromkeys(("model", "model_ce", "oracle", "oracle_ce"), 0.0)
+        for batch, gen in zip(batches, gens):
+            e, keep = table[batch.ids], batch.loss_mask
+            t = torch.full((batch.ids.shape[0],), (k + 0.5) / times, device=batch.ids.device)
+            gamma = noise.schedule.gamma(t)
+            alpha, sigma = torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
+            z, _ = backend.noised(e, alpha, sigma, gen)
+            pred = backend.predict(model, z, t)
+            oracle = gaussian_logits(z, alpha, sigma ** 2, table) + log_prior.to(z.device)
+            oracle[..., backend.special.mask] = float("-inf")
+            weight = 0.5 * noise.schedule.gamma_prime(t) * torch.exp(-gamma)  # (B,)
+            for name, logits, x0 in (("model", pred.logits, pred.x0),
+                                     ("oracle", oracle, torch.softmax(oracle, -1) @ table)):
+                row[name] += float((weight[:, None] * ((e - x0) ** 2).sum(-1))[keep].sum())
+                row[f"{name}_ce"] += float(F.cross_entropy(logits.transpose(1, 2), batch.ids, reduction="none")[keep].sum())
+        row.update(t=(k + 0.5) / times, log_snr=-float(gamma[0]))
         rows.append(row)
     return rows
+
+
+def report(run: str, pipe, texts: dict, args) -> list[str]:
+    """The markdown lines of one run (`texts`: its recipe's splits): the per-time table and the summary line."""
+    val = build_sequences(pipe.recipe.data, pipe.tokenizer, texts["validation"])
+    log_prior = unigram_log_prior(pipe, texts["train"])
+    batches = [val.batch(idx).to(args.device) for idx in torch.arange(len(val.ids)).split(args.batch_size)[:args.batches]]
+    rows = integrands(pipe, batches, args.times, log_prior, args.seed)
+    n = sum(int(b.loss_mask.sum()) for b in batches)
+    unigram = -sum(float(log_prior.to(b.ids.device)[b.ids][b.loss_mask].sum()) for b in batches) / n
+    lines = [f"### {run}", "", "| t | log SNR | integrand: model | oracle | gain | rounding CE: model | oracle |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['t']:.3f} | {r['log_snr']:+.2f} | {r['model'] / n:.3f} | {r['oracle'] / n:.3f} | "
+                     f"{(r['oracle'] - r['model']) / n:+.3f} | {r['model_ce'] / n:.3f} | {r['oracle_ce'] / n:.3f} |")
+    model_term, oracle_term = (sum(r[k] for r in rows) / n / args.times for k in ("model", "oracle"))
+    return lines + ["", f"Diffusion term over {n:,} validation tokens: model {model_term:.3f}, context-free oracle "
+                        f"{oracle_term:.3f} nats/token; context gain {oracle_term - model_term:+.3f}. (The oracle's "
+                        f"term estimates the tokens' unigram cross-entropy, {unigram:.3f}: the grid's check.)", ""]
 
 
 def main(argv=None) -> int:
@@ -88,26 +110,7 @@ def main(argv=None) -> int:
         texts = load_texts(pipe.recipe.data)
         if not texts.get("validation"):
             p.error(f"{run}: its recipe has no validation split")
-        val = build_sequences(pipe.recipe.data, pipe.tokenizer, texts["validation"])
-        log_prior = unigram_log_prior(pipe)
-        total, n, unigram = None, 0, 0.0
-        for i, idx in enumerate(torch.arange(len(val.ids)).split(args.batch_size)[:args.batches]):
-            batch = val.batch(idx).to(args.device)
-            rows = integrands(pipe, batch, args.times, log_prior, args.seed + i)
-            total = rows if total is None else [{k: a[k] if k in ("t", "log_snr") else a[k] + b[k] for k in a}
-                                                for a, b in zip(total, rows)]
-            n += int(batch.loss_mask.sum())
-            unigram -= float(log_prior.to(batch.ids.device)[batch.ids][batch.loss_mask].sum())
-        lines = [f"### {run}", "", "| t | log SNR | integrand: model | oracle | gain | rounding CE: model | oracle |",
-                 "|---|---|---|---|---|---|---|"]
-        for r in total:
-            lines.append(f"| {r['t']:.3f} | {r['log_snr']:+.2f} | {r['model'] / n:.3f} | {r['oracle'] / n:.3f} | "
-                         f"{(r['oracle'] - r['model']) / n:+.3f} | {r['model_ce'] / n:.3f} | {r['oracle_ce'] / n:.3f} |")
-        model_term = sum(r["model"] for r in total) / n / args.times
-        oracle_term = sum(r["oracle"] for r in total) / n / args.times
-        lines += ["", f"Diffusion term over {n:,} validation tokens: model {model_term:.3f}, context-free oracle "
-                      f"{oracle_term:.3f} nats/token; context gain {oracle_term - model_term:+.3f}. (The oracle's "
-                      f"term estimates the tokens' unigram cross-entropy, {unigram / n:.3f}: the grid's check.)", ""]
+        lines = report(run, pipe, texts, args)
         print("\n".join(lines), flush=True)
         out += lines
     if args.out:
