@@ -87,15 +87,16 @@ def val_curve(run: Path) -> str:
     return " → ".join(f"{r['val_nll']:.2f}" for r in rows if "val_nll" in r)
 
 
-def grid_search(runs: Path, device: str, base: int, families: list[str], grid: list[tuple[float, float]]) -> tuple[dict[str, list[str]], list[str]]:
+def grid_search(runs: Path, device: str, base: int, families: list[str], grid: list[tuple[float, float]],
+                common: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     best, lines = {}, ["| family | lr | dropout | validation nats/token |", "|---|---|---|---|"]
     for family in families:
         scores = []
         if not has_bound(family):  # no validation bound to choose by: the recipe's own settings
-            best[family] = []
+            best[family] = list(common)
             continue
         for lr, dropout in grid:
-            extra = [f"train.lr={lr}", f"model.dropout={dropout}"]
+            extra = [*common, f"train.lr={lr}", f"model.dropout={dropout}"]
             run = train_one(family, base, runs, device, extra)
             val = evaluate(run, "validation", device, draws=8).nats_per_token
             scores.append((val, extra))
@@ -128,7 +129,7 @@ def main():
               f"torch {torch.__version__}. Command: `python benchmarks/kjv_ratio.py {' '.join(__import__('sys').argv[1:])}`", ""]
     if args.grid:
         settings, grid_lines = grid_search(runs, args.device, args.base_steps, args.families,
-                                           [(lr, d) for lr in args.lrs for d in args.dropouts])
+                                           [(lr, d) for lr in args.lrs for d in args.dropouts], args.set)
         header += ["Grid at 800 steps (validation ELBO / exact NLL, 8 draws):", "", *grid_lines, ""]
     lines = ["| budget | model | settings | test nats/token | test PPL | nats/word | train tok/s | validation curve |",
              "|---|---|---|---|---|---|---|---|"]
