@@ -1,5 +1,5 @@
 """The report logic of benchmarks/seq2seq.py and benchmarks/distill_report.py on fixed inputs,
-benchmarks/distill_suite.sh on a tiny teacher, and benchmarks/sdtt_gap.py's loss split."""
+benchmarks/distill_suite.sh on a tiny teacher, benchmarks/sdtt_gap.py's loss split and benchmarks/kjv_ratio.py's grid."""
 
 from __future__ import annotations
 
@@ -287,3 +287,27 @@ def test_context_gain_oracle_meets_the_unigram_cross_entropy_and_refuses_other_b
     with pytest.raises(SystemExit) as err:
         context_gain.main([str(tmp_path / "missing")])
     assert err.value.code == 2 and "missing" in capsys.readouterr().err
+
+
+def test_kjv_ratio_grid_keeps_the_common_overrides_in_every_run_and_in_the_pick(tmp_path, monkeypatch):
+    import types
+
+    import kjv_ratio
+
+    trained, scores = [], {0.001: 5.0, 0.0003: 5.5}
+
+    def train_one(family, steps, runs, device, extra):  # the "run" is its override list
+        trained.append(extra)
+        return extra
+
+    def evaluate(run, split, device, draws):
+        lr = float(next(s for s in run if s.startswith("train.lr=")).split("=")[1])
+        return types.SimpleNamespace(nats_per_token=scores[lr])
+
+    monkeypatch.setattr(kjv_ratio, "train_one", train_one)
+    monkeypatch.setattr(kjv_ratio, "evaluate", evaluate)
+    common = ["model.self_conditioning=true"]
+    best, lines = kjv_ratio.grid_search(tmp_path, "cpu", 800, ["embedding"], [(3e-4, 0.0), (1e-3, 0.0)], common)
+    assert all(extra[0] == common[0] for extra in trained) and len(trained) == 2
+    assert best["embedding"] == [*common, "train.lr=0.001", "model.dropout=0.0"]
+    assert "| embedding | 0.001 | 0.0 | 5.0000 |" in lines
