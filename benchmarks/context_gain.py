@@ -51,7 +51,7 @@ def integrands(pipe, batches: list, times: int, log_prior: torch.Tensor, seed: i
             e, keep = table[batch.ids], batch.loss_mask
             t = torch.full((batch.ids.shape[0],), (k + 0.5) / times, device=batch.ids.device)
             gamma = noise.schedule.gamma(t)
-            alpha, sigma = torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt()
+            alpha, sigma = noise.schedule.alpha_sigma(t)
             z, _ = backend.noised(e, alpha, sigma, gen)
             pred = backend.predict(model, z, t)
             oracle = gaussian_logits(z, alpha, sigma ** 2, table) + log_prior.to(z.device)
