@@ -5,6 +5,8 @@ at 800 steps x each budget multiplier, then prints test-split ELBO perplexity (w
 error, 32 time draws per sequence, fp32, every full test sequence), the AR model's exact perplexity and their
 ratio. With --grid, both families are first trained at 1x for every (lr, dropout) in a small grid, each picks
 its best by *validation* bound, and the budgets run with those settings (the same search for both).
+Runs write a checkpoint every quarter of their steps: run again with the same arguments, a finished run is
+reused and an interrupted one goes on from its newest checkpoint.
 
     python benchmarks/kjv_ratio.py --budgets 1 --out benchmarks/results/kjv_cpu.md
     python benchmarks/kjv_ratio.py --device cuda --grid --budgets 1 4 --out benchmarks/results/kjv_gpu.md
@@ -17,11 +19,12 @@ import json
 import math
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from textdiff.checkpoint import read_run_config
+from textdiff.checkpoint import list_checkpoints, read_run_config, read_state
 from textdiff.config import load_recipe, recipe_from_dict
 from textdiff.evaluation import perplexity
 from textdiff.pipeline import TextDiffusionPipeline
@@ -37,9 +40,18 @@ def saved_recipe(run: Path):
 
 
 def same_recipe(run: Path, recipe) -> bool:
-    """The run was trained with this recipe (keys added to the config since then count as their defaults)."""
-    saved = saved_recipe(run)
-    return json.loads(json.dumps(saved.to_dict())) == json.loads(json.dumps(recipe.to_dict()))
+    """The run was trained with this recipe (keys added to the config since then count as their defaults; how
+    often it wrote checkpoints does not count)."""
+    saved, mine = (json.loads(json.dumps(r.to_dict())) for r in (saved_recipe(run), recipe))
+    for raw in (saved, mine):
+        raw["train"].pop("checkpoint_every", None)
+    return saved == mine
+
+
+def trained_steps(run: Path) -> int:
+    """The step of the run's newest checkpoint; 0 when it has none."""
+    found = list_checkpoints(run)
+    return read_state(found[-1])["step"] if found else 0
 
 
 def run_dir(family: str, steps: int, runs: Path, extra: list[str]) -> Path:
@@ -50,11 +62,19 @@ def run_dir(family: str, steps: int, runs: Path, extra: list[str]) -> Path:
 def train_one(family: str, steps: int, runs: Path, device: str, extra: list[str]) -> Path:
     out = run_dir(family, steps, runs, extra)
     overrides = [f"train.steps={steps}", f"out_dir={out}", f"train.eval_every={max(steps // 4, 1)}",
-                 f"train.checkpoint_every={steps}", *extra]
+                 f"train.checkpoint_every={max(steps // 4, 1)}", *extra]
     recipe = load_recipe(RECIPES[family], overrides)
-    if (out / "model.safetensors").is_file() and same_recipe(out, recipe):
-        print(f"reusing {out}")
-        return out
+    if (out / "config.json").is_file() and same_recipe(out, recipe):
+        done = trained_steps(out)
+        if done >= steps:
+            print(f"reusing {out}")
+            return out
+        if done:  # an interrupted run (a 4x run is hours on a CPU) goes on from its newest checkpoint
+            print(f"resuming {out} from step {done}")
+            every = saved_recipe(out).train.checkpoint_every  # --resume takes the run's own
+            train_recipe(replace(recipe, train=replace(recipe.train, checkpoint_every=every)), resume=True,
+                         device=device, progress=False)
+            return out
     if out.exists():
         import shutil
 

@@ -311,3 +311,26 @@ def test_kjv_ratio_grid_keeps_the_common_overrides_in_every_run_and_in_the_pick(
     assert all(extra[0] == common[0] for extra in trained) and len(trained) == 2
     assert best["embedding"] == [*common, "train.lr=0.001", "model.dropout=0.0"]
     assert "| embedding | 0.001 | 0.0 | 5.0000 |" in lines
+
+
+def test_kjv_ratio_resumes_an_interrupted_run_and_reuses_a_finished_one(tmp_path, monkeypatch, write_recipe, capsys):
+    import shutil
+
+    import kjv_ratio
+    import torch
+    from textdiff.checkpoint import list_checkpoints, load_tensors
+
+    monkeypatch.setattr(kjv_ratio, "RECIPES", {"masked": write_recipe("masked")})
+    run = kjv_ratio.train_one("masked", 8, tmp_path / "runs", "cpu", [])
+    assert kjv_ratio.trained_steps(run) == 8
+    finished = load_tensors(run / "model.safetensors")
+    shutil.rmtree(list_checkpoints(run)[-1])  # killed after the step-6 checkpoint
+    assert kjv_ratio.trained_steps(run) == 6
+    capsys.readouterr()
+    assert kjv_ratio.train_one("masked", 8, tmp_path / "runs", "cpu", []) == run
+    assert f"resuming {run} from step 6" in capsys.readouterr().out
+    assert kjv_ratio.trained_steps(run) == 8
+    resumed = load_tensors(run / "model.safetensors")
+    assert all(torch.allclose(resumed[k], finished[k], atol=1e-6) for k in finished)
+    kjv_ratio.train_one("masked", 8, tmp_path / "runs", "cpu", [])
+    assert f"reusing {run}" in capsys.readouterr().out
