@@ -19,7 +19,6 @@ import json
 import math
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from textdiff.checkpoint import list_checkpoints, read_run_config, read_state
 from textdiff.config import load_recipe, recipe_from_dict
 from textdiff.evaluation import perplexity
 from textdiff.pipeline import TextDiffusionPipeline
-from textdiff.training import train_recipe
+from textdiff.training import recipe_changes, train_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {p.stem: p for p in sorted((ROOT / "recipes/kjv").glob("*.yaml"))}  # one per back-end; ar.yaml is the AR twin
@@ -40,12 +39,9 @@ def saved_recipe(run: Path):
 
 
 def same_recipe(run: Path, recipe) -> bool:
-    """The run was trained with this recipe (keys added to the config since then count as their defaults; how
-    often it wrote checkpoints does not count)."""
-    saved, mine = (json.loads(json.dumps(r.to_dict())) for r in (saved_recipe(run), recipe))
-    for raw in (saved, mine):
-        raw["train"].pop("checkpoint_every", None)
-    return saved == mine
+    """The run was trained with this recipe, up to what `--resume` lets change (keys added to the config since
+    then count as their defaults)."""
+    return not recipe_changes(saved_recipe(run).to_dict(), recipe.to_dict())
 
 
 def trained_steps(run: Path) -> int:
@@ -71,9 +67,7 @@ def train_one(family: str, steps: int, runs: Path, device: str, extra: list[str]
             return out
         if done:  # an interrupted run (a 4x run is hours on a CPU) goes on from its newest checkpoint
             print(f"resuming {out} from step {done}")
-            every = saved_recipe(out).train.checkpoint_every  # --resume takes the run's own
-            train_recipe(replace(recipe, train=replace(recipe.train, checkpoint_every=every)), resume=True,
-                         device=device, progress=False)
+            train_recipe(recipe, resume=True, device=device, progress=False)
             return out
     if out.exists():
         import shutil

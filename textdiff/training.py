@@ -394,9 +394,11 @@ def plot_losses(metrics: Path, out: Path) -> None:
 # --- from a recipe to a trained run directory ---------------------------------------------------------------------
 
 
-# how long a run trains and how it is executed (not what it computes, up to float order) may change on --resume;
-# grad_accum too, so that a run resumes on a world size that does not divide the old value
-RESUME_MAY_CHANGE = ("steps", "grad_accum", "threads", "strategy", "compile", "activation_checkpointing")
+# how long a run trains, how it is executed (not what it computes, up to float order) and how often it logs and
+# checkpoints may change on --resume; grad_accum too, so that a run resumes on a world size that does not divide
+# the old value
+RESUME_MAY_CHANGE = ("steps", "grad_accum", "threads", "strategy", "compile", "activation_checkpointing",
+                     "log_every", "checkpoint_every", "keep_checkpoints")
 
 
 def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
@@ -406,19 +408,27 @@ def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
             raise TextdiffError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
                                 f"directory with --set out_dir=PATH")
         return
-    saved = ckpt.read_run_config(run_dir)["recipe"]
-    mine = json.loads(json.dumps(recipe.to_dict()))
-    for raw in (saved, mine):  # where the run lives, how long it trains and how it is executed may change
+    diff = recipe_changes(ckpt.read_run_config(run_dir)["recipe"], recipe.to_dict())
+    if diff:
+        raise TextdiffError(f"--resume: the recipe differs from the one {run_dir} was trained with "
+                            f"({', '.join(diff)}); only "
+                            f"{', '.join('train.' + k for k in RESUME_MAY_CHANGE)} may change")
+
+
+def recipe_changes(saved: dict, recipe: dict) -> list[str]:
+    """The keys of `recipe` (a Recipe.to_dict()) that a run trained with `saved` could not resume under: all but
+    where the run lives and RESUME_MAY_CHANGE."""
+    saved, mine = json.loads(json.dumps(saved)), json.loads(json.dumps(recipe))
+    for raw in (saved, mine):
         for key in RESUME_MAY_CHANGE:
             raw.get("train", {}).pop(key, None)
         raw.pop("out_dir", None)
         raw.pop("name", None)
-    if saved != mine:
-        diff = sorted(f"{s}.{k}" for s in mine if isinstance(mine[s], dict)
-                      for k in mine[s] if saved.get(s, {}).get(k) != mine[s][k])
-        raise TextdiffError(f"--resume: the recipe differs from the one {run_dir} was trained with "
-                            f"({', '.join(diff) or 'top-level keys'}); only "
-                            f"{', '.join('train.' + k for k in RESUME_MAY_CHANGE)} may change")
+    if saved == mine:
+        return []
+    diff = sorted(f"{s}.{k}" for s in mine if isinstance(mine[s], dict)
+                  for k in mine[s] if saved.get(s, {}).get(k) != mine[s][k])
+    return diff or ["top-level keys"]
 
 
 def _tokenizer_for(recipe: Recipe, run_dir: Path, texts: list[str], resume: bool):
