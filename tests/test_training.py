@@ -61,8 +61,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(write_recipe, tmp_path)
     assert rc == -signal.SIGKILL, "training finished before it could be killed: make the run longer"
     steps_done = json.loads((ckpt.list_checkpoints(run)[-1] / "state.json").read_text())["step"]
     assert steps_done < 240
-    # how often a run checkpoints and logs may change on resume without changing its weights
-    resume = ["--resume", "--set", "train.checkpoint_every=60", "--set", "train.log_every=7"]
+    # how often a run checkpoints, logs and validates may change on resume without changing its weights
+    resume = ["--resume", "--set", "train.checkpoint_every=60", "--set", "train.log_every=7",
+              "--set", "train.eval_every=30", "--set", "train.eval_batches=1"]
     done = subprocess.run(cmd + resume, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed from step" in done.stdout

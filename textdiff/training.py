@@ -394,11 +394,12 @@ def plot_losses(metrics: Path, out: Path) -> None:
 # --- from a recipe to a trained run directory ---------------------------------------------------------------------
 
 
-# how long a run trains, how it is executed (not what it computes, up to float order) and how often it logs and
-# checkpoints may change on --resume; grad_accum too, so that a run resumes on a world size that does not divide
-# the old value
+# how long a run trains, how it is executed (not what it computes, up to float order) and how often it logs,
+# validates and checkpoints may change on --resume (validation draws its noise from its own seeded generators and
+# runs in eval mode, so it leaves the training stream alone); grad_accum too, so that a run resumes on a world size
+# that does not divide the old value
 RESUME_MAY_CHANGE = ("steps", "grad_accum", "threads", "strategy", "compile", "activation_checkpointing",
-                     "log_every", "checkpoint_every", "keep_checkpoints")
+                     "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_batches")
 
 
 def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
