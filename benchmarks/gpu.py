@@ -70,14 +70,15 @@ def matmul_params(model) -> int:
 
 
 def build(backend_name: str, args, device):
-    from textdiff.config import BackendConfig, DataConfig, ModelConfig, Recipe
+    from textdiff.config import DataConfig, ModelConfig, Recipe
+    from textdiff.noising import options_for
     from textdiff.models import build_model
     from textdiff.noising import get_backend
     from textdiff.noising.base import SpecialTokens
 
     recipe = Recipe(data=DataConfig(path="x", max_length=args.length),
                     model=ModelConfig(n_layer=args.layers, n_embd=args.width, n_head=args.heads, dropout=0.0),
-                    backend=BackendConfig(name=backend_name))
+                    backend=options_for(backend_name))
     special = SpecialTokens(pad=0, mask=1, bos=2, eos=3, unk=4, sep=5)
     model = build_model(recipe, args.vocab, args.length).to(device)
     model.checkpoint_blocks = args.activation_checkpointing

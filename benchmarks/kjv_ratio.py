@@ -23,25 +23,18 @@ from pathlib import Path
 
 import torch
 
-from textdiff.checkpoint import list_checkpoints, read_run_config, read_state
-from textdiff.config import load_recipe, recipe_from_dict
+from textdiff.checkpoint import list_checkpoints, read_state
+from textdiff.config import load_recipe
 from textdiff.evaluation import perplexity
 from textdiff.pipeline import TextDiffusionPipeline
-from textdiff.training import recipe_changes, train_recipe
+from textdiff.rundir import read_recipe, same_recipe
+from textdiff.training import train_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {p.stem: p for p in sorted((ROOT / "recipes/kjv").glob("*.yaml"))}  # one per back-end; ar.yaml is the AR twin
 
 
-def saved_recipe(run: Path):
-    """The recipe a run was trained with, from its config.json (keys added since then take their defaults)."""
-    return recipe_from_dict(read_run_config(run)["recipe"], str(run / "config.json"))
-
-
-def same_recipe(run: Path, recipe) -> bool:
-    """The run was trained with this recipe, up to what `--resume` lets change (keys added to the config since
-    then count as their defaults)."""
-    return not recipe_changes(saved_recipe(run).to_dict(), recipe.to_dict())
+saved_recipe = read_recipe  # the recipe a run was trained with, from its config.json
 
 
 def trained_steps(run: Path) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from textdiff.checkpoint import atomic_write_bytes
-from textdiff.distill import (DISTILLERS, _data, _held_out, kl_div, masked_x0_logits, student_times,
+from textdiff.distill import (DISTILLERS, held_out, kl_div, stage_data, student_times, x0_logits,
                               teacher_two_step_probs)
 from textdiff.evaluation.report import env_lines, environment
 from textdiff.pipeline import TextDiffusionPipeline
@@ -37,7 +37,7 @@ def gap(pipe, batch, steps: int, draws: int, seed: int) -> dict:
     t, t_mid, _ = student_times(batch.ids.shape[0], steps, gen, batch.ids.device)
     x_t = backend.corrupt(batch.ids, t, gen, noise_mask=batch.loss_mask)
     masked = x_t == backend.mask_id
-    log_q = torch.log_softmax(masked_x0_logits(backend, model, x_t, t).double(), dim=-1)[masked]  # (N, V)
+    log_q = torch.log_softmax(x0_logits(backend, model, x_t, t).double(), dim=-1)[masked]  # (N, V)
     targets = [teacher_two_step_probs(backend, model, x_t, t, t_mid, gen)[masked].double() for _ in range(draws)]
     p_bar = torch.stack(targets).mean(0)
     loss = torch.stack([kl_div(p, log_q) for p in targets]).mean(0)  # (N,)
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
         pipe = TextDiffusionPipeline.from_pretrained(run, device=args.device)
         if getattr(DISTILLERS.get(pipe.backend.name), "method", None) != "sdtt":
             p.error(f"{run}: back-end {pipe.backend.name}; this split is for back-ends distilled by SDTT (masked)")
-        _, val = _data(pipe.recipe, pipe.tokenizer)
-        held = _held_out(val, args.batch_size, args.device, args.batches)
+        _, val = stage_data(pipe.recipe, pipe.tokenizer)
+        held = held_out(val, args.batch_size, args.device, args.batches)
         if not held:
             p.error(f"{run}: its recipe has no validation split")
         for steps in args.steps:

@@ -148,9 +148,10 @@ def tiny_recipe(corpus: Path, out_dir: Path, kills: int, every: int = 2) -> dict
 def check_run_readable(run: Path) -> int:
     """Every checkpoint on disk (and the run's config and weights, when present) loads; returns the count."""
     from textdiff import checkpoint as ckpt
+    from textdiff import rundir
 
     if (run / "config.json").exists():
-        ckpt.read_run_config(run)
+        rundir.read_config(run)
     if (run / "model.safetensors").exists():
         ckpt.check_finite(ckpt.load_tensors(run / "model.safetensors"), run / "model.safetensors")
     found = ckpt.list_checkpoints(run)

@@ -57,7 +57,7 @@ def tiny_recipe_dict(corpus: Path, out_dir: Path, backend: str = "masked") -> di
         "backend": {"name": backend},
         "train": {"steps": 12, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "precision": "fp32",
                   "eval_every": 6, "eval_batches": 1, "checkpoint_every": 4, "log_every": 2, "seed": 0},
-        "sample": {"steps": 8, "num_samples": 2, "sampler": "ar" if backend == "ar" else "ancestral"},
+        "sample": {"steps": 8, "num_samples": 2},
     }
 
 

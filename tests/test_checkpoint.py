@@ -15,6 +15,7 @@ import torch
 
 from tests.test_cli_errors import Trap, assert_one_line_error
 from textdiff import checkpoint as ckpt
+from textdiff import rundir
 from textdiff.cli import main
 from textdiff.config import recipe_from_dict
 from textdiff.errors import TextdiffError
@@ -141,7 +142,7 @@ def test_random_config_json_gives_a_config_or_textdiff_error(cfg, tmp_path_facto
     run.mkdir(exist_ok=True)
     (run / "config.json").write_text(json.dumps(cfg))
     try:
-        out = ckpt.read_run_config(run)
+        out = rundir.read_config(run)
         recipe_from_dict(out["recipe"], "config.json")
     except TextdiffError as e:
         assert "\n" not in str(e)

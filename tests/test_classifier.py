@@ -14,13 +14,12 @@ import torch
 import torch.nn as nn
 
 from tests.test_cli_errors import assert_one_line_error
-from tests.test_conformance import SPECIAL, L, V, make
+from tests.tiny import SPECIAL, L, V, make, sample
 from textdiff.classifier import Classifier, LabelSpec, NoisyClassifier, mentions, train_classifier
 from textdiff.cli import main
-from textdiff.config import ModelConfig, SampleConfig
+from textdiff.config import ModelConfig
 from textdiff.errors import TextdiffError
 from textdiff.noising import BACKENDS
-from textdiff.sampling import SAMPLERS
 
 GUIDED = [(b, s) for b in sorted(BACKENDS) if not (BACKENDS[b].causal or BACKENDS[b].variable_length)
           for s in BACKENDS[b].samplers]  # guidance re-weights per-position predictions: not for changing lengths
@@ -63,10 +62,8 @@ def _guided_pair(backend_name: str, sampler: str, scale: float, tok: int = 7, se
     direction = model.noise.table()[tok].detach() if backend.classifier_input_dim(model) else None
     clf = Classifier(OneTokenClassifier(tok, direction), ["other", "tok"], LabelSpec("x"), {})
     pipe = SimpleNamespace(backend=backend, model=model)
-    opts = SampleConfig(sampler=sampler, steps=8)
     x = backend.prior((6, L))
-    run = lambda guidance: SAMPLERS[sampler](model, backend, x.clone(), opts, torch.Generator().manual_seed(seed),  # noqa: E731
-                                             guidance=guidance)
+    run = lambda guidance: sample(sampler, model, backend, x.clone(), seed=seed, steps=8, guidance=guidance)  # noqa: E731
     return run(None), run(clf.guidance(pipe, "tok", scale))
 
 

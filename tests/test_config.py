@@ -3,7 +3,6 @@ mapping built from the recipe's own field names gives a Recipe or a TextdiffErro
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import typing
 from pathlib import Path
@@ -141,9 +140,25 @@ def test_overrides_are_type_checked(write_recipe, override, needle):
 
 # --- property: a Recipe or a TextdiffError, nothing else -----------------------------------------------------
 
-FIELDS = {name: [f.name for f in dataclasses.fields(cls)] for name, cls in SECTIONS.items()}
-HINTS = {name: typing.get_type_hints(cls) for name, cls in SECTIONS.items()}
-CHOICES = ["masked", "ar", "loglinear", "cosine", "antithetic", "uniform", "count", "time", "rotary", "learned",
+def _section_hints(name: str, cls) -> dict:
+    """{key: type} a section accepts: its dataclass's fields; for `backend`, every back-end's Options keys; for
+    `sample`, also every sampler option."""
+    if name == "backend":
+        from textdiff.noising import BACKENDS
+
+        return {k: v for b in BACKENDS.values() for k, v in typing.get_type_hints(b.Options).items()
+                if not k.startswith(("schedules", "targets"))}
+    hints = {k: v for k, v in typing.get_type_hints(cls).items() if k != "options"}
+    if name == "sample":
+        from textdiff.sampling import all_options
+
+        hints.update({k: kind for k, (kind, _, _) in all_options().items()})
+    return hints
+
+
+HINTS = {name: _section_hints(name, cls) for name, cls in SECTIONS.items()}
+FIELDS = {name: list(hints) for name, hints in HINTS.items()}
+CHOICES = ["masked", "ar", "uniform", "embedding", "simplex", "edit", "loglinear", "cosine", "antithetic", "uniform", "count", "time", "rotary", "learned",
            "pack", "pad", "bible", "bpe", "wordpiece", "wordlevel", "sentencepiece", "bf16", "fp32", "stop", "skip",
            "ancestral", "confidence", "x.jsonl", "The [MASK:2] king", "[MASK:0]", ""]
 scalars = st.one_of(

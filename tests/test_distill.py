@@ -8,11 +8,13 @@ import json
 import pytest
 import torch
 
-from textdiff.distill import (DistillConfig, ddim_target, discrepancy, distill_run, lineage, make_student,
-                              progressive_loss, student_times, teacher_two_steps)
+import dataclasses
+
+from textdiff.distill import (DistillConfig, ddim_target, discrepancy, distill_run, lineage, progressive_loss,
+                              student_model, student_recipe, student_times, teacher_two_steps)
 from textdiff.noising.base import Batch
-from textdiff.noising.embedding import Prediction
-from tests.test_conformance import B, batch, make
+from tests.noising.test_embedding import ddim_step
+from tests.tiny import B, batch, make
 
 
 def _noised(model, backend, seed: int, t):
@@ -34,9 +36,9 @@ def test_a_student_that_outputs_the_target_reproduces_the_teachers_two_ddim_step
     sched = model.noise.schedule
     (a_t, s_t), (a_s, s_s) = sched.alpha_sigma(t), sched.alpha_sigma(s)
     x_tilde = ddim_target(z, z_s, a_t, s_t, a_s, s_s)
-    one_step = backend.step(x_tilde, z, i / steps, (i - 1) / steps, None, 0.0, model).sample  # the sampler's own step
+    one_step = ddim_step(model, backend, x_tilde, z, i / steps, (i - 1) / steps)  # the sampler's own step
     assert torch.allclose(one_step, z_s, atol=1e-4 * z_s.abs().max().item())
-    teacher_one = backend.step(backend.predict(model, z, t).x0, z, i / steps, (i - 1) / steps, None, 0.0, model).sample
+    teacher_one = ddim_step(model, backend, backend.predict(model, z, t).x0, z, i / steps, (i - 1) / steps)
     assert i == 1 or not torch.allclose(z_s, teacher_one, atol=1e-3)  # the teacher's own one step differs
 
 
@@ -52,7 +54,7 @@ def test_the_target_of_a_guided_exact_teacher_is_x0_itself():
 
     def guidance(pred, z_, t_):
         calls.append(t_.clone())
-        return Prediction(e, pred.logits)
+        return dataclasses.replace(pred, x0=e)
 
     z_s = teacher_two_steps(backend, model, z, t, mid, s, guidance)
     sched = model.noise.schedule
@@ -79,7 +81,7 @@ def test_the_progressive_loss_is_zero_for_a_student_that_outputs_the_target(monk
         if m is student:  # replay the teacher's two steps and answer with their x~
             sched = model.noise.schedule
             z_s = teacher_two_steps(backend, model, z, t, t - 0.5 / 4, t - 1 / 4)
-            return Prediction(ddim_target(z, z_s, *sched.alpha_sigma(t), *sched.alpha_sigma(t - 1 / 4)), pred.logits)
+            return dataclasses.replace(pred, x0=ddim_target(z, z_s, *sched.alpha_sigma(t), *sched.alpha_sigma(t - 1 / 4)))
         return pred
     monkeypatch.setattr(backend, "predict", predict)
     out = progressive_loss(model, student, backend, b, 4, torch.Generator().manual_seed(0))
@@ -90,12 +92,23 @@ def test_the_progressive_loss_is_zero_for_a_student_that_outputs_the_target(monk
 
 
 @pytest.mark.parametrize("dropout", [False, True])
-def test_the_student_trains_without_dropout_unless_asked(dropout):
-    """Matched to the teacher's eval-mode output, the student trains in eval mode (no dropout) by default."""
-    teacher = make("masked")[0].eval()
-    student = make_student(teacher, dropout)
-    assert all(m.training == dropout for m in student.modules()) and not teacher.training
+def test_the_student_trains_without_dropout_unless_asked(dropout, tmp_path):
+    """Matched to the teacher's eval-mode output, the student trains without dropout by default; it starts from the
+    teacher's weights, all trainable (for the masked back-end)."""
+    from tests.tiny import L
+    from textdiff.config import DataConfig, ModelConfig, Recipe
+    from textdiff.models import build_model
+    from textdiff.noising import options_for
+
+    recipe = Recipe(data=DataConfig(path="unused.jsonl", max_length=L), backend=options_for("masked"),
+                    model=ModelConfig(n_layer=2, n_embd=32, n_head=2, dropout=0.3))
+    teacher = build_model(recipe, 24, L).eval()
+    cfg = DistillConfig(stages=1, steps_start=8, student_dropout=dropout)
+    student = student_model(student_recipe(recipe, cfg, 4, tmp_path / "s", 1), teacher, 24)
+    rates = {m.p for m in student.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == ({0.3} if dropout else {0.0}) and not teacher.training
     assert all(p.requires_grad for p in student.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), teacher.state_dict().values()))
 
 
 @pytest.mark.parametrize("kwargs, msg", [({"stages": 0}, "stages"), ({"steps_start": 12, "stages": 3}, "divisible"),
@@ -119,7 +132,7 @@ def embedding_run(tmp_path_factory, corpus):
 
 @pytest.fixture(scope="module")
 def embedding_students(embedding_run, tmp_path_factory):
-    cfg = DistillConfig(stages=2, steps_start=8, iters=30, lr=1e-3, batch_size=8)
+    cfg = DistillConfig(stages=2, steps_start=8, iters=60, lr=1e-3, batch_size=8)  # 30 passed at one seed in three
     return distill_run(embedding_run, cfg, tmp_path_factory.mktemp("distill") / "out", progress=False)
 
 
@@ -139,7 +152,7 @@ def test_a_student_directory_round_trips_and_samples(embedding_students, capsys)
 
     stage1 = embedding_students[0]
     pipe = TextDiffusionPipeline.from_pretrained(stage1)
-    assert pipe.options().steps == 4 and pipe.options().sampler == "ddim" and pipe.options().eta == 0.0
+    assert pipe.options().steps == 4 and pipe.options().sampler == "ddim" and pipe.options().options["eta"] == 0.0
     saved = load_tensors(stage1 / "model.safetensors")
     assert all(torch.equal(v, saved[k]) for k, v in pipe.model.state_dict().items() if k in saved)
     assert len(pipe.generate(2, seed=0).texts) == 2
@@ -159,24 +172,25 @@ def test_the_student_keeps_the_teachers_embeddings(embedding_students, embedding
     assert any(not torch.equal(teacher[k], student[k]) for k in teacher if k.startswith("blocks."))
 
 
-def test_masked_sdtt_the_kl_to_the_teachers_two_steps_falls(masked_run):
+def test_masked_sdtt_the_kl_to_the_teachers_two_steps_falls(masked_run, tmp_path):
     """The SDTT objective trains: a student started away from the teacher (fresh weights) moves its one-step x0
     distribution towards the teacher's two-step one on held-out batches."""
     from textdiff.data import build_sequences, load_texts
-    from textdiff.distill import distill_stage
+    from textdiff.distill import train_stage
     from textdiff.models import build_model
     from textdiff.pipeline import TextDiffusionPipeline
 
     pipe = TextDiffusionPipeline.from_pretrained(masked_run)
     texts = load_texts(pipe.recipe.data)
-    train, val = (build_sequences(pipe.recipe.data, pipe.tokenizer, texts[s]) for s in ("train", "validation"))
+    val = build_sequences(pipe.recipe.data, pipe.tokenizer, texts["validation"])
     held = [val.batch(torch.arange(i, i + 8)) for i in (0, 8)]
     torch.manual_seed(5)
     fresh = build_model(pipe.recipe, len(pipe.tokenizer), pipe.model.max_len)
     before = discrepancy(pipe.model, fresh, pipe.backend, held, 4)
     cfg = DistillConfig(stages=1, steps_start=8, iters=40, lr=3e-3, batch_size=8)
-    student = distill_stage(pipe.model, pipe.backend, train, 4, cfg, "cpu", student=fresh)
-    after = discrepancy(pipe.model, student, pipe.backend, held, 4)
+    train_stage(pipe, pipe.model, fresh, student_recipe(pipe.recipe, cfg, 4, tmp_path / "stage1", 1), "cpu",
+                progress=False)
+    after = discrepancy(pipe.model, fresh, pipe.backend, held, 4)
     assert after < 0.7 * before, (before, after)
 
 

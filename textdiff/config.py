@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -19,21 +17,8 @@ from typing import Any, Optional
 import yaml
 
 from textdiff.errors import TextdiffError
-
-
-def _check_choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
-
-
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    if not (value > 0 or (allow_zero and value == 0)):  # also refuses NaN
-        raise ValueError(f"{name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
-
-
-def _check_unit(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}={value!r} must lie in [0, 1]")
+from textdiff.options import build, check_choice, check_positive, check_unit, convert
+from textdiff.registry import BACKENDS, SAMPLERS
 
 
 @dataclass(frozen=True)
@@ -71,97 +56,15 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("n_layer", "n_embd", "n_head", "mlp_ratio"):
-            _check_positive(f"model.{name}", getattr(self, name))
+            check_positive(f"model.{name}", getattr(self, name))
         if self.n_embd % self.n_head:
             raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         if (self.n_embd // self.n_head) % 2 and self.positions == "rotary":
             raise ValueError("model.n_embd / model.n_head must be even for rotary positions")
-        _check_unit("model.dropout", self.dropout)
-        _check_choice("model.positions", self.positions, ("rotary", "learned"))
+        check_unit("model.dropout", self.dropout)
+        check_choice("model.positions", self.positions, ("rotary", "learned"))
         if self.aligned_positions and not (self.segments and self.positions == "rotary"):
             raise ValueError("model.aligned_positions needs model.segments: true and model.positions: rotary")
-
-
-@dataclass(frozen=True)
-class BackendConfig:
-    """The noising back-end, its schedule and its parameterisation. Keys a back-end does not use are ignored by it."""
-
-    name: str = "masked"
-    """Registered back-end: see `textdiff.noising.BACKENDS` (`masked`, `uniform`, `edit`, `embedding`, `simplex`, `ar`)."""
-    schedule: Optional[str] = None
-    """Noise schedule in continuous time t in [0, 1] (None: the back-end's default). Masked and uniform: `loglinear`
-    (default) or `cosine`. Gaussian back-ends: `cosine`, `sqrt` (Diffusion-LM), `linear` (DDPM betas) or `learned`
-    (linear log-SNR with learned end points)."""
-    time_sampling: str = "antithetic"
-    """Training draws: `antithetic` (low-discrepancy, one stratum per example) or `uniform`."""
-    mask_sampling: str = "count"
-    """Masked back-end's ELBO estimator: `count` draws the number of masks k uniformly and weights n/k (t
-    integrated out exactly; needs model.time_conditioning: false) or `time` draws t and weights 1/t-like (MDLM)."""
-    eps: float = 1e-3
-    """Smallest t drawn in training (avoids the 1/t singularity of masked and uniform diffusion; their likelihood
-    bounds start at t = 1e-6)."""
-    target: str = "x0"
-    """What a Gaussian back-end's model predicts: `x0`, `eps` or `v` (v = alpha eps - sigma x0); simplex: `x0` or `eps`."""
-    x0_from: str = "logits"
-    """Embedding back-end: where the x0 estimate comes from. `logits`: the expected embedding under the vocab
-    head's distribution (CDCD's score interpolation, Plaid's categorical reparameterisation; needs target x0);
-    `vector`: a vector head whose output is read as `target`."""
-    output_prior: bool = True
-    """Embedding back-end with x0_from=logits: add the exact Bayes logits of x_t alone, -|x_t - alpha e_v|^2 /
-    (2 sigma^2), to the model's (Plaid's output prior), so the low-noise end is right without learning it."""
-    embed_dim: int = 64
-    """Embedding back-end: width d of the diffused token embeddings."""
-    embed_norm: bool = True
-    """Embedding back-end: scale every token embedding to norm sqrt(d) (CDCD), so embeddings cannot collapse."""
-    time_warp: bool = True
-    """Embedding back-end: draw training times from the density fitted to the bound's integrand (CDCD's time
-    warping; the loss is divided by it, so unbiased); False draws t uniformly. The bound always uses the fit."""
-    loss: str = "elbo"
-    """Gaussian back-ends' diffusion loss: `elbo` (the continuous-time variational bound, VDM) or `simple`
-    (unweighted mean squared error of the target, Ho et al. 2020)."""
-    ce_weight: float = 1.0
-    """Weight of the rounding / anchor cross-entropy of the tokens under the logits of the x0 estimate."""
-    gamma_min: float = -10.0
-    """Gaussian back-ends: log noise-to-signal ratio at t = 0 (sigma_0^2 = sigmoid(gamma_min))."""
-    gamma_max: float = 10.0
-    """Gaussian back-ends: log noise-to-signal ratio at t = 1."""
-    simplex_k: float = 5.0
-    """Simplex back-end: clean tokens become logits +k (the token) and -k (every other)."""
-    edit_prior: str = "random"
-    """Edit back-end: the sequence x_1 that noise edits toward and sampling starts from. `random`: real tokens of a
-    length drawn uniformly up to the room left; `empty`: nothing (generation only inserts); `source` (seq2seq): a copy
-    of the source, so sampling revises the source into the target."""
-    max_insert: int = 128
-    """Edit back-end: most tokens one step inserts into one gap (the insertion-count head has max_insert + 1 classes)."""
-
-    def __post_init__(self):
-        from textdiff.noising import BACKENDS
-
-        _check_choice("backend.name", self.name, tuple(sorted(BACKENDS)))
-        allowed = BACKENDS[self.name].schedules
-        if self.schedule is not None and allowed:
-            _check_choice(f"backend.schedule (for the {self.name} back-end)", self.schedule, allowed)
-        _check_choice("backend.time_sampling", self.time_sampling, ("antithetic", "uniform"))
-        _check_choice("backend.mask_sampling", self.mask_sampling, ("count", "time"))
-        if not 0.0 < self.eps < 0.5:
-            raise ValueError(f"backend.eps={self.eps!r} must lie in (0, 0.5)")
-        _check_choice("backend.target", self.target, ("x0", "eps", "v"))
-        _check_choice("backend.x0_from", self.x0_from, ("logits", "vector"))
-        if self.x0_from == "logits" and self.target != "x0" and self.name == "embedding":
-            raise ValueError(f"backend.x0_from=logits predicts x0 itself; use backend.target: x0, or backend.x0_from: "
-                             f"vector to predict {self.target}")
-        if self.name == "simplex" and self.target == "v":
-            raise ValueError("backend.target=v is not supported by the simplex back-end; use x0 (cross-entropy) or eps")
-        _check_positive("backend.embed_dim", self.embed_dim)
-        _check_choice("backend.loss", self.loss, ("elbo", "simple"))
-        _check_positive("backend.ce_weight", self.ce_weight, allow_zero=True)
-        if not self.gamma_max - self.gamma_min >= 1.0:
-            raise ValueError(f"backend.gamma_max={self.gamma_max} must exceed backend.gamma_min={self.gamma_min} by >= 1")
-        if self.schedule == "learned" and self.loss != "elbo":
-            raise ValueError("backend.schedule=learned is trained by the bound; it needs backend.loss: elbo")
-        _check_positive("backend.simplex_k", self.simplex_k)
-        _check_choice("backend.edit_prior", self.edit_prior, ("random", "empty", "source"))
-        _check_positive("backend.max_insert", self.max_insert)
 
 
 @dataclass(frozen=True)
@@ -203,19 +106,19 @@ class DataConfig:
     def __post_init__(self):
         if not self.path:
             raise ValueError("data.path is required: a local file or a hub dataset id")
-        _check_positive("data.max_length", self.max_length)
+        check_positive("data.max_length", self.max_length)
         if self.max_length < 2:
             raise ValueError(f"data.max_length={self.max_length} must be >= 2")
-        _check_choice("data.mode", self.mode, ("pack", "pad"))
+        check_choice("data.mode", self.mode, ("pack", "pad"))
         if self.prepare is not None:
-            _check_choice("data.prepare", self.prepare, ("bible",))
+            check_choice("data.prepare", self.prepare, ("bible",))
         if self.max_examples is not None:
-            _check_positive("data.max_examples", self.max_examples)
+            check_positive("data.max_examples", self.max_examples)
         if self.streaming and self.mode != "pack":
             raise ValueError(f"data.streaming=true needs data.mode='pack' (got {self.mode!r}); allowed: pack")
-        _check_positive("data.tokenizer_examples", self.tokenizer_examples)
+        check_positive("data.tokenizer_examples", self.tokenizer_examples)
         if self.source_field is not None:
-            _check_choice("data.mode (with data.source_field)", self.mode, ("pad",))
+            check_choice("data.mode (with data.source_field)", self.mode, ("pad",))
             if self.source_field == self.text_field:
                 raise ValueError(f"data.source_field={self.source_field!r} must differ from data.text_field")
 
@@ -234,10 +137,10 @@ class TokenizerConfig:
     """Reuse a saved tokenizer directory instead of training one."""
 
     def __post_init__(self):
-        _check_choice("tokenizer.kind", self.kind, ("bpe", "wordpiece", "wordlevel", "sentencepiece"))
+        check_choice("tokenizer.kind", self.kind, ("bpe", "wordpiece", "wordlevel", "sentencepiece"))
         if self.vocab_size < 16:
             raise ValueError(f"tokenizer.vocab_size={self.vocab_size} must be >= 16")
-        _check_positive("tokenizer.min_frequency", self.min_frequency)
+        check_positive("tokenizer.min_frequency", self.min_frequency)
 
 
 @dataclass(frozen=True)
@@ -253,7 +156,9 @@ class TrainConfig:
     lr: float = 3e-4
     """Peak learning rate (AdamW)."""
     min_lr_ratio: float = 0.1
-    """Cosine decay ends at lr * min_lr_ratio."""
+    """The decay ends at lr * min_lr_ratio."""
+    lr_schedule: str = "cosine"
+    """After the warm-up: `cosine` or `linear` decay to lr * min_lr_ratio at the last step."""
     warmup_steps: int = 100
     """Linear warm-up steps."""
     weight_decay: float = 0.0
@@ -297,54 +202,40 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "lr"):
-            _check_positive(f"train.{name}", getattr(self, name))
+            check_positive(f"train.{name}", getattr(self, name))
         for name in ("warmup_steps", "weight_decay", "grad_clip", "log_every", "eval_every", "threads"):
-            _check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
-        _check_positive("train.checkpoint_every", self.checkpoint_every)
-        _check_positive("train.keep_checkpoints", self.keep_checkpoints)
-        _check_positive("train.eval_batches", self.eval_batches)
-        _check_unit("train.min_lr_ratio", self.min_lr_ratio)
+            check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
+        check_positive("train.checkpoint_every", self.checkpoint_every)
+        check_positive("train.keep_checkpoints", self.keep_checkpoints)
+        check_positive("train.eval_batches", self.eval_batches)
+        check_unit("train.min_lr_ratio", self.min_lr_ratio)
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"train.ema={self.ema!r} must lie in [0, 1)")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"train.batch_size={self.batch_size} must be divisible by train.grad_accum={self.grad_accum}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"train.betas={list(self.betas)!r} must be two numbers in [0, 1)")
-        _check_choice("train.precision", self.precision, ("bf16", "fp32"))
-        _check_choice("train.nonfinite", self.nonfinite, ("stop", "skip"))
+        check_choice("train.precision", self.precision, ("bf16", "fp32"))
+        check_choice("train.lr_schedule", self.lr_schedule, ("cosine", "linear"))
+        check_choice("train.nonfinite", self.nonfinite, ("stop", "skip"))
         if not 0 <= self.seed < 2 ** 32:  # data order seeds torch with seed * 1_000_003 + epoch
             raise ValueError(f"train.seed={self.seed} must lie in [0, 2**32)")
-        _check_choice("train.strategy", self.strategy, ("ddp", "fsdp"))
-        _check_unit("train.cond_dropout", self.cond_dropout)
+        check_choice("train.strategy", self.strategy, ("ddp", "fsdp"))
+        check_unit("train.cond_dropout", self.cond_dropout)
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """Defaults for `textdiff sample` / `infill` and the samples printed after training."""
+    """Defaults for `textdiff sample` / `infill` and the samples printed after training. Besides these keys the
+    section takes the chosen sampler's own options (`temperature`, `top_p`, `block_size`, `eta`, ...: each
+    sampler's keyword-only parameters, see textdiff/sampling/ and `textdiff sample --help`), kept in `options`."""
 
-    sampler: str = "ancestral"
-    """Registered sampler: see `textdiff.sampling.SAMPLERS`."""
+    sampler: Optional[str] = None
+    """Registered sampler (`textdiff.registry.SAMPLERS`); None: the back-end's default."""
     steps: int = 128
     """Denoising steps (the masked confidence sampler needs steps <= length)."""
     length: Optional[int] = None
     """Generated length in tokens (default: data.max_length)."""
-    temperature: float = 1.0
-    """Softmax temperature on the x0 logits (0: greedy)."""
-    top_k: int = 0
-    """Keep the k most likely tokens (0: off)."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (1: off)."""
-    block_size: int = 0
-    """Semi-autoregressive blocks of this many tokens, left to right (0: one block)."""
-    threshold: float = 0.0
-    """Masked confidence sampler: also reveal, every step, each draw whose probability is at least this (0: off;
-    Fast-dLLM's confidence-aware parallel decoding). The steps become a ceiling."""
-    joint_edits: bool = False
-    """Edit back-end: a run of adjacent edits (a phrase rewritten) applies in one step, not edit by edit."""
-    eta: float = 0.0
-    """DDIM stochasticity for Gaussian back-ends: 0 deterministic, 1 the DDPM posterior (sampler `ddim`)."""
-    clamp: bool = False
-    """Gaussian back-ends: snap every x0 estimate to its nearest token embedding (Diffusion-LM's clamping trick)."""
     num_samples: int = 4
     """Samples printed when training ends."""
     infill: Optional[str] = None
@@ -355,24 +246,23 @@ class SampleConfig:
     mbr: int = 1
     """Seq2seq: minimum Bayes risk decoding: draw this many candidates per source and return the one with the
     highest expected BLEU against the others (1: off)."""
+    options: dict = field(default_factory=dict)
+    """The sampler's keyword options set by the recipe ({name: value}; written flat into the section)."""
 
     def __post_init__(self):
-        from textdiff.sampling import SAMPLERS
-
-        _check_choice("sample.sampler", self.sampler, tuple(sorted(SAMPLERS)))
-        _check_positive("sample.steps", self.steps)
+        if self.sampler is not None:
+            check_choice("sample.sampler", self.sampler, tuple(sorted(SAMPLERS)))
+        check_positive("sample.steps", self.steps)
         if self.length is not None:
-            _check_positive("sample.length", self.length)
-        _check_positive("sample.temperature", self.temperature, allow_zero=True)
-        _check_positive("sample.top_k", self.top_k, allow_zero=True)
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"sample.top_p={self.top_p!r} must lie in (0, 1]")
-        _check_positive("sample.block_size", self.block_size, allow_zero=True)
-        _check_unit("sample.threshold", self.threshold)
-        _check_unit("sample.eta", self.eta)
-        _check_positive("sample.num_samples", self.num_samples, allow_zero=True)
-        _check_positive("sample.guidance_scale", self.guidance_scale, allow_zero=True)
-        _check_positive("sample.mbr", self.mbr)
+            check_positive("sample.length", self.length)
+        check_positive("sample.num_samples", self.num_samples, allow_zero=True)
+        check_positive("sample.guidance_scale", self.guidance_scale, allow_zero=True)
+        check_positive("sample.mbr", self.mbr)
+        declared = all_sampler_options()
+        for key, value in self.options.items():
+            if key not in declared:
+                raise ValueError(f"sample.{key} is not an option of any sampler; options: {', '.join(declared)}")
+            declared[key][1].validate(f"sample.{key}", value)
         if self.infill is not None:  # checked now, not after a whole training run
             from textdiff.infill import parse_template
 
@@ -381,6 +271,26 @@ class SampleConfig:
             except TextdiffError as e:
                 raise ValueError(f"sample.infill: {e}") from None
 
+    def sampler_for(self, backend) -> str:
+        """The sampler this section names for a back-end class (its default when None)."""
+        return self.sampler or backend.default_sampler
+
+    def flat(self) -> dict:
+        """The section as YAML writes it: its own keys and the sampler options side by side."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        return {**own, **self.options}
+
+
+def all_sampler_options() -> dict:
+    """{option: (type, Option, [samplers])} over every registered sampler."""
+    from textdiff.sampling import all_options
+
+    return all_options()
+
+
+def default_backend():
+    return BACKENDS["masked"].Options(name="masked")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -388,7 +298,8 @@ class Recipe:
 
     data: DataConfig
     model: ModelConfig = field(default_factory=ModelConfig)
-    backend: BackendConfig = field(default_factory=BackendConfig)
+    backend: Any = field(default_factory=default_backend)
+    """The back-end's own Options (textdiff.noising.base.Options subclass), selected by `backend.name`."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
@@ -398,78 +309,84 @@ class Recipe:
     """Run directory (default: runs/<name>)."""
 
     def __post_init__(self):
-        from textdiff.noising import BACKENDS
-
-        if self.backend.name == "masked" and self.model.time_conditioning and self.backend.mask_sampling == "count":
-            raise ValueError("backend.mask_sampling=count integrates t out and needs model.time_conditioning: false; "
-                             "set backend.mask_sampling: time for a time-conditioned denoiser")
+        backend = BACKENDS[self.backend.name]
         seq2seq = self.data.source_field is not None
         if self.model.segments and not seq2seq:
             raise ValueError("model.segments=true needs a seq2seq recipe: set data.source_field")
-        if self.model.segments and self.backend.name == "ar":
-            raise ValueError("model.segments=true is for the bidirectional back-ends; the ar baseline reads [SEP]")
         if self.train.cond_dropout > 0 and not seq2seq:
             raise ValueError("train.cond_dropout > 0 needs a seq2seq recipe: set data.source_field")
-        if self.sample.infill and "[...]" in self.sample.infill and not BACKENDS[self.backend.name].variable_length:
+        if self.sample.infill and "[...]" in self.sample.infill and not backend.variable_length:
             raise ValueError(f"sample.infill: [...] (a span of unknown length) needs the edit back-end; the "
-                             f"{self.backend.name} back-end fills holes of a fixed length: write [MASK:n]")
-        if self.backend.name == "edit" and self.backend.edit_prior == "source" and not seq2seq:
-            raise ValueError("backend.edit_prior=source revises the source into the target: it needs a seq2seq recipe "
-                             "(data.source_field); use random or empty")
+                             f"{backend.name} back-end fills holes of a fixed length: write [MASK:n]")
+        backend.check_recipe(self)
+        self._check_sampler(backend)
+
+    def _check_sampler(self, backend) -> None:
+        """The sample section's sampler works with the back-end and declares every option the section sets."""
+        sampler = self.sample.sampler_for(backend)
+        if sampler not in backend.samplers:
+            raise ValueError(f"sample.sampler={sampler!r} does not work with the {backend.name} back-end; choose one "
+                             f"of {', '.join(backend.samplers)}")
+        declared = SAMPLERS[sampler].options
+        foreign = [k for k in self.sample.options if k not in declared]
+        if foreign:
+            raise ValueError(f"sample.{foreign[0]} is not an option of the {sampler} sampler; its options: "
+                             f"{', '.join(declared) or 'none'}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain JSON-able sections, each as its YAML would write it (the sampler's options flat in `sample`)."""
+        raw = dataclasses.asdict(self)
+        raw["sample"] = self.sample.flat()
+        return raw
 
     def run_dir(self) -> Path:
         return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "backend": BackendConfig, "tokenizer": TokenizerConfig,
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "backend": None, "tokenizer": TokenizerConfig,
             "train": TrainConfig, "sample": SampleConfig}
+"""The recipe's sections and their dataclasses (the backend's is chosen by its `name`)."""
 
 
-def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Check a YAML value against a dataclass field's type; ints are accepted for floats, nothing else coerces."""
-    origin = typing.get_origin(hint)
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return None if value is None else _convert(value, args[0], key, source)
-    if hint is tuple or origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise TextdiffError(f"{source}: {key} must be a list, got {value!r}")
-        return tuple(_convert(v, float, key, source) for v in value)
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str)}[hint]
-    if not ok(value):
-        raise TextdiffError(f"{source}: {key} must be {hint.__name__}, got {value!r} ({type(value).__name__})")
-    if hint is float:
-        try:
-            return float(value)
-        except OverflowError:
-            raise TextdiffError(f"{source}: {key} is too large for a float (a {value.bit_length()}-bit integer)") from None
-    return value
-
-
-def _build(cls: type, raw: Any, prefix: str, source: str):
+def _backend(raw: Any, source: str, legacy: bool):
+    """The `backend:` section as the named back-end's Options. `legacy`: a run's config.json written before each
+    back-end owned its options held every back-end's keys; the ones this back-end does not read are dropped."""
     if not isinstance(raw, dict):
-        raise TextdiffError(f"{source}: section '{prefix}' must be a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in names:
-            raise TextdiffError(f"{source}: unknown key '{prefix}.{key}'; allowed keys: {', '.join(names)}")
-        kwargs[key] = _convert(value, hints[key], f"{prefix}.{key}", source)
-    try:
-        return cls(**kwargs)
-    except ValueError as e:
-        raise TextdiffError(f"{source}: {e}") from None
+        raise TextdiffError(f"{source}: section 'backend' must be a mapping, got {type(raw).__name__}")
+    name = convert(raw.get("name", "masked"), str, "backend.name", source)
+    if name not in BACKENDS:
+        raise TextdiffError(f"{source}: backend.name={name!r} is not allowed; choose one of {', '.join(sorted(BACKENDS))}")
+    cls = BACKENDS[name].Options
+    keys = {k: v for k, v in raw.items() if k != "name"}
+    if legacy:
+        keys = {k: v for k, v in keys.items() if k in {f.name for f in dataclasses.fields(cls)}}
+    return build(cls, keys, "backend", source, owner=f"the {name} back-end", name=name)
 
 
-def recipe_from_dict(raw: Any, source: str = "<recipe>") -> Recipe:
-    """Build a Recipe from a plain mapping (as read from YAML or a run's config.json)."""
+def _sample(raw: Any, source: str, legacy: bool, backend) -> SampleConfig:
+    """The `sample:` section: its own keys, and the sampler options (flat in YAML) gathered into `options`.
+    `legacy` (a run's config.json from before samplers declared their options): options at their default that the
+    run's sampler does not take, and the old default sampler `ancestral` on a back-end without it, are dropped."""
+    if not isinstance(raw, dict):
+        raise TextdiffError(f"{source}: section 'sample' must be a mapping, got {type(raw).__name__}")
+    own = {f.name for f in dataclasses.fields(SampleConfig)} - {"options"}
+    declared = all_sampler_options()
+    unknown = [k for k in raw if k not in own and k not in declared]
+    if unknown:
+        raise TextdiffError(f"{source}: unknown key 'sample.{unknown[0]}'; allowed keys: "
+                            f"{', '.join(sorted(own))} and the samplers' options {', '.join(declared)}")
+    section = {k: v for k, v in raw.items() if k in own}
+    if legacy and section.get("sampler") not in (None, *BACKENDS[backend.name].samplers):
+        section["sampler"] = None
+    options = {k: convert(v, declared[k][0], f"sample.{k}", source) for k, v in raw.items() if k in declared}
+    if legacy:
+        sampler = SAMPLERS[section.get("sampler") or BACKENDS[backend.name].default_sampler]
+        options = {k: v for k, v in options.items() if k in sampler.options or v != declared[k][1].default}
+    return build(SampleConfig, section, "sample", source, options=options)
+
+
+def recipe_from_dict(raw: Any, source: str = "<recipe>", legacy: bool = False) -> Recipe:
+    """Build a Recipe from a plain mapping (as read from YAML, or from a run's config.json with `legacy`)."""
     if not isinstance(raw, dict):
         raise TextdiffError(f"{source}: a recipe must be a YAML mapping with sections {', '.join(SECTIONS)}")
     raw = {k: v for k, v in raw.items() if k != "type"}
@@ -479,10 +396,13 @@ def recipe_from_dict(raw: Any, source: str = "<recipe>") -> Recipe:
             raise TextdiffError(f"{source}: unknown key '{key}'; allowed keys: {', '.join(allowed)}")
     if "data" not in raw:
         raise TextdiffError(f"{source}: the 'data' section is required (data.path names the corpus)")
-    sections = {name: _build(cls, raw.get(name) or {}, name, source) for name, cls in SECTIONS.items()}
-    top = {k: _convert(raw[k], Optional[str], k, source) for k in ("name", "out_dir") if k in raw}
+    backend = _backend(raw.get("backend") or {}, source, legacy)
+    sections = {name: build(cls, raw.get(name) or {}, name, source) for name, cls in SECTIONS.items()
+                if cls is not None and name != "sample"}
+    sample = _sample(raw.get("sample") or {}, source, legacy, backend)
+    top = {k: convert(raw[k], Optional[str], k, source) for k in ("name", "out_dir") if k in raw}
     try:
-        return Recipe(**sections, **top)
+        return Recipe(**sections, backend=backend, sample=sample, **top)
     except ValueError as e:
         raise TextdiffError(f"{source}: {e}") from None
 

@@ -52,7 +52,7 @@ def resolve_path(cfg: DataConfig) -> Path | str:
     return cfg.path  # a hub id
 
 
-def _check_text_file(path: Path) -> None:
+def check_text_file(path: Path) -> None:
     if path.is_dir():
         raise TextdiffError(f"data.path: {path} is a directory; name one data file")
     if not path.is_file():
@@ -82,7 +82,7 @@ def _load_local(path: Path, cfg: DataConfig) -> dict[str, list[str]]:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise TextdiffError(f"data.path: {path} has an unknown extension; allowed: {', '.join(FORMATS)}")
-    _check_text_file(path)
+    check_text_file(path)
     # a local file loads fast: no progress bars, and no log lines of its own beside our one-line error
     bars, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
     datasets.disable_progress_bars()

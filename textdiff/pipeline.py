@@ -18,14 +18,19 @@ import torch
 from tqdm.auto import tqdm
 
 from textdiff import checkpoint as ckpt
-from textdiff.config import Recipe, SampleConfig, recipe_from_dict
+from textdiff import rundir
+from textdiff.config import Recipe, SampleConfig
 from textdiff.data import segment_ids, source_mask
 from textdiff.errors import TextdiffError
 from textdiff.infill import parse_template, template_ids
 from textdiff.models import build_model
 from textdiff.noising import get_backend
-from textdiff.sampling import SAMPLERS, hole_blocks
-from textdiff.tokenization import encode, load_tokenizer, special_tokens
+from textdiff.registry import BACKENDS, SAMPLERS
+from textdiff.sampling import all_options, hole_blocks
+from textdiff.tokenization import encode, special_tokens
+
+OWN_KEYS = tuple(f.name for f in dataclasses.fields(SampleConfig) if f.name != "options")
+"""The sample section's own keys; every other sampling keyword is a sampler option."""
 
 
 @dataclass
@@ -44,15 +49,9 @@ class TextDiffusionPipeline:
     def from_pretrained(cls, run_dir: str | Path, device: str = "cpu") -> "TextDiffusionPipeline":
         """Load a run directory (config.json, model.safetensors, tokenizer). Never unpickles anything."""
         run_dir = Path(run_dir)
-        cfg = ckpt.read_run_config(run_dir)
-        recipe = recipe_from_dict(cfg["recipe"], str(run_dir / "config.json"))
-        if cfg.get("backend", recipe.backend.name) != recipe.backend.name:
-            raise TextdiffError(f"{run_dir / 'config.json'}: \"backend\": {cfg['backend']!r} disagrees with the recipe's "
-                                f"backend.name={recipe.backend.name!r}; the file was edited or mixed from two runs")
-        tokenizer = load_tokenizer(run_dir)
-        if len(tokenizer) != cfg.get("vocab_size"):
-            raise TextdiffError(f"{run_dir}: tokenizer has {len(tokenizer)} tokens, config.json says {cfg.get('vocab_size')}; "
-                                "the tokenizer files come from another run: copy this run's tokenizer.json back")
+        cfg = rundir.read_config(run_dir)
+        recipe = rundir.read_recipe(run_dir, cfg)
+        tokenizer = rundir.read_tokenizer(run_dir, cfg)
         model = build_model(recipe, cfg["vocab_size"], cfg["max_len"])
         weights = run_dir / "model.safetensors"
         if not weights.is_file():
@@ -65,24 +64,53 @@ class TextDiffusionPipeline:
     # --- options -----------------------------------------------------------------------------------------------
 
     def options(self, **overrides) -> SampleConfig:
-        """The recipe's sample section with keyword overrides (None means keep), validated."""
-        opts = dataclasses.replace(self.recipe.sample, **{k: v for k, v in overrides.items() if v is not None})
-        if opts.sampler not in self.backend.samplers:
-            if "sampler" in overrides and overrides["sampler"] is not None:
-                raise TextdiffError(f"sampler '{opts.sampler}' does not work with the {self.backend.name} back-end; "
-                                    f"choose one of {', '.join(self.backend.samplers)}")
-            opts = dataclasses.replace(opts, sampler=self.backend.default_sampler)
-        if opts.threshold > 0 and opts.sampler != "confidence":
-            raise TextdiffError(f"threshold={opts.threshold:g} is an option of the confidence sampler, not of "
-                                f"'{opts.sampler}'; use --sampler confidence or leave the threshold at 0")
-        if opts.joint_edits and opts.sampler != "edit":
-            raise TextdiffError(f"joint edits are an option of the edit back-end's sampler, not of '{opts.sampler}'")
-        return opts
+        """The recipe's sample section with keyword overrides (None means keep), validated: the sampler resolved
+        (the back-end's default when neither names one) and `options` completed to every option it declares (the
+        recipe's where the sampler takes them, then the overrides). An override the sampler does not declare is
+        refused in one line naming the samplers it belongs to."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        sampler = given.get("sampler") or self.recipe.sample.sampler_for(type(self.backend))
+        if sampler not in self.backend.samplers:
+            raise TextdiffError(f"sampler '{sampler}' does not work with the {self.backend.name} back-end; "
+                                f"choose one of {', '.join(self.backend.samplers)}")
+        declared = SAMPLERS[sampler].options
+        extra = {k: v for k, v in given.items() if k not in OWN_KEYS}
+        for key, value in extra.items():
+            self._check_option(sampler, key, value)
+        if "steps" in given and not SAMPLERS[sampler].takes_steps:
+            raise TextdiffError(f"steps={given['steps']}: the {sampler} sampler writes one token per model call and "
+                                "takes no step count; leave --steps out")
+        recipe_opts = {k: v for k, v in self.recipe.sample.options.items() if k in declared}
+        options = {**{k: opt.default for k, (_, opt) in declared.items()}, **recipe_opts, **extra}
+        own = {k: v for k, v in given.items() if k in OWN_KEYS and k != "sampler"}
+        try:
+            return dataclasses.replace(self.recipe.sample, sampler=sampler, options=options, **own)
+        except ValueError as e:
+            raise TextdiffError(str(e)) from None
+
+    def _check_option(self, sampler: str, key: str, value) -> None:
+        declared = all_options()
+        if key not in declared:
+            raise TextdiffError(f"{key}: not a sampling option; options: {', '.join(declared)}")
+        kind, opt, owners = declared[key]
+        if key not in SAMPLERS[sampler].options:
+            backends = [b for b in BACKENDS if any(o in BACKENDS[b].samplers for o in owners)]
+            usable = [o for o in owners if o in self.backend.samplers]
+            hint = f"use --sampler {usable[0]} or leave it out" if usable else "leave it out"
+            raise TextdiffError(f"{key.replace('_', ' ')} ({key}={value!r}) is an option of the {', '.join(owners)} "
+                                f"sampler{'s' if len(owners) > 1 else ''} (the {', '.join(backends)} back-end"
+                                f"{'s' if len(backends) > 1 else ''}), not of '{sampler}'; {hint}")
+        if not isinstance(value, kind) and not (kind is float and isinstance(value, int)):
+            raise TextdiffError(f"{key}={value!r} must be {kind.__name__}")
+        try:
+            opt.validate(key, value)
+        except ValueError as e:
+            raise TextdiffError(str(e)) from None
 
     def _run(self, x: torch.Tensor, opts: SampleConfig, seed: int, callback: Optional[Callable],
              guidance: Optional[Callable] = None) -> Generation:
         holes = int((x == self.backend.special.mask).sum(dim=1).max())
-        if opts.sampler == "confidence" and opts.steps > holes:
+        if SAMPLERS[opts.sampler].reveals_per_step and opts.steps > holes:
             raise TextdiffError(f"steps={opts.steps} is more than the {holes} tokens to generate; use --steps {holes} or fewer")
         self._check_blocks(x, opts)
         if not 0 <= seed < 2 ** 63:
@@ -92,24 +120,28 @@ class TextDiffusionPipeline:
         return Generation([self.decode(row) for row in ids.tolist()], ids)
 
     def _check_blocks(self, x: torch.Tensor, opts: SampleConfig) -> None:
-        n_blocks = len(hole_blocks(x, self.backend.special.mask, opts.block_size))
-        if opts.steps < n_blocks:
-            raise TextdiffError(f"steps={opts.steps} is fewer than the {n_blocks} blocks of block_size={opts.block_size}")
+        block_size = opts.options.get("block_size", 0)
+        n_blocks = len(hole_blocks(x, self.backend.special.mask, block_size))
+        if SAMPLERS[opts.sampler].takes_steps and opts.steps < n_blocks:
+            raise TextdiffError(f"steps={opts.steps} is fewer than the {n_blocks} blocks of block_size={block_size}")
 
     def _sample(self, x: torch.Tensor, opts: SampleConfig, gen, callback=None, guidance_scale: float = 0.0,
                 guidance: Optional[Callable] = None) -> torch.Tensor:
         """One sampler call on x (B, L): seq2seq segments for the model, classifier-free guidance when asked, or the
         given guidance hook (classifier guidance)."""
         x = x.to(self.device)
-        if guidance is not None and self.backend.causal:
-            raise TextdiffError(f"the {self.backend.name} baseline takes no guidance")
+        sampler = SAMPLERS[opts.sampler]
         if guidance_scale > 0:
             from textdiff.sampling.guidance import classifier_free
 
             guidance = classifier_free(self.model, self.backend, source_mask(x, self.backend.special.sep), guidance_scale)
+        if guidance is not None and not sampler.takes_guidance:
+            raise TextdiffError(f"the {opts.sampler} sampler of the {self.backend.name} back-end takes no guidance")
+        steps = {"steps": opts.steps} if sampler.takes_steps else {}
         try:
             with torch.no_grad(), self.model.segmented(segment_ids(x, self.backend.special.sep)):
-                out = SAMPLERS[opts.sampler](self.model, self.backend, x, opts, gen, callback, guidance=guidance)
+                out = sampler(self.model, self.backend, x, gen, callback=callback, guidance=guidance, **steps,
+                              **opts.options)
         except ValueError as e:
             raise TextdiffError(f"sampler '{opts.sampler}': {e}") from None
         return self.backend.decode(out).cpu()
@@ -158,7 +190,7 @@ class TextDiffusionPipeline:
             ids += [bk.special.pad] * max(0, self.recipe.data.max_length - len(ids))
         holes = sum(1 for i in ids if i == self.backend.special.mask)
         o = self.options(steps=steps, sampler=sampler, **opts)
-        if steps is None and o.sampler == "confidence":  # it reveals at least one token per step
+        if steps is None and SAMPLERS[o.sampler].reveals_per_step:  # at least one token per step
             o = dataclasses.replace(o, steps=min(o.steps, holes))
         x = torch.tensor([ids] * num_samples, dtype=torch.long)
         return self._run(x, o, seed, callback)
@@ -188,7 +220,7 @@ class TextDiffusionPipeline:
             x = torch.tensor([encoded[i] + [sp.sep] + self.backend.open_hole(L - len(encoded[i]) - 1) for i in group
                               for _ in range(draws)])
             fewest = L - 1 - max(len(encoded[i]) for i in group)  # the smallest hole in the batch
-            run_opts = dataclasses.replace(o, steps=min(o.steps, fewest)) if o.sampler == "confidence" else o
+            run_opts = dataclasses.replace(o, steps=min(o.steps, fewest)) if SAMPLERS[o.sampler].reveals_per_step else o
             self._check_blocks(x, run_opts)
             ids = self._sample(x, run_opts, gen, guidance_scale=o.guidance_scale).view(len(group), draws, L)
             out.update({i: row for i, row in zip(group, ids)})
@@ -212,8 +244,9 @@ class TextDiffusionPipeline:
         if o.guidance_scale > 0 and self.recipe.train.cond_dropout <= 0:
             raise TextdiffError(f"guidance_scale={o.guidance_scale}: classifier-free guidance needs a model trained "
                                 "with train.cond_dropout > 0 (it has never seen the null condition)")
-        if o.guidance_scale > 0 and self.backend.causal:
-            raise TextdiffError(f"guidance_scale={o.guidance_scale}: the {self.backend.name} baseline takes no guidance")
+        if o.guidance_scale > 0 and not SAMPLERS[o.sampler].takes_guidance:
+            raise TextdiffError(f"guidance_scale={o.guidance_scale}: the {o.sampler} sampler of the {self.backend.name} "
+                                "back-end takes no guidance")
 
     def _check_length(self, length: int) -> None:
         limit = self.model.max_len if self.model.pos is not None else 4 * self.model.max_len

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 from textdiff.config import DataConfig, Recipe
-from textdiff.data import FORMATS, _check_text_file, build_sequences, resolve_path
+from textdiff.data import FORMATS, build_sequences, check_text_file, resolve_path
 from textdiff.errors import TextdiffError
 from textdiff.noising.base import Batch
 
@@ -28,7 +28,7 @@ def stream_texts(cfg: DataConfig, split: str) -> Iterator[str]:
     path = resolve_path(cfg)
     if not isinstance(path, Path):
         raise TextdiffError(f"data.streaming reads local files; {cfg.path} is not one (set data.streaming: false)")
-    _check_text_file(path)
+    check_text_file(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise TextdiffError(f"data.path: {path} has an unknown extension; allowed: {', '.join(FORMATS)}")
@@ -122,11 +122,11 @@ def prepare_streaming(recipe: Recipe, run_dir: Path, resume: bool, world):
     """Tokenizer (trained on the first data.tokenizer_examples texts), the training stream, validation sequences."""
     from itertools import islice
 
-    from textdiff.training import _tokenizer_for, write_run_files
+    from textdiff.rundir import tokenizer_for, write_run_files
 
     head = [] if resume or not world.is_main or recipe.tokenizer.path else \
         list(islice(stream_texts(recipe.data, "train"), recipe.data.tokenizer_examples))
-    tokenizer = _tokenizer_for(recipe, run_dir, head, resume or not world.is_main)
+    tokenizer = tokenizer_for(recipe, run_dir, head, resume or not world.is_main)
     train = StreamedSequences(recipe.data, tokenizer, recipe.train.batch_size)
     val = _validation(recipe, tokenizer)
     if world.is_main:

@@ -26,19 +26,21 @@ import torch
 
 from textdiff import checkpoint as ckpt
 from textdiff import distributed as dist
+from textdiff import rundir
 from textdiff.config import Recipe, TrainConfig
 from textdiff.data import Sequences, batch_indices, drop_condition, flat_texts, segment_ids
 from textdiff.errors import TextdiffError
-from textdiff.noising.base import Batch
+from textdiff.noising.base import Batch, LossOutput
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio at the last step."""
+    """Linear warm-up to cfg.lr, then cosine (or linear) decay to cfg.lr * cfg.min_lr_ratio at the last step."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = min((step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps), 1.0)
     floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1.0 - progress
+    return floor + (cfg.lr - floor) * shape
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -80,11 +82,33 @@ class StepStats:
     tokens: int
 
 
+class Objective:
+    """What a Trainer minimises and validates: by default the back-end's own loss, validated by its likelihood
+    bound (nats per token; the loss itself for a back-end without a bound). Distillation brings its own."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.likelihood = backend.has_bound
+        """`validate` gives a likelihood (nats per token, logged as val_nll and a perplexity), else a loss."""
+
+    def loss(self, model, batch: Batch, generator) -> LossOutput:
+        return self.backend.loss(model, batch, generator)
+
+    def validate(self, model, batch: Batch, generator) -> tuple[float, int]:
+        """(summed nats or loss, counted tokens) on one validation batch, the model in eval mode."""
+        if self.likelihood:
+            out = self.backend.bound(model, batch, 1, generator)
+            return float(out.nll.sum()), int(out.n_tokens.sum())
+        out = self.loss(model, batch, generator)
+        return float(out.loss) * out.n_tokens, out.n_tokens
+
+
 class Trainer:
     """Runs one recipe's training in a run directory; `fit()` trains to cfg.steps, resuming if asked."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, model, backend, train: Sequences, val: Sequences | None,
-                 device: torch.device | str = "cpu", world: dist.World = dist.World()):
+                 device: torch.device | str = "cpu", world: dist.World = dist.World(),
+                 objective: Objective | None = None):
         self.recipe, self.cfg, self.run_dir, self.world = recipe, recipe.train, Path(run_dir), world
         if self.cfg.grad_accum % world.size:
             raise TextdiffError(f"train.grad_accum={self.cfg.grad_accum} must be a multiple of the {world.size} processes: "
@@ -99,6 +123,7 @@ class Trainer:
             for block in self.module.blocks:
                 block.compile()
         self.backend, self.train_seq, self.val_seq = backend, train, val
+        self.objective = objective or Objective(backend)
         self.opt = build_optimizer(self.module, self.cfg)
         names = {id(p): n for n, p in self.module.named_parameters()}
         self.param_names = [names[id(p)] for g in self.opt.param_groups for p in g["params"]]
@@ -140,7 +165,7 @@ class Trainer:
             micro = drop_condition(micro, cfg.cond_dropout, self.backend.special.sep, self.backend.special.pad, gen)
             with dist.sync_gradients(self.model, sync=j == mine[-1]):
                 with self.autocast(), self.segmented(micro):
-                    out = self.backend.loss(self.model, micro, gen)
+                    out = self.objective.loss(self.model, micro, gen)
                 (out.loss / (cfg.grad_accum / world.size)).backward()  # DDP / FSDP average over processes
             total += out.loss.item() / cfg.grad_accum
             tokens += micro.ids.numel()
@@ -174,8 +199,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Validation nats per token (ELBO bound for diffusion, exact for AR) on the first eval_batches batches; for a
-        back-end without a bound (`has_bound` False), its training loss per token on those batches.
+        """The objective's validation number per token on the first eval_batches batches: nats per token (ELBO bound
+        for diffusion, exact for AR), or for a back-end without a bound its training loss per token.
 
         Batch b draws its noise from seed 1234 + b; under many processes batch b runs on process b % world_size and
         the nll / token sums are all-reduced, so the number does not depend on the world size."""
@@ -191,19 +216,14 @@ class Trainer:
                 gen = torch.Generator(self.device).manual_seed(1234 + b)
                 batch = self.val_seq.batch(batches[min(b, len(batches) - 1)]).to(self.device)
                 with self.segmented(batch):
-                    if self.backend.has_bound:
-                        out = self.backend.bound(self.module, batch, 1, gen)
-                        value, count = float(out.nll.sum()), int(out.n_tokens.sum())
-                    else:
-                        out = self.backend.loss(self.module, batch, gen)
-                        value, count = float(out.loss) * out.n_tokens, out.n_tokens
+                    value, count = self.objective.validate(self.module, batch, gen)
                 if b < len(batches):
                     nll, tokens = nll + value, tokens + count
         nll, tokens = self.world.sum([nll, tokens])
         return nll / max(tokens, 1)
 
     def _log_validation(self, metrics: "MetricsLog", bar, val: float) -> None:
-        if not self.backend.has_bound:  # a loss, not a likelihood: no perplexity to show
+        if not self.objective.likelihood:  # a loss, not a likelihood: no perplexity to show
             metrics.write(step=self.step, val_loss=val)
             bar.write(f"step {self.step}: validation loss {val:.4f} (no likelihood bound for this back-end)")
             return
@@ -394,54 +414,6 @@ def plot_losses(metrics: Path, out: Path) -> None:
 # --- from a recipe to a trained run directory ---------------------------------------------------------------------
 
 
-# how long a run trains, how it is executed (not what it computes, up to float order) and how often it logs,
-# validates and checkpoints may change on --resume (validation draws its noise from its own seeded generators and
-# runs in eval mode, so it leaves the training stream alone); grad_accum too, so that a run resumes on a world size
-# that does not divide the old value
-RESUME_MAY_CHANGE = ("steps", "grad_accum", "threads", "strategy", "compile", "activation_checkpointing",
-                     "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_batches")
-
-
-def _check_run_dir(recipe: Recipe, run_dir: Path, resume: bool) -> None:
-    config = run_dir / "config.json"
-    if not resume:
-        if config.exists() or ckpt.list_checkpoints(run_dir):
-            raise TextdiffError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
-                                f"directory with --set out_dir=PATH")
-        return
-    diff = recipe_changes(ckpt.read_run_config(run_dir)["recipe"], recipe.to_dict())
-    if diff:
-        raise TextdiffError(f"--resume: the recipe differs from the one {run_dir} was trained with "
-                            f"({', '.join(diff)}); only "
-                            f"{', '.join('train.' + k for k in RESUME_MAY_CHANGE)} may change")
-
-
-def recipe_changes(saved: dict, recipe: dict) -> list[str]:
-    """The keys of `recipe` (a Recipe.to_dict()) that a run trained with `saved` could not resume under: all but
-    where the run lives and RESUME_MAY_CHANGE."""
-    saved, mine = json.loads(json.dumps(saved)), json.loads(json.dumps(recipe))
-    for raw in (saved, mine):
-        for key in RESUME_MAY_CHANGE:
-            raw.get("train", {}).pop(key, None)
-        raw.pop("out_dir", None)
-        raw.pop("name", None)
-    if saved == mine:
-        return []
-    diff = sorted(f"{s}.{k}" for s in mine if isinstance(mine[s], dict)
-                  for k in mine[s] if saved.get(s, {}).get(k) != mine[s][k])
-    return diff or ["top-level keys"]
-
-
-def _tokenizer_for(recipe: Recipe, run_dir: Path, texts: list[str], resume: bool):
-    from textdiff.tokenization import load_tokenizer, train_tokenizer
-
-    if resume or recipe.tokenizer.path:
-        return load_tokenizer(run_dir if resume else Path(recipe.tokenizer.path))
-    print(f"textdiff: training a {recipe.tokenizer.kind} tokenizer ({recipe.tokenizer.vocab_size} tokens) "
-          f"on {len(texts):,} training texts")
-    return train_tokenizer(recipe.tokenizer, texts)
-
-
 def train_recipe(recipe: Recipe, resume: bool = False, progress: bool = True, device: str | None = None) -> Path:
     """Tokenizer, data, model, training: everything `textdiff train` does. Returns the run directory.
 
@@ -453,7 +425,7 @@ def train_recipe(recipe: Recipe, resume: bool = False, progress: bool = True, de
 
     world = dist.init_world(device)
     run_dir = recipe.run_dir()
-    _check_run_dir(recipe, run_dir, resume)
+    rundir.check(recipe, run_dir, resume)
     world.barrier()  # every process has checked the run directory before rank 0 writes into it
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
@@ -484,26 +456,13 @@ def _prepare_data(recipe: Recipe, run_dir: Path, resume: bool, world: dist.World
 
         return prepare_streaming(recipe, run_dir, resume, world)
     texts = load_texts(recipe.data)
-    tokenizer = _tokenizer_for(recipe, run_dir, flat_texts(texts["train"]), resume or not world.is_main)
+    tokenizer = rundir.tokenizer_for(recipe, run_dir, flat_texts(texts["train"]), resume or not world.is_main)
     train = build_sequences(recipe.data, tokenizer, texts["train"])
     val = build_sequences(recipe.data, tokenizer, texts["validation"]) if texts["validation"] else None
     if len(train) < recipe.train.batch_size:
         raise TextdiffError(f"data: {len(train)} training sequences of {recipe.data.max_length} tokens, fewer than "
                             f"train.batch_size={recipe.train.batch_size}; use more data or a smaller batch")
     if world.is_main:
-        write_run_files(recipe, run_dir, tokenizer, resume)
+        rundir.write_run_files(recipe, run_dir, tokenizer, resume)
     return tokenizer, train, val
 
-
-def write_run_files(recipe: Recipe, run_dir: Path, tokenizer, resume: bool) -> None:
-    """The tokenizer and config.json of a new run; on resume, config.json again when train.steps changed."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        tokenizer.save_pretrained(str(run_dir))
-        ckpt.atomic_write_json(run_dir / "config.json", {
-            "type": ckpt.CONFIG_TYPE, "backend": recipe.backend.name, "recipe": recipe.to_dict(),
-            "vocab_size": len(tokenizer), "max_len": recipe.data.max_length})
-    elif recipe.to_dict() != ckpt.read_run_config(run_dir)["recipe"]:
-        cfg = ckpt.read_run_config(run_dir)
-        cfg["recipe"] = recipe.to_dict()
-        ckpt.atomic_write_json(run_dir / "config.json", cfg)

@@ -139,7 +139,7 @@ def generate_for_judge(pipe, num_samples: int, seed: int = 0, **opts) -> Generat
     o = pipe.options(**opts)
     gen, seconds = timed_generate(pipe, num_samples, seed, **opts)
     steps = gen.ids.shape[1] if pipe.backend.causal else o.steps
-    settings = {**{k: v for k, v in asdict(o).items() if k not in ("num_samples", "infill")}, "steps": steps}
+    settings = {**{k: v for k, v in o.flat().items() if k not in ("num_samples", "infill")}, "steps": steps}
     return Generated(texts=gen.texts, ids=_content(gen.ids, pipe.backend.special.pad), sampler=o.sampler, steps=steps,
                      length=gen.ids.shape[1], settings=settings, sample_seconds=seconds,
                      tokens_per_s=gen.ids.numel() / seconds)

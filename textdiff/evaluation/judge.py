@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -124,15 +123,6 @@ def _run_judge(run_dir: Path, device) -> Judge:
                  max_len=pipe.model.max_len, device=pipe.device)
 
 
-def _is_run(path: Path) -> bool:
-    from textdiff.checkpoint import CONFIG_TYPE
-
-    try:
-        return json.loads((path / "config.json").read_text(encoding="utf-8")).get("type") == CONFIG_TYPE
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 @functools.lru_cache(maxsize=4)
 def load_judge(spec: Optional[str] = None, device: str = "cpu") -> Judge:
     """The judge named by `spec` (see the module docstring), loaded once per process and device."""
@@ -143,6 +133,8 @@ def load_judge(spec: Optional[str] = None, device: str = "cpu") -> Judge:
         return _hf_judge(path.parent, path.name, device)
     if not path.is_dir():
         raise TextdiffError(f"--judge {spec}: not a directory or a .gguf file (default: {DEFAULT_JUDGE})")
-    if _is_run(path):
+    from textdiff.rundir import is_run
+
+    if is_run(path):
         return _run_judge(path, device)
     return _hf_judge(path, None, device)

@@ -10,7 +10,7 @@ from textdiff.errors import TextdiffError
 
 SEQ2SEQ_METRICS = ("bleu", "rouge")
 SETTINGS = ("sampler", "steps", "guidance_scale", "mbr", "temperature", "block_size", "threshold", "joint_edits")
-"""The sampling options recorded with each row."""
+"""The sampling settings recorded with each row (those the row's sampler takes)."""
 
 
 def grouped_references(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
@@ -57,7 +57,8 @@ def seq2seq_eval(pipe, metrics: list[str], split: str = "test", max_sources: int
         start = time.perf_counter()
         gen = pipe.translate(sources, seed=seed, batch_size=batch_size, progress=progress, **run_opts)
         settings = pipe.options(**{k: v for k, v in run_opts.items() if k in SETTINGS})
-        row = {"settings": {k: getattr(settings, k) for k in SETTINGS},
+        flat = settings.flat()
+        row = {"settings": {k: flat[k] for k in SETTINGS if k in flat},
                "seconds": time.perf_counter() - start, **score(gen.texts, refs, metrics),
                "unchanged": unchanged(gen.texts, sources), "predictions": gen.texts}
         out["rows"].append(row)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from textdiff.registry import Registry
+from textdiff.registry import BACKENDS
 
-BACKENDS = Registry("back-end")
 register = BACKENDS.register
 
 
 def get_backend(cfg, special, vocab_size):
+    """The back-end its options `cfg` (a `backend:` section) name, for a vocabulary with these special tokens."""
     return BACKENDS[cfg.name](cfg, special, vocab_size)
+
+
+def options_for(name: str, **keys):
+    """The Options of back-end `name` with `keys` (e.g. `options_for("masked", mask_sampling="time")`)."""
+    return BACKENDS[name].Options(name=name, **keys)
 
 
 from textdiff.noising import ar, edit, embedding, masked, simplex, uniform  # noqa: E402,F401  (registration)

@@ -18,6 +18,16 @@ class Autoregressive(Backend):
     causal = True
     default_sampler = "ar"
     samplers = ("ar",)
+    self_conditioning = False
+
+    @classmethod
+    def check_recipe(cls, recipe) -> None:
+        super().check_recipe(recipe)
+        if recipe.model.time_conditioning:
+            raise ValueError("model.time_conditioning=true: the ar baseline has no diffusion time to condition on; "
+                             "set it to false")
+        if recipe.model.segments:
+            raise ValueError("model.segments=true is for the bidirectional back-ends; the ar baseline reads [SEP]")
 
     def _token_nll(self, model, batch: Batch):
         """(N,) next-token NLL at counted positions, and the (B, L-1) mask of those positions."""

@@ -44,8 +44,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from textdiff.noising import register
-from textdiff.noising.base import Backend, Batch, LossOutput, real_token_mask
+from textdiff.noising.base import Backend, Batch, DiscreteOptions, LossOutput, real_token_mask
 from textdiff.noising.uniform import UniformDiffusion
+from textdiff.options import check_choice, check_positive
 from textdiff.schedules import get_schedule
 
 KEEP, DELETE, REPLACE = 0, 1, 2
@@ -157,18 +158,35 @@ class Script:
     """(B, L + 1) insertions per gap."""
 
 
+@dataclass(frozen=True)
+class EditOptions(DiscreteOptions):
+    """The edit back-end's keys."""
+
+    edit_prior: str = "random"
+    """The sequence x_1 that noise edits toward and sampling starts from. `random`: real tokens of a length drawn
+    uniformly up to the room left; `empty`: nothing (generation only inserts); `source` (seq2seq): a copy of the
+    source, so sampling revises the source into the target."""
+    max_insert: int = 128
+    """Most tokens one step inserts into one gap (the insertion-count head has max_insert + 1 classes)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("backend.edit_prior", self.edit_prior, ("random", "empty", "source"))
+        check_positive("backend.max_insert", self.max_insert)
+
+
 @register("edit")
 class EditDiffusion(Backend):
+    Options = EditOptions
     default_sampler = "edit"
     samplers = ("edit",)
     has_bound = False
     variable_length = True
-    default_schedule = "loglinear"
-    schedules = ("loglinear", "cosine")
+    self_conditioning = False
 
     def __init__(self, cfg, special, vocab_size):
         super().__init__(cfg, special, vocab_size)
-        self.schedule = get_schedule(cfg.schedule or self.default_schedule)
+        self.schedule = get_schedule(cfg.schedule_name())
         self.real = real_token_mask(special, vocab_size)
         self.real_ids = self.real.nonzero()[:, 0]
         self.n_real = len(self.real_ids)
@@ -176,6 +194,13 @@ class EditDiffusion(Backend):
         """Sampler inputs: a span of unknown length (the `[...]` of an infill template)."""
 
     noise_tokens = UniformDiffusion.noise_tokens
+
+    @classmethod
+    def check_recipe(cls, recipe) -> None:
+        super().check_recipe(recipe)
+        if recipe.backend.edit_prior == "source" and recipe.data.source_field is None:
+            raise ValueError("backend.edit_prior=source revises the source into the target: it needs a seq2seq recipe "
+                             "(data.source_field); use random or empty")
 
     @classmethod
     def modules(cls, cfg, model_cfg, vocab_size):
@@ -346,7 +371,7 @@ class EditDiffusion(Backend):
         """A span of unknown length with room for `width` tokens."""
         return [self.span_id] + [self.special.pad] * (width - 1)
 
-    def start(self, x: torch.Tensor, generator) -> EditState:
+    def start(self, model, x: torch.Tensor, generator) -> EditState:
         """The state a sampler input x (B, L) describes: tokens given, [MASK] slots (drawn uniformly, then only
         replaced), [SPAN]s of unknown length filled from `edit_prior` (random: a uniform length up to the room
         shared by the spans; source: the source before the first [SEP]), [PAD] room."""
@@ -415,8 +440,11 @@ class EditDiffusion(Backend):
         """y (B, L): the script applied with [MASK] at every token it writes."""
         return apply_script(state.ids, script.ops, script.counts, self.special.mask, self.special.pad)[0]
 
-    def step(self, state: EditState, script: Script, x0: torch.Tensor, t: float, s: float, generator,
-             joint: bool = False) -> EditState:
+    def tokens(self, state: EditState) -> torch.Tensor:
+        return state.ids
+
+    def apply(self, state: EditState, script: Script, x0: torch.Tensor, t: float, s: float, generator,
+              joint: bool = False) -> EditState:
         """Step t -> s toward x0 (B, L), the placeholders filled: each edit of the script applies w.p.
         (alpha_s - alpha_t) / (1 - alpha_t) (1 at s = 0, so the last step returns x0). With `joint`, each run of
         adjacent edits (deleted, replaced and inserted tokens with no kept token between them: "the LORD" ->

@@ -16,17 +16,60 @@ Gaussian decoder p(x_i | z_0) proportional to N(z_0; alpha_0 e_x, sigma_0^2) + t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from textdiff.noising import register
-from textdiff.noising.base import Backend, Batch, BoundOutput, LossOutput, StepOutput
-from textdiff.schedules import get_gaussian_schedule
+from textdiff.noising.base import (Backend, Batch, BoundOutput, GaussianOptions, LossOutput, Prediction, StepOutput,
+                                   ddim_update, draw)
+from textdiff.options import check_choice, check_positive
+from textdiff.schedules import GaussianSchedule, get_gaussian_schedule
+
+
+@dataclass(frozen=True)
+class EmbeddingOptions(GaussianOptions):
+    """The embedding back-end's keys."""
+
+    schedules: ClassVar[tuple[str, ...]] = ("cosine", "sqrt", "linear", "learned")
+    targets: ClassVar[tuple[str, ...]] = ("x0", "eps", "v")
+
+    x0_from: str = "logits"
+    """Where the x0 estimate comes from. `logits`: the expected embedding under the vocab head's distribution
+    (CDCD's score interpolation, Plaid's categorical reparameterisation; needs target x0); `vector`: a vector head
+    whose output is read as `target`."""
+    output_prior: bool = True
+    """With x0_from=logits: add the exact Bayes logits of x_t alone, -|x_t - alpha e_v|^2 / (2 sigma^2), to the
+    model's (Plaid's output prior), so the low-noise end is right without learning it."""
+    embed_dim: int = 64
+    """Width d of the diffused token embeddings."""
+    embed_norm: bool = True
+    """Scale every token embedding to norm sqrt(d) (CDCD), so embeddings cannot collapse."""
+    time_warp: bool = True
+    """Draw training times from the density fitted to the bound's integrand (CDCD's time warping; the loss is
+    divided by it, so unbiased); False draws t uniformly. The bound always uses the fit."""
+    loss: str = "elbo"
+    """The diffusion loss: `elbo` (the continuous-time variational bound, VDM) or `simple` (unweighted mean
+    squared error of the target, Ho et al. 2020)."""
+    ce_weight: float = 1.0
+    """Weight of the rounding / anchor cross-entropy of the tokens under the logits of the x0 estimate."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("backend.x0_from", self.x0_from, ("logits", "vector"))
+        if self.x0_from == "logits" and self.target != "x0":
+            raise ValueError(f"backend.x0_from=logits predicts x0 itself; use backend.target: x0, or backend.x0_from: "
+                             f"vector to predict {self.target}")
+        check_positive("backend.embed_dim", self.embed_dim)
+        check_choice("backend.loss", self.loss, ("elbo", "simple"))
+        check_positive("backend.ce_weight", self.ce_weight, allow_zero=True)
+        if self.schedule == "learned" and self.loss != "elbo":
+            raise ValueError("backend.schedule=learned is trained by the bound; it needs backend.loss: elbo")
 
 
 class TimeWarp(nn.Module):
@@ -76,8 +119,7 @@ class EmbeddingModules(nn.Module):
         nn.init.normal_(self.embedding.weight, std=1.0)
         self.inp = nn.Linear(d, D)
         self.out = nn.Linear(D, d) if cfg.x0_from == "vector" else None
-        self.schedule = get_gaussian_schedule(cfg.schedule or EmbeddingDiffusion.default_schedule,
-                                              cfg.gamma_min, cfg.gamma_max)
+        self.schedule = get_gaussian_schedule(cfg.schedule_name(), cfg.gamma_min, cfg.gamma_max)
         self.warp = TimeWarp()
 
     def table(self) -> torch.Tensor:
@@ -89,13 +131,14 @@ class EmbeddingModules(nn.Module):
 
 
 @dataclass
-class Prediction:
-    """The model's view of x0 at one time."""
+class GaussianPrediction(Prediction):
+    """A prediction with the Gaussian process it was made under (a learned schedule and the embeddings train with
+    the model, so the reverse step reads them here)."""
 
-    x0: torch.Tensor
-    """(B, L, d) the x0 estimate in embedding space."""
-    logits: torch.Tensor
-    """(B, L, V) rounding logits of the tokens."""
+    schedule: Optional[GaussianSchedule] = None
+    """The model's log-SNR schedule."""
+    table: Optional[torch.Tensor] = None
+    """(V, d) the diffused token embeddings."""
 
 
 def gaussian_logits(z: torch.Tensor, alpha: torch.Tensor, var: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -110,10 +153,9 @@ def gaussian_logits(z: torch.Tensor, alpha: torch.Tensor, var: torch.Tensor, tab
 
 @register("embedding")
 class EmbeddingDiffusion(Backend):
+    Options = EmbeddingOptions
     default_sampler = "ddim"
     samplers = ("ddim", "ddpm")
-    default_schedule = "cosine"
-    schedules = ("cosine", "sqrt", "linear", "learned")
 
     @classmethod
     def model_options(cls, cfg):
@@ -157,8 +199,8 @@ class EmbeddingDiffusion(Backend):
         eps = (z - a * x0) / s
         return {"x0": x0, "eps": eps, "v": a * eps - s * x0}[self.cfg.target]
 
-    def predict(self, model, z, t, x0_prev=None) -> Prediction:
-        """x0 estimate and rounding logits from z_t (B, L, d) at times t (B,)."""
+    def predict(self, model, z, t, x0_prev=None) -> GaussianPrediction:
+        """x0 estimate (B, L, d) and rounding logits (B, L, V) from z_t (B, L, d) at times t (B,)."""
         noise = model.noise
         table = noise.table()
         alpha, sigma = noise.schedule.alpha_sigma(t)
@@ -171,9 +213,11 @@ class EmbeddingDiffusion(Backend):
                 if self.cfg.output_prior:
                     logits = logits + gaussian_logits(z, alpha, sigma ** 2, table)
                 logits[..., self.special.mask] = float("-inf")
-                return Prediction(torch.softmax(logits, dim=-1) @ table, logits)
-            x0 = self.to_x0(out.float(), z.float(), alpha, sigma)
-            return Prediction(x0, self.rounding_logits(x0, table))
+                x0 = torch.softmax(logits, dim=-1) @ table
+            else:
+                x0 = self.to_x0(out.float(), z.float(), alpha, sigma)
+                logits = self.rounding_logits(x0, table)
+        return GaussianPrediction(logits, x0, noise.schedule, table)
 
     def rounding_logits(self, x0, table):
         """-|x0 - e_v|^2 / 2 up to a constant, with [MASK] excluded."""
@@ -181,10 +225,9 @@ class EmbeddingDiffusion(Backend):
         logits[..., self.special.mask] = float("-inf")
         return logits
 
-    def _self_condition(self, model, z, t):
-        """Analog-Bits self-conditioning: a no-grad pass whose x0 estimate is fed back in."""
-        with torch.no_grad():
-            return self.predict(model, z, t).x0
+    def feedback(self, pred: Prediction) -> torch.Tensor:
+        """Self-conditioning feeds back the x0 estimate itself (B, L, d)."""
+        return pred.x0
 
     # --- training and likelihood -------------------------------------------------------------------------------
 
@@ -196,7 +239,7 @@ class EmbeddingDiffusion(Backend):
         g = noise.schedule.gamma(t)
         alpha, sigma = torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()
         z, _ = self.noised(e, alpha, sigma, generator, batch.loss_mask)
-        x0_prev = self._self_condition(model, z, t) if self_cond else None
+        x0_prev = self.self_condition(model, z, t) if self_cond else None
         pred = self.predict(model, z, t, x0_prev)
         sq = ((e - pred.x0) ** 2).sum(-1)  # (B, L)
         elbo = 0.5 * noise.schedule.gamma_prime(t) * torch.exp(-g)  # (B,) -1/2 SNR'(t)
@@ -258,7 +301,7 @@ class EmbeddingDiffusion(Backend):
 
     # --- sampling ----------------------------------------------------------------------------------------------
 
-    def unconditional(self, model, z, t, source) -> Prediction:
+    def unconditional(self, model, z, t, source) -> GaussianPrediction:
         """Classifier-free guidance's null-condition prediction: the source (B, L) given as the clean [PAD] embedding."""
         null = model.noise.table()[self.special.pad].to(z.dtype)  # (d,)
         return self.predict(model, torch.where(source[..., None], null, z), t)
@@ -269,28 +312,38 @@ class EmbeddingDiffusion(Backend):
     def classifier_input_dim(self, model) -> int:
         return model.noise.embedding.weight.shape[1]
 
-    def classifier_guided(self, model, out: Prediction, grad: torch.Tensor, t: torch.Tensor) -> Prediction:
+    def classifier_guided(self, model, out: GaussianPrediction, grad: torch.Tensor, t: torch.Tensor):
         """Gradient guidance on the score, grad log p(z_t) += grad (= scale grad_z log p(c | z_t)): by Tweedie the x0
         estimate moves by sigma_t^2 / alpha_t grad, and the rounding logits with it, l_v += dx0 . e_v."""
         alpha, sigma = model.noise.schedule.alpha_sigma(t)
         dx0 = (sigma ** 2 / alpha)[:, None, None] * grad
-        return Prediction(out.x0 + dx0, out.logits + dx0 @ model.noise.table().float().T)
+        return dataclasses.replace(out, x0=out.x0 + dx0, logits=out.logits + dx0 @ model.noise.table().float().T)
 
-    def prior_sample(self, model, shape, generator) -> torch.Tensor:
-        """z_1 ~ N(0, I): (B, L) -> (B, L, d)."""
+    def start(self, model, x, generator) -> torch.Tensor:
+        """z_1 ~ N(0, I): (B, L) -> (B, L, d); the given positions are re-imposed by `hold` at every step."""
         d = model.noise.embedding.weight.shape[1]
-        device = model.noise.embedding.weight.device
-        return torch.randn((*shape, d), generator=generator, device=device)
+        return torch.randn((*x.shape, d), generator=generator, device=model.noise.embedding.weight.device)
 
-    def step(self, x0, z, t: float, s: float, generator, eta: float = 0.0, model=None) -> StepOutput:
-        """DDIM (Song et al. 2021, eq. 12) from t to s < t given the x0 estimate (B, L, d): with eta = 1 it is the
-        DDPM posterior q(z_s | z_t, x0_hat) (ancestral sampling); with eta = 0 deterministic."""
-        times = torch.tensor([t, s], device=z.device)
-        alpha, sigma = model.noise.schedule.alpha_sigma(times)
-        (a_t, a_s), (s_t, s_s) = alpha.tolist(), sigma.tolist()
-        eps = (z - a_t * x0) / s_t
-        c = eta * s_s / s_t * math.sqrt(max(1.0 - (a_t / a_s) ** 2, 0.0))  # DDIM's sigma_{t -> s}
-        z_s = a_s * x0 + math.sqrt(max(s_s ** 2 - c ** 2, 0.0)) * eps
-        if c > 0:
-            z_s = z_s + c * torch.randn(z.shape, generator=generator, device=z.device)
-        return StepOutput(z_s)
+    def hold(self, model, z, ids, known, t, generator) -> torch.Tensor:
+        """The replacement method: the known positions (B, L) become a fresh draw of q(z_t | ids), as in training; a
+        seq2seq model (model.segments) was trained on a clean source, so it gets the clean embeddings (DiffuSeq's
+        partial noising)."""
+        if not known.any():
+            return z
+        if model.cfg.segments:
+            return torch.where(known[..., None], model.noise.table()[ids].to(z.dtype), z)
+        return torch.where(known[..., None], self.corrupt(ids, t, generator, model=model), z)
+
+    def ddim(self, pred: GaussianPrediction, z, t, s, eta: float, generator) -> torch.Tensor:
+        """DDIM (Song et al. 2021, eq. 12) from z_t to z_s toward pred.x0: eta = 0 deterministic, 1 the DDPM posterior
+        q(z_s | z_t, x0_hat) (ancestral sampling)."""
+        return ddim_update(pred.x0, z, pred.schedule.alpha_sigma(t), pred.schedule.alpha_sigma(s), eta, generator)
+
+    def step(self, pred, probs, z, t, s, generator) -> StepOutput:
+        """Ancestral step t -> s (DDPM's posterior, DDIM with eta = 1); the tokens are drawn from probs, the
+        (filtered) rounding distribution."""
+        return StepOutput(self.ddim(pred, z, t, s, 1.0, generator), draw(probs, generator))
+
+    def snap(self, pred: GaussianPrediction) -> GaussianPrediction:
+        """The clamping trick (Diffusion-LM): the x0 estimate replaced by its nearest (most likely) embedding."""
+        return dataclasses.replace(pred, x0=pred.table[pred.logits.argmax(-1)])

@@ -12,27 +12,48 @@ the same bound with weights <= n instead of 1/t (see `draw_masks`).
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from textdiff.noising import register
-from textdiff.noising.base import BOUND_T_MIN, Backend, Batch, StepOutput
+from textdiff.noising.base import Backend, Batch, DiscreteOptions, Prediction, StepOutput, per_row
+from textdiff.options import check_choice
 from textdiff.schedules import get_schedule
+
+
+@dataclass(frozen=True)
+class MaskedOptions(DiscreteOptions):
+    """The masked back-end's keys."""
+
+    mask_sampling: str = "count"
+    """The ELBO estimator: `count` draws the number of masks k uniformly and weights n/k (t integrated out exactly;
+    needs model.time_conditioning: false) or `time` draws t and weights 1/t-like (MDLM)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("backend.mask_sampling", self.mask_sampling, ("count", "time"))
 
 
 @register("masked")
 class MaskedDiffusion(Backend):
+    Options = MaskedOptions
     default_sampler = "ancestral"
     samplers = ("ancestral", "confidence")
-    default_schedule = "loglinear"
-    schedules = ("loglinear", "cosine")
+    time_free = True
 
     def __init__(self, cfg, special, vocab_size):
         super().__init__(cfg, special, vocab_size)
-        self.schedule = get_schedule(cfg.schedule or self.default_schedule)
+        self.schedule = get_schedule(cfg.schedule_name())
         self.mask_id = special.mask
+
+    @classmethod
+    def check_recipe(cls, recipe) -> None:
+        super().check_recipe(recipe)
+        if recipe.model.time_conditioning and recipe.backend.mask_sampling == "count":
+            raise ValueError("backend.mask_sampling=count integrates t out and needs model.time_conditioning: false; "
+                             "set backend.mask_sampling: time for a time-conditioned denoiser")
 
     # --- forward process ---------------------------------------------------------------------------------
 
@@ -75,15 +96,15 @@ class MaskedDiffusion(Backend):
         logits[..., self.mask_id] = float("-inf")
         return logits
 
-    def x0_logits(self, model, x_t, t, x0_prev=None) -> torch.Tensor:
+    def predict(self, model, x_t, t, x0_prev=None) -> Prediction:
         """(B, L, V) x0 logits; at unmasked positions the distribution is a point mass on the given token."""
-        logits = self.subs(model(x_t, t, x0_prev=self._cond_input(model, x0_prev)))
+        logits = self.subs(model(x_t, t, x0_prev=self.cond_input(model, x0_prev)))
         known = x_t != self.mask_id
         if known.any():
             b, i = known.nonzero(as_tuple=True)
             logits[b, i] = float("-inf")
             logits[b, i, x_t[b, i]] = 0.0
-        return logits
+        return Prediction(logits)
 
     # --- training and likelihood -------------------------------------------------------------------------
 
@@ -91,8 +112,8 @@ class MaskedDiffusion(Backend):
         """Per-sequence weighted cross-entropy over masked positions, one draw each.  Returns (B,) nats."""
         masked, weight, t = self.draw_masks(keep, v, generator, t_min)
         x_t = x0.masked_fill(masked, self.mask_id)
-        x0_prev = self._self_condition(model, x_t, t) if self_cond else None
-        logits = self.subs(model(x_t, t, x0_prev=self._cond_input(model, x0_prev), select=masked))  # (N, V)
+        x0_prev = self.self_condition(model, x_t, t) if self_cond else None
+        logits = self.subs(model(x_t, t, x0_prev=self.cond_input(model, x0_prev), select=masked))  # (N, V)
         ce = F.cross_entropy(logits, x0[masked], reduction="none")  # (N,)
         per_seq = torch.zeros(x0.shape[0], device=x0.device, dtype=ce.dtype)
         per_seq = per_seq.index_add(0, masked.nonzero()[:, 0], ce)  # (B,)
@@ -108,20 +129,26 @@ class MaskedDiffusion(Backend):
 
     # --- sampling ----------------------------------------------------------------------------------------
 
-    def unconditional(self, model, x_t, t, source) -> torch.Tensor:
-        """Classifier-free guidance's null-condition output: x0 logits with the source (B, L) set to [PAD]."""
-        return self.x0_logits(model, x_t.masked_fill(source, self.special.pad), t)
+    def unconditional(self, model, x_t, t, source) -> Prediction:
+        """Classifier-free guidance's null-condition prediction: the source (B, L) set to [PAD]."""
+        return self.predict(model, x_t.masked_fill(source, self.special.pad), t)
 
-    def step(self, x0_probs: torch.Tensor, x_t: torch.Tensor, t: float, s: float, generator) -> StepOutput:
-        """Ancestral step t -> s of the reverse process (MDLM eq. 7): each masked token is revealed with
-        probability (alpha_s - alpha_t) / (1 - alpha_t), its value drawn from the x0 distribution."""
-        a_t, a_s = (self.schedule.alpha(torch.tensor(v, dtype=torch.float64)).item() for v in (t, s))
-        p_reveal = 1.0 if s <= 0 else (a_s - a_t) / max(1.0 - a_t, 1e-12)
+    def reveal(self, probs: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, generator):
+        """MDLM's ancestral step t -> s (eq. 7), per sequence (t, s (B,)): each masked token is revealed with
+        probability (alpha_s - alpha_t) / (1 - alpha_t) (1 at s = 0), its value drawn from probs (B, L, V)."""
+        a_t, a_s = self.schedule.alpha(t.double()), self.schedule.alpha(s.double())
+        p = torch.where(s <= 0, torch.ones_like(a_t), (a_s - a_t) / (1.0 - a_t).clamp_min(1e-12)).float()  # (B,)
         masked = x_t == self.mask_id
-        reveal = masked & (torch.rand(x_t.shape, generator=generator, device=x_t.device) < p_reveal)
+        reveal = masked & (torch.rand(x_t.shape, generator=generator, device=x_t.device) < per_row(p, x_t))
         if not reveal.any():
-            return StepOutput(x_t, x0_probs)
-        draw = torch.multinomial(x0_probs[reveal], 1, generator=generator).squeeze(-1)
+            return x_t
         sample = x_t.clone()
-        sample[reveal] = draw
-        return StepOutput(sample, x0_probs)
+        sample[reveal] = torch.multinomial(probs[reveal], 1, generator=generator).squeeze(-1)
+        return sample
+
+    def step(self, pred, probs, state, t, s, generator) -> StepOutput:
+        sample = self.reveal(probs, state, t, s, generator)
+        return StepOutput(sample, sample)
+
+    def settled(self, state, where) -> bool:
+        return not bool((state == self.mask_id)[where].any())

@@ -14,38 +14,40 @@ There is no tractable likelihood bound: judge this back-end by generative perple
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from textdiff.noising import register
-from textdiff.noising.base import Backend, Batch, LossOutput
+from textdiff.noising.base import (Backend, Batch, GaussianOptions, LossOutput, Prediction, StepOutput, ddim_update,
+                                   draw, per_row)
+from textdiff.options import check_positive
 from textdiff.schedules import get_gaussian_schedule
 
 
-@dataclass
-class SimplexStep:
-    """One reverse step from t to s < t on the simplex."""
+@dataclass(frozen=True)
+class SimplexOptions(GaussianOptions):
+    """The simplex back-end's keys (target: `x0` trains by cross-entropy, `eps` by mean squared error)."""
 
-    logits: torch.Tensor
-    """(B, L, V) the noisy logits x_s."""
-    ids: torch.Tensor
-    """(B, L) the tokens the x0 distribution was projected to (the sample once s = 0)."""
+    simplex_k: float = 5.0
+    """Clean tokens become logits +k (the token) and -k (every other)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_positive("backend.simplex_k", self.simplex_k)
 
 
 @register("simplex")
 class SimplexDiffusion(Backend):
+    Options = SimplexOptions
     default_sampler = "simplex"
     samplers = ("simplex", "simplex_ddim")
     has_bound = False
-    default_schedule = "cosine"
-    schedules = ("cosine", "sqrt", "linear")
 
     def __init__(self, cfg, special, vocab_size):
         super().__init__(cfg, special, vocab_size)
         self.k = cfg.simplex_k
-        self.schedule = get_gaussian_schedule(cfg.schedule or self.default_schedule, cfg.gamma_min, cfg.gamma_max)
+        self.schedule = get_gaussian_schedule(cfg.schedule_name(), cfg.gamma_min, cfg.gamma_max)
         self.never = torch.zeros(vocab_size, dtype=torch.bool)
         self.never[special.mask] = True
 
@@ -82,15 +84,15 @@ class SimplexDiffusion(Backend):
 
     def _forward(self, model, x_t, t, x0_prev=None, select=None) -> torch.Tensor:
         """The model's raw output (B, L, V), or (N, V) at `select`; x0_prev (B, L, V) is a distribution or None."""
-        return model(self.model_input(model, x_t), t, x0_prev=self._cond_input(model, x0_prev), select=select).float()
+        return model(self.model_input(model, x_t), t, x0_prev=self.cond_input(model, x0_prev), select=select).float()
 
-    def x0_logits(self, model, x_t, t, x0_prev=None) -> torch.Tensor:
+    def predict(self, model, x_t, t, x0_prev=None) -> Prediction:
         """(B, L, V) x0 logits from noisy logits x_t (B, L, V) at times t (B,), never on [MASK]."""
         out = self._forward(model, x_t, t, x0_prev)
         if self.cfg.target == "eps":
             alpha, sigma = (v[:, None, None] for v in self.schedule.alpha_sigma(t))
             out = ((x_t - sigma * self.k * out) / alpha).clamp(-self.k, self.k)
-        return self.no_mask(out)
+        return Prediction(self.no_mask(out))
 
     def classifier_input(self, x_t: torch.Tensor) -> torch.Tensor:
         """The noisy logits as the distribution the denoiser reads, softmax(x_t) (B, L, V)."""
@@ -109,7 +111,7 @@ class SimplexDiffusion(Backend):
         s0 = self.simplex(ids)  # (B, L, V)
         x_t, eps = self.noise(s0, t, generator)  # 2 × (B, L, V)
         x_t = torch.where(keep[..., None], x_t, s0)  # uncounted positions stay clean
-        x0_prev = self._self_condition(model, x_t, t) if self.self_condition_now(model, generator) else None
+        x0_prev = self.self_condition(model, x_t, t) if self.self_condition_now(model, generator) else None
         out = self._forward(model, x_t, t, x0_prev, select=keep)  # (N, V)
         if self.cfg.target == "eps":
             total = (out - eps[keep]).pow(2).mean(dim=-1).sum()
@@ -118,45 +120,44 @@ class SimplexDiffusion(Backend):
         n = int(keep.sum())
         return LossOutput(loss=total / max(n, 1), n_tokens=n)
 
-    def bound(self, model, batch, n_draws, generator):
-        raise NotImplementedError("the simplex back-end has no tractable likelihood bound; use generative perplexity")
-
     # --- sampling --------------------------------------------------------------------------------------------------
 
-    def unconditional(self, model, x_t, t, source) -> torch.Tensor:
+    def unconditional(self, model, x_t, t, source) -> Prediction:
         """Classifier-free guidance's null-condition x0 logits: the source (B, L) held at the clean [PAD] logits."""
         null = self.simplex(torch.full(source.shape, self.special.pad, dtype=torch.long, device=source.device))
-        return self.x0_logits(model, torch.where(source[..., None], null, x_t), t)
+        return self.predict(model, torch.where(source[..., None], null, x_t), t)
 
-    def project(self, x0_probs: torch.Tensor, generator) -> torch.Tensor:
-        """SSD-LM's logits projection: one token per position drawn from the (filtered) x0 distribution.
-        (B, L, V) -> (B, L); a greedy (one-hot) distribution makes it the argmax projection."""
-        B, L, V = x0_probs.shape
-        return torch.multinomial(x0_probs.reshape(B * L, V), 1, generator=generator).view(B, L)
+    def start(self, model, x, generator) -> torch.Tensor:
+        """x_1 = sigma_1 k eps at every [MASK] of x (B, L), the given tokens at their clean ±k logits: (B, L, V)."""
+        clean = self.simplex(x)
+        ones = torch.ones(x.shape[0], device=x.device)
+        return torch.where((x != self.special.mask)[..., None], clean,
+                           self.noise(torch.zeros_like(clean), ones, generator)[0])
 
-    def _alpha_sigma(self, t: float, device) -> tuple[float, float]:
-        a, s = self.schedule.alpha_sigma(torch.tensor([t], device=device))
-        return float(a), float(s)
+    def hold(self, model, x_t, ids, known, t, generator) -> torch.Tensor:
+        """Known tokens (given, or a finished semi-autoregressive block) stay at their clean ±k logits, as SSD-LM
+        holds its context."""
+        return torch.where(known[..., None], self.simplex(ids), x_t)
 
-    def step(self, x0_probs: torch.Tensor, x_t: torch.Tensor, t: float, s: float, generator) -> SimplexStep:
-        """SSD-LM's reverse step t -> s: project the x0 distribution (B, L, V) to ±k logits and noise those afresh
-        to level s (x_t is forgotten; at s = 0 the clean ±k logits)."""
-        ids = self.project(x0_probs, generator)
+    def tokens(self, x_t) -> torch.Tensor:
+        return self.decode(x_t)
+
+    def _renoised(self, s0: torch.Tensor, s: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+        return torch.where(per_row(s <= 0, s0), s0, noisy)
+
+    def step(self, pred, probs, x_t, t, s, generator) -> StepOutput:
+        """SSD-LM's reverse step t -> s: project the x0 distribution probs (B, L, V) to one token per position and
+        noise its ±k logits afresh to level s (x_t is forgotten; at s = 0 the clean ±k logits)."""
+        ids = draw(probs, generator)
         s0 = self.simplex(ids)
-        if s <= 0:
-            return SimplexStep(s0, ids)
-        return SimplexStep(self.noise(s0, torch.full((ids.shape[0],), s, device=x_t.device), generator)[0], ids)
+        return StepOutput(self._renoised(s0, s, self.noise(s0, s, generator)[0]), ids)
 
-    def ddim_step(self, x0_probs: torch.Tensor, x_t: torch.Tensor, t: float, s: float, eta: float,
-                  generator) -> SimplexStep:
-        """DDIM's step t -> s (Song et al. 2021, eq. 12) toward the projected x0 (B, L, V): the noise of x_t is
-        kept, eta = 0 deterministic given the projection, eta = 1 the DDPM posterior q(x_s | x_t, x0)."""
-        ids = self.project(x0_probs, generator)
+    def ddim(self, probs, x_t, t, s, eta: float, generator) -> StepOutput:
+        """DDIM's step t -> s (Song et al. 2021, eq. 12) toward the projected x0: the noise of x_t is kept, eta = 0
+        deterministic given the projection, eta = 1 the DDPM posterior q(x_s | x_t, x0). The process runs on x / k,
+        whose noise has unit scale."""
+        ids = draw(probs, generator)
         s0 = self.simplex(ids)
-        if s <= 0:
-            return SimplexStep(s0, ids)
-        (a_t, sg_t), (a_s, sg_s) = self._alpha_sigma(t, x_t.device), self._alpha_sigma(s, x_t.device)
-        eps_hat = (x_t - a_t * s0) / (sg_t * self.k)  # (B, L, V)
-        c = eta * sg_s / sg_t * max(1.0 - (a_t / a_s) ** 2, 0.0) ** 0.5
-        z = torch.randn(s0.shape, generator=generator, device=s0.device)
-        return SimplexStep(a_s * s0 + self.k * ((sg_s ** 2 - c ** 2) ** 0.5 * eps_hat + c * z), ids)
+        z_s = ddim_update(s0 / self.k, x_t / self.k, self.schedule.alpha_sigma(t), self.schedule.alpha_sigma(s), eta,
+                          generator)
+        return StepOutput(self._renoised(s0, s, self.k * z_s), ids)

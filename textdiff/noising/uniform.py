@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from textdiff.noising import register
-from textdiff.noising.base import Backend, Batch, StepOutput, real_token_mask
+from textdiff.noising.base import Backend, Batch, DiscreteOptions, Prediction, StepOutput, real_token_mask
 from textdiff.noising.masked import MaskedDiffusion
 from textdiff.schedules import get_schedule
 
@@ -38,14 +38,14 @@ where p_theta(x0) of a special x0 underflows float32 (then that token costs ~690
 
 @register("uniform")
 class UniformDiffusion(Backend):
+    Options = DiscreteOptions
     default_sampler = "uniform_ancestral"
     samplers = ("uniform_ancestral",)
-    default_schedule = "loglinear"
-    schedules = ("loglinear", "cosine")
+    time_free = True
 
     def __init__(self, cfg, special, vocab_size):
         super().__init__(cfg, special, vocab_size)
-        self.schedule = get_schedule(cfg.schedule or self.default_schedule)
+        self.schedule = get_schedule(cfg.schedule_name())
         if float(self.alpha(torch.ones(1))) > 1e-6:  # the prior term of the bound is 0 only then
             raise ValueError(f"the uniform back-end needs alpha(1) = 0; backend.schedule={cfg.schedule!r} ends above")
         self.real = real_token_mask(special, vocab_size)
@@ -75,15 +75,17 @@ class UniformDiffusion(Backend):
             redraw &= noise_mask
         return torch.where(redraw, self.noise_tokens(x0.shape, generator, x0.device), x0)
 
-    def posterior(self, x0_probs: torch.Tensor, x_t: torch.Tensor, a_t: float, a_s: float) -> torch.Tensor:
+    def posterior(self, x0_probs: torch.Tensor, x_t: torch.Tensor, a_t, a_s) -> torch.Tensor:
         """p(x_s | x_t) ∝ q(x_t | x_s) sum_x0 q(x_s | x0) p(x0), for an x0 distribution (B, L, V) (D3PM eq. 4); the
-        exact posterior q(x_s | x_t, x0) when it is one-hot.  Returns (B, L, V); a row with no mass (a special x_t
-        the distribution rules out) stays at x_t, the only x0 a special token in x_t can come from."""
+        exact posterior q(x_s | x_t, x0) when it is one-hot. alpha_t, alpha_s: numbers or (B,) per sequence.
+        Returns (B, L, V); a row with no mass (a special x_t the distribution rules out) stays at x_t, the only x0 a
+        special token in x_t can come from."""
         u = self.uniform_u(x_t.device)
+        a_t, a_s = (torch.as_tensor(a, device=x_t.device).float().reshape(-1, 1) for a in (a_t, a_s))  # (B or 1, 1)
         a_ts = a_t / a_s
-        prior_s = a_s * x0_probs.float() + (1.0 - a_s) * u  # (B, L, V) sum_x0 q(x_s | x0) p(x0)
+        prior_s = a_s[..., None] * x0_probs.float() + (1.0 - a_s[..., None]) * u  # (B, L, V) sum_x0 q(x_s|x0) p(x0)
         joint = prior_s * ((1.0 - a_ts) * u[x_t])[..., None]  # q(x_t | x_s) off the diagonal ...
-        joint = joint.scatter_add(-1, x_t[..., None], a_ts * prior_s.gather(-1, x_t[..., None]))  # ... and on it
+        joint = joint.scatter_add(-1, x_t[..., None], a_ts[..., None] * prior_s.gather(-1, x_t[..., None]))  # on it
         z = joint.sum(-1, keepdim=True)
         return torch.where(z > 0, joint / z.clamp_min(1e-30), F.one_hot(x_t, joint.shape[-1]).float())
 
@@ -91,13 +93,13 @@ class UniformDiffusion(Backend):
 
     def _logits(self, model, x_t, t, x0_prev=None, select=None) -> torch.Tensor:
         """Float32 x0 logits (B, L, V), or (N, V) at `select`, with [MASK] at -inf."""
-        logits = model(x_t, t, x0_prev=self._cond_input(model, x0_prev), select=select).float()
+        logits = model(x_t, t, x0_prev=self.cond_input(model, x0_prev), select=select).float()
         logits[..., self.special.mask] = float("-inf")
         return logits
 
-    def x0_logits(self, model, x_t, t, x0_prev=None) -> torch.Tensor:
+    def predict(self, model, x_t, t, x0_prev=None) -> Prediction:
         """(B, L, V) x0 logits of x_t (B, L) at times t (B,), never on [MASK]."""
-        return self._logits(model, x_t, t, x0_prev)
+        return Prediction(self._logits(model, x_t, t, x0_prev))
 
     unconditional = MaskedDiffusion.unconditional  # classifier-free guidance's null condition: the source as [PAD]
 
@@ -158,7 +160,7 @@ class UniformDiffusion(Backend):
         v = v.double()
         t = t_min + (1.0 - t_min) * v ** 2
         x_t = self.corrupt(x0, t, generator, keep)
-        x0_prev = self._self_condition(model, x_t, t.float()) if self_cond else None
+        x0_prev = self.self_condition(model, x_t, t.float()) if self_cond else None
         logits = self._logits(model, x_t, t.float(), x0_prev, select=keep)  # (N, V)
         rows = keep.nonzero()[:, 0]  # (N,) the sequence of each counted token
         h = self.integrand(logits, x0[keep], x_t[keep], t[rows])  # (N,)
@@ -181,9 +183,13 @@ class UniformDiffusion(Backend):
 
     # --- sampling ----------------------------------------------------------------------------------------------
 
-    def step(self, x0_probs: torch.Tensor, x_t: torch.Tensor, t: float, s: float, generator) -> StepOutput:
-        """Ancestral step t -> s: x_s drawn from `posterior` (B, L, V); at s = 0 a clean token (alpha_0 = 1)."""
-        a_t, a_s = (float(self.alpha(torch.tensor(v))) for v in (t, s))
-        post = self.posterior(x0_probs, x_t, a_t, a_s)
-        sample = torch.multinomial(post.view(-1, post.shape[-1]), 1, generator=generator).view(x_t.shape)
-        return StepOutput(sample, x0_probs)
+    def start(self, model, x, generator):
+        """x_1: uniform over the real tokens at every [MASK] of x, the given tokens as they are."""
+        return torch.where(x == self.special.mask, self.noise_tokens(x.shape, generator, x.device), x)
+
+    def step(self, pred, probs, state, t, s, generator) -> StepOutput:
+        """Ancestral step t -> s: x_s drawn from `posterior` with probs (B, L, V) plugged in for x0; at s = 0 a clean
+        token (alpha_0 = 1)."""
+        post = self.posterior(probs, state, self.alpha(t), self.alpha(s))
+        sample = torch.multinomial(post.view(-1, post.shape[-1]), 1, generator=generator).view(state.shape)
+        return StepOutput(sample, sample)

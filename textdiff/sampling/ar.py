@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from textdiff.noising.base import draw
 from textdiff.sampling import filter_probs, register_sampler
+from textdiff.sampling.options import TEMPERATURE, TOP_K, TOP_P
 
 
-@register_sampler("ar")
+@register_sampler("ar", takes_guidance=False)
 @torch.no_grad()
-def autoregressive(model, backend, x, opts, generator, callback=None, guidance=None):
+def autoregressive(model, backend, x, generator, *, callback=None, guidance=None, temperature: float = TEMPERATURE,
+                   top_k: int = TOP_K, top_p: float = TOP_P):
     """Fill the [MASK] suffix of x token by token after an [EOS] start token; the given prefix is the prompt.
     One model call per generated token, each over a single position (the KV cache holds the rest)."""
-    if guidance is not None:
-        raise ValueError("the autoregressive baseline takes no guidance")
     x = x.clone()
     masked = x == backend.special.mask
     first = int(masked.float().argmax(dim=1).min()) if masked.any() else x.shape[1]
@@ -25,8 +26,8 @@ def autoregressive(model, backend, x, opts, generator, callback=None, guidance=N
     logits = model(torch.cat([start, x[:, :first]], dim=1), cache=cache)[:, -1]  # (B, V)
     for i in range(first, L):
         logits = logits.float().index_fill(-1, torch.tensor([backend.special.mask], device=x.device), float("-inf"))
-        probs = filter_probs(logits, opts.temperature, opts.top_k, opts.top_p)
-        x[:, i] = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs = filter_probs(logits, temperature, top_k, top_p)
+        x[:, i] = draw(probs, generator)
         if callback is not None:
             callback(i - first + 1, x, probs)
         if i + 1 < L:

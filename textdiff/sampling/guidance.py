@@ -17,20 +17,25 @@ import torch
 
 
 def mix(cond, uncond, scale: float):
-    """cond + scale (cond - uncond) for tensors, or field by field for a dataclass of tensors."""
+    """cond + scale (cond - uncond) for tensors, or for each tensor field of a Prediction (fields the two share,
+    such as the embedding table, or that are not tensors, are kept from cond)."""
     if dataclasses.is_dataclass(cond):
         return dataclasses.replace(cond, **{f.name: mix(getattr(cond, f.name), getattr(uncond, f.name), scale)
                                             for f in dataclasses.fields(cond)})
+    if not torch.is_tensor(cond) or cond is uncond:
+        return cond
     finite = torch.isfinite(cond) & torch.isfinite(uncond)
     return torch.where(finite, cond + scale * (cond - uncond.where(finite, cond)), cond)
 
 
 def classifier_free(model, backend, source: torch.Tensor, scale: float) -> Callable:
-    """The guidance hook for seq2seq sampling; source (B, L) bool marks the conditioning tokens."""
+    """The guidance hook for seq2seq sampling; source (B, L) bool marks the conditioning tokens. The null condition
+    depends on t only through the model, so the loop's cache stays exact (`time_free`)."""
     if not hasattr(backend, "unconditional"):
         raise ValueError(f"the {backend.name} back-end has no classifier-free guidance")
 
     def guidance(out, x_t, t):
         return mix(out, backend.unconditional(model, x_t, t, source), scale)
 
+    guidance.time_free = True
     return guidance

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from textdiff.config import SampleConfig
-from textdiff.sampling import SAMPLERS, blocks, filter_probs, hole_blocks, split_steps
-from tests.test_conformance import B, L, SPECIAL, make
+from textdiff.sampling import blocks, filter_probs, hole_blocks, split_steps
+from tests.tiny import B, L, SPECIAL, make, sample
 
 
 def test_ancestral_cache_calls_the_model_only_when_a_step_changed_something():
@@ -20,8 +19,8 @@ def test_ancestral_cache_calls_the_model_only_when_a_step_changed_something():
 
     model.forward = counting
     revealed = []
-    out = SAMPLERS["ancestral"](model, backend, backend.prior((B, L)), SampleConfig(steps=200),
-                                torch.Generator().manual_seed(0), lambda i, x, p: revealed.append(int((x != 1).sum())))
+    out = sample("ancestral", model, backend, backend.prior((B, L)), steps=200,
+                 callback=lambda i, x, p: revealed.append(int((x != 1).sum())))
     changed = [a != b for a, b in zip([0] + revealed, revealed)]  # did step j reveal anything?
     assert not (out == SPECIAL.mask).any()
     assert calls["n"] == 1 + sum(changed[:-1])  # one call to start, then one after each step that changed x

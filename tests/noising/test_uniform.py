@@ -13,19 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_conformance import SPECIAL, B, L, V, batch, make
-from tests.test_simplex import Oracle
+from tests.tiny import SPECIAL, B, L, V, batch, make, sample
+from tests.noising.test_simplex import Oracle
 from textdiff.cli import main
-from textdiff.config import BackendConfig, SampleConfig, recipe_from_dict
+from textdiff.config import recipe_from_dict
 from textdiff.errors import TextdiffError
-from textdiff.noising import get_backend
+from textdiff.noising import get_backend, options_for
 from textdiff.noising.base import Batch
 from textdiff.noising.base import BOUND_T_MIN
-from textdiff.sampling import SAMPLERS
 
 
 def backend(vocab: int = V, **kw):
-    return get_backend(BackendConfig(name="uniform", **kw), SPECIAL, vocab)
+    return get_backend(options_for("uniform", **kw), SPECIAL, vocab)
 
 
 def alpha(bk, t: float) -> float:
@@ -130,7 +129,8 @@ def test_a_special_token_the_distribution_rules_out_stays_put():
     probs = torch.nn.functional.one_hot(torch.tensor([[7, 7]]), V).float()
     post = bk.posterior(probs, x_t, 0.5, 0.8)
     assert torch.isfinite(post).all() and post[0, 0, SPECIAL.sep] == 1.0
-    assert torch.equal(bk.step(probs, x_t, 0.5, 0.2, torch.Generator().manual_seed(0)).sample[0, 0], x_t[0, 0])
+    out = bk.step(None, probs, x_t, torch.tensor([0.5]), torch.tensor([0.2]), torch.Generator().manual_seed(0))
+    assert torch.equal(out.sample[0, 0], x_t[0, 0])
 
 
 # --- the sampler -------------------------------------------------------------------------------------------------
@@ -140,8 +140,7 @@ def test_a_special_token_the_distribution_rules_out_stays_put():
                                   {"top_k": 2}])
 def test_sampler_with_an_oracle_x0_predictor_returns_x0(opts):
     bk, ids = backend(), batch().ids
-    opts = SampleConfig(sampler="uniform_ancestral", **{"steps": 6, **opts})
-    out = SAMPLERS["uniform_ancestral"](Oracle(ids), bk, bk.prior((B, L)), opts, torch.Generator().manual_seed(0))
+    out = sample("uniform_ancestral", Oracle(ids), bk, bk.prior((B, L)), **{"steps": 6, **opts})
     assert torch.equal(out, ids)
 
 
@@ -150,8 +149,8 @@ def test_sampler_infills_with_an_oracle_and_shows_blocks_not_started_as_mask():
     x = bk.prior((B, L))
     x[:, :2] = ids[:, :2]
     seen = []
-    out = SAMPLERS["uniform_ancestral"](Oracle(ids), bk, x, SampleConfig(steps=4, block_size=4),
-                                        torch.Generator().manual_seed(0), lambda i, xs, p: seen.append(xs.clone()))
+    out = sample("uniform_ancestral", Oracle(ids), bk, x, steps=4, block_size=4,
+                 callback=lambda i, xs, p: seen.append(xs.clone()))
     assert torch.equal(out, ids) and all(torch.equal(s[:, :2], ids[:, :2]) for s in seen)
     assert (seen[0][:, 6:] == SPECIAL.mask).all() and not (seen[0][:, 2:6] == SPECIAL.mask).any()  # blocks from the hole
 
@@ -159,21 +158,8 @@ def test_sampler_infills_with_an_oracle_and_shows_blocks_not_started_as_mask():
 def test_sampler_feeds_the_previous_distribution_back_with_self_conditioning():
     bk, ids = backend(), batch().ids
     oracle = Oracle(ids, self_conditioning=True)
-    SAMPLERS["uniform_ancestral"](oracle, bk, bk.prior((B, L)), SampleConfig(steps=3), torch.Generator().manual_seed(0))
+    sample("uniform_ancestral", oracle, bk, bk.prior((B, L)), steps=3)
     assert oracle.seen[0] is None and all(p is not None and p.shape == (B, L, V) for p in oracle.seen[1:])
-
-
-def test_guidance_hook_sees_every_evaluation_of_the_x0_logits_and_steers_the_sample():
-    model, bk = make("uniform")
-    calls = []
-
-    def force_seven(logits, x_t, t):
-        calls.append((logits.shape, x_t.shape, t.shape))
-        return torch.full_like(logits, -1e4).index_fill(-1, torch.tensor([7]), 0.0)
-
-    out = SAMPLERS["uniform_ancestral"](model, bk, bk.prior((B, L)), SampleConfig(steps=5),
-                                        torch.Generator().manual_seed(0), guidance=force_seven)
-    assert (out == 7).all() and calls == [((B, L, V), (B, L), (B,))] * 5
 
 
 # --- the bound ---------------------------------------------------------------------------------------------------
@@ -236,11 +222,11 @@ class TwoTokens:
 
     @torch.no_grad()
     def probs(self, x: torch.Tensor, t: float) -> torch.Tensor:
-        return torch.softmax(self.bk.x0_logits(self.model, x, torch.full((len(x),), t)), -1)
+        return torch.softmax(self.bk.predict(self.model, x, torch.full((len(x),), t)).logits, -1)
 
     @torch.no_grad()
     def expected_integrand(self, t: float) -> float:
-        logits = self.bk.x0_logits(self.model, self.states, torch.full((len(self.states),), t))
+        logits = self.bk.predict(self.model, self.states, torch.full((len(self.states),), t)).logits
         h = self.bk.integrand(logits.flatten(0, 1), self.x0.repeat(len(self.states)), self.states.flatten(),
                               torch.full((self.states.numel(),), t, dtype=torch.float64))
         return float((self.q(t) * h.double().view(-1, 2).sum(1)).sum())

@@ -8,12 +8,10 @@ import math
 import pytest
 import torch
 
-from textdiff.config import SampleConfig
-from textdiff.noising.embedding import Prediction, gaussian_logits
+from textdiff.noising.embedding import GaussianPrediction, gaussian_logits
 from textdiff.noising.base import Batch
-from textdiff.sampling import SAMPLERS
 from textdiff.schedules import GAUSSIAN_SCHEDULES, get_gaussian_schedule
-from tests.test_conformance import SPECIAL, B, L, V, batch, make
+from tests.tiny import SPECIAL, B, L, V, batch, make, sample
 
 
 def ids(seed: int = 0) -> torch.Tensor:
@@ -85,8 +83,15 @@ def _oracle(backend, model, truth):
 
     def predict(model_, z, t, x0_prev=None):
         x0 = table[truth]
-        return Prediction(x0, backend.rounding_logits(x0, table))
+        return GaussianPrediction(backend.rounding_logits(x0, table), x0, model.noise.schedule, table)
     return predict
+
+
+def ddim_step(model, backend, x0, z, t: float, s: float, eta: float = 0.0, generator=None):
+    """One DDIM step of the back-end toward the x0 estimate x0 (B, L, d), times as numbers."""
+    pred = GaussianPrediction(None, x0, model.noise.schedule, model.noise.table())
+    tt, ss = torch.full((z.shape[0],), t), torch.full((z.shape[0],), s)
+    return backend.ddim(pred, z, tt, ss, eta, generator)
 
 
 @pytest.mark.parametrize("steps", [1, 4, 50])
@@ -95,16 +100,16 @@ def test_ddim_with_an_oracle_x0_predictor_recovers_x0_exactly(steps, monkeypatch
     truth = ids(3)
     monkeypatch.setattr(backend, "predict", _oracle(backend, model, truth))
     states = []
-    out = SAMPLERS["ddim"](model, backend, backend.prior((B, L)), SampleConfig(sampler="ddim", steps=steps, temperature=0.0),
-                           torch.Generator().manual_seed(0), lambda i, x, p: states.append(x))
+    out = sample("ddim", model, backend, backend.prior((B, L)), steps=steps, temperature=0.0,
+                 callback=lambda i, x, p: states.append(x))
     assert torch.equal(out, truth)
     # deterministic DDIM with the true x0 follows q's own path: z_s = alpha_s x0 + sigma_s eps for one fixed eps
     e = model.noise.table()[truth]
-    z1 = backend.prior_sample(model, (B, L), torch.Generator().manual_seed(0))
+    z1 = backend.start(model, backend.prior((B, L)), torch.Generator().manual_seed(0))
     z = z1
     for j in range(steps):
         t, s = 1 - j / steps, 1 - (j + 1) / steps
-        z = backend.step(e, z, t, s, None, 0.0, model).sample
+        z = ddim_step(model, backend, e, z, t, s)
         a_s, s_s = model.noise.schedule.alpha_sigma(torch.tensor([s]))
         a_1, s_1 = model.noise.schedule.alpha_sigma(torch.tensor([1.0]))
         eps = (z1 - a_1 * e) / s_1
@@ -124,7 +129,7 @@ def test_eta_1_is_the_ddpm_posterior():
     mean = a_ts * s_s ** 2 / s_t ** 2 * z_t + a_s * var_ts / s_t ** 2 * x0
     var = var_ts * s_s ** 2 / s_t ** 2
     g = torch.Generator().manual_seed(0)
-    draws = torch.cat([backend.step(x0, z_t, t, s, g, 1.0, model).sample for _ in range(4000)])  # (N, 1, 16)
+    draws = torch.cat([ddim_step(model, backend, x0, z_t, t, s, 1.0, g) for _ in range(4000)])  # (N, 1, 16)
     assert (draws.mean(0) - mean).abs().max() < 5 * math.sqrt(var / 4000)
     assert torch.allclose(draws.var(0), torch.full_like(mean, var)[0], rtol=0.1)
 
@@ -175,8 +180,7 @@ def test_every_parameterisation_trains_and_samples(kw):
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters())
-    x = SAMPLERS["ddim"](model.eval(), backend, backend.prior((B, L)), SampleConfig(sampler="ddim", steps=3, clamp=True),
-                         torch.Generator().manual_seed(0))
+    x = sample("ddim", model.eval(), backend, backend.prior((B, L)), steps=3, clamp=True)
     assert x.shape == (B, L) and not (x == SPECIAL.mask).any()
 
 
@@ -188,11 +192,11 @@ def test_learned_schedule_end_points_get_gradients():
 
 
 def test_self_conditioning_feeds_the_previous_estimate_back():
-    from textdiff.config import BackendConfig, DataConfig, ModelConfig, Recipe
+    from textdiff.config import DataConfig, ModelConfig, Recipe
     from textdiff.models import build_model
-    from textdiff.noising import get_backend
+    from textdiff.noising import get_backend, options_for
 
-    recipe = Recipe(data=DataConfig(path="unused.jsonl", max_length=L), backend=BackendConfig(name="embedding"),
+    recipe = Recipe(data=DataConfig(path="unused.jsonl", max_length=L), backend=options_for("embedding"),
                     model=ModelConfig(n_layer=2, n_embd=32, n_head=2, time_conditioning=True, self_conditioning=True))
     torch.manual_seed(0)
     model = build_model(recipe, V, L).eval()
@@ -205,8 +209,7 @@ def test_self_conditioning_feeds_the_previous_estimate_back():
         seen.append(x0_prev)
         return real(model_, z, t, x0_prev)
     backend.predict = spy
-    SAMPLERS["ddpm"](model, backend, backend.prior((B, L)), SampleConfig(sampler="ddpm", steps=3),
-                     torch.Generator().manual_seed(0))
+    sample("ddpm", model, backend, backend.prior((B, L)), steps=3)
     assert seen[0] is None and all(s is not None for s in seen[1:])
     b = batch()
     z = backend.corrupt(b.ids, torch.full((B,), 0.6), torch.Generator().manual_seed(0), model=model)

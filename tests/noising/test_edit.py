@@ -11,18 +11,16 @@ import torch
 import yaml
 
 from tests.conftest import ROOT
-from tests.test_conformance import SPECIAL, B, L, V, batch, make
+from tests.tiny import SPECIAL, B, L, V, batch, make, sample
 from tests.test_seq2seq import pair_corpus, seq2seq_recipe  # noqa: F401  (a fixture)
-from textdiff.config import BackendConfig, SampleConfig
 from textdiff.evaluation.lengths import format_histograms, length_histograms
-from textdiff.noising import get_backend
+from textdiff.noising import get_backend, options_for
 from textdiff.noising.base import Batch
 from textdiff.noising.edit import BLANK, DELETE, KEEP, REPLACE, EditDiffusion, apply_script, compact, fill_masks
-from textdiff.sampling import SAMPLERS
 
 
 def backend(**kw) -> EditDiffusion:
-    return get_backend(BackendConfig(name="edit", **kw), SPECIAL, V)
+    return get_backend(options_for("edit", **kw), SPECIAL, V)
 
 
 def seq2seq_batch(seed: int = 0, n: int = 64) -> Batch:
@@ -219,8 +217,8 @@ def test_sampler_with_an_oracle_returns_x0(opts, prior):
     x0 = targets()
     bk = OracleEdit(x0, edit_prior=prior)
     lengths = []
-    out = SAMPLERS["edit"](None, bk, bk.prior((B, L)), SampleConfig(sampler="edit", **{"steps": 6, **opts}),
-                           torch.Generator().manual_seed(0), lambda i, xs, p: lengths.append((xs != 0).sum(1)))
+    out = sample("edit", None, bk, bk.prior((B, L)), callback=lambda i, xs, p: lengths.append((xs != 0).sum(1)),
+                 **{"steps": 6, **opts})
     assert torch.equal(out, x0)
     assert len({tuple(n.tolist()) for n in lengths}) > 1 or opts.get("steps") == 1  # lengths change on the way
 
@@ -239,7 +237,7 @@ def test_joint_edits_apply_each_run_of_adjacent_edits_whole_or_not_at_all():
     counts[:, 3] = 1  # before 10
     x0 = torch.tensor([[7, 20, 10, 21] + [SPECIAL.pad] * (L - 4)] * n)
     for joint in (False, True):
-        out = bk.step(state, Script(ops, counts), x0, 0.5, 0.25, torch.Generator().manual_seed(0), joint=joint)
+        out = bk.apply(state, Script(ops, counts), x0, 0.5, 0.25, torch.Generator().manual_seed(0), joint=joint)
         rows = {tuple(v for v in r if v != SPECIAL.pad) for r in out.ids.tolist()}
         whole = {(7, 8, 9, 10, 11), (7, 20, 10, 11), (7, 8, 9, 10, 21), (7, 20, 10, 21)}
         assert rows == whole if joint else rows > whole
@@ -252,8 +250,7 @@ def test_sampler_infills_a_span_of_unknown_length_and_fixed_slots_with_an_oracle
     bk = OracleEdit(x0)
     x = torch.tensor([[7, 8, SPECIAL.mask, 9] + bk.open_hole(6)] * B)
     seen = []
-    out = SAMPLERS["edit"](None, bk, x, SampleConfig(sampler="edit", steps=5), torch.Generator().manual_seed(0),
-                           lambda i, xs, p: seen.append(xs.clone()))
+    out = sample("edit", None, bk, x, steps=5, callback=lambda i, xs, p: seen.append(xs.clone()))
     assert torch.equal(out, x0)
     assert all(torch.equal(s[:, [0, 1, 3]], x[:, [0, 1, 3]]) for s in seen)
 
@@ -261,16 +258,14 @@ def test_sampler_infills_a_span_of_unknown_length_and_fixed_slots_with_an_oracle
 def test_sampler_refuses_blocks_and_guidance():
     model, bk = make("edit")
     with pytest.raises(ValueError, match="block_size"):
-        SAMPLERS["edit"](model, bk, bk.prior((B, L)), SampleConfig(sampler="edit", block_size=4), torch.Generator())
+        sample("edit", model, bk, bk.prior((B, L)), steps=4, block_size=4)
     with pytest.raises(ValueError, match="guidance"):
-        SAMPLERS["edit"](model, bk, bk.prior((B, L)), SampleConfig(sampler="edit"), torch.Generator(),
-                         guidance=lambda out, x, t: out)
+        sample("edit", model, bk, bk.prior((B, L)), steps=4, guidance=lambda out, x, t: out)
 
 
 def test_untrained_samples_are_packed_rows_of_real_tokens():
     model, bk = make("edit")
-    out = SAMPLERS["edit"](model, bk, bk.prior((8, L)), SampleConfig(sampler="edit", steps=4),
-                           torch.Generator().manual_seed(0))
+    out = sample("edit", model, bk, bk.prior((8, L)), steps=4)
     lengths = (out != SPECIAL.pad).sum(1)
     assert all((row[n:] == SPECIAL.pad).all() and (row[:n] != SPECIAL.pad).all() for row, n in zip(out, lengths))
     assert not torch.isin(out, torch.tensor([SPECIAL.mask, SPECIAL.bos, SPECIAL.sep])).any()
@@ -359,10 +354,11 @@ def test_joint_edits_default_from_the_recipe_and_either_flag_overrides_it(edit_r
     from textdiff.pipeline import TextDiffusionPipeline
 
     pipe = TextDiffusionPipeline.from_pretrained(edit_run)
-    pipe.recipe = dataclasses.replace(pipe.recipe, sample=dataclasses.replace(pipe.recipe.sample, joint_edits=True))
+    sample = pipe.recipe.sample
+    pipe.recipe = dataclasses.replace(pipe.recipe, sample=dataclasses.replace(sample, options={"joint_edits": True}))
     for flags, want in (([], True), (["--joint-edits"], True), (["--no-joint-edits"], False)):
         opts = _sample_opts(build_parser().parse_args(["sample", str(edit_run), *flags]))
-        assert pipe.options(**opts).joint_edits is want, flags
+        assert pipe.options(**opts).options["joint_edits"] is want, flags
 
 
 # --- revision (seq2seq, the target starts as the source) ---------------------------------------------------------
@@ -371,7 +367,7 @@ def test_joint_edits_default_from_the_recipe_and_either_flag_overrides_it(edit_r
 def test_revision_starts_from_a_copy_of_the_source():
     bk = backend(edit_prior="source")
     x = torch.tensor([[7, 8, 9, SPECIAL.sep] + bk.open_hole(6), [10, SPECIAL.sep] + bk.open_hole(8)])
-    state = bk.start(x, torch.Generator().manual_seed(0))
+    state = bk.start(None, x, torch.Generator().manual_seed(0))
     assert state.ids.tolist() == [[7, 8, 9, SPECIAL.sep, 7, 8, 9, 0, 0, 0], [10, SPECIAL.sep, 10] + [0] * 7]
     assert bk.gap_open(state)[0].tolist() == [False] * 4 + [True] * 4 + [False] * 3
 

@@ -9,12 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import distill_report  # noqa: E402
 import seq2seq  # noqa: E402
 
-from textdiff.checkpoint import CONFIG_TYPE  # noqa: E402
+from textdiff.rundir import CONFIG_TYPE  # noqa: E402
 from textdiff.config import load_recipe  # noqa: E402
 
 
@@ -227,13 +227,13 @@ def test_sdtt_gap_splits_the_loss_exactly_into_irreducible_and_learnable():
     import torch
 
     import sdtt_gap
-    from textdiff.config import BackendConfig, DataConfig, ModelConfig, Recipe
+    from textdiff.config import DataConfig, ModelConfig, Recipe
     from textdiff.models import build_model
-    from textdiff.noising import get_backend
+    from textdiff.noising import get_backend, options_for
     from textdiff.noising.base import Batch, SpecialTokens
 
     recipe = Recipe(data=DataConfig(path="unused.jsonl", max_length=12), model=ModelConfig(n_layer=1, n_embd=32, n_head=2),
-                    backend=BackendConfig(name="masked"))
+                    backend=options_for("masked"))
     torch.manual_seed(0)
     pipe = type("Pipe", (), {})()
     pipe.model = build_model(recipe, 20, 12).eval()

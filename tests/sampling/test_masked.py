@@ -1,0 +1,44 @@
+"""The masked back-end's samplers: confidence remasking (the linear schedule, greedy ranking, Fast-dLLM's threshold)."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.tiny import B, L, SPECIAL, make, sample
+
+
+def test_confidence_threshold_reveals_every_confident_draw_and_its_share_of_the_rest():
+    model, backend = make("masked")
+    left = {}
+    for threshold in (1e-9, 1.0):  # every draw is that probable / none is (a random model is never certain)
+        counts = []
+        sample("confidence", model, backend, backend.prior((B, L)), steps=4, temperature=0.0, threshold=threshold,
+               callback=lambda i, xs, p: counts.append(int((xs == SPECIAL.mask).sum(1).max())))
+        left[threshold] = counts
+    assert left[1e-9] == [0]  # all in the first step; the model is not called again
+    assert left[1.0] == [7, 4, 2, 0]  # ceil(10 / 4), ceil(7 / 3), ceil(4 / 2), 2
+
+
+def test_greedy_confidence_sampler_with_steps_equal_length_reveals_one_token_per_step():
+    model, backend = make("masked")
+    counts = []
+    sample("confidence", model, backend, backend.prior((B, L)), steps=L, temperature=0.0,
+           callback=lambda i, xs, p: counts.append(int((xs == SPECIAL.mask).sum(1)[0])))
+    assert counts == list(range(L - 1, -1, -1))
+
+
+def test_greedy_confidence_sampler_reveals_the_most_probable_position_first():
+    """At temperature 0 every draw is a one-hot, so the ranking must come from the model's probabilities, not from
+    the (all 1.0) filtered ones: each step reveals the masked position whose argmax is most probable."""
+    model, backend = make("masked", seed=3)
+    states = [backend.prior((B, L))]
+    sample("confidence", model, backend, states[0].clone(), steps=L, temperature=0.0,
+           callback=lambda i, xs, p: states.append(xs.clone()))
+    for j, (before, after) in enumerate(zip(states, states[1:])):
+        t = torch.full((B,), 1.0 - j / L)  # the sampler's time at step j
+        probs = torch.softmax(backend.predict(model, before, t).logits.float(), -1)
+        best = probs.max(-1).values.masked_fill(before != SPECIAL.mask, -1.0).argmax(1)  # (B,)
+        revealed = ((before == SPECIAL.mask) & (after != SPECIAL.mask)).float().argmax(1)
+        assert torch.equal(revealed, best)
+        assert torch.equal(after[torch.arange(B), revealed], probs.argmax(-1)[torch.arange(B), revealed])
+

@@ -1,0 +1,205 @@
+"""The run directory: its format in one place. Training, streaming, distillation and the pipeline read and write
+runs only through here.
+
+    config.json            {"type": "textdiff", "backend": ..., "recipe": {...}, "vocab_size": ..., "max_len": ...}
+                           (+ "distillation": {...} for a distilled student)
+    model.safetensors      weights used for sampling and evaluation (EMA weights when EMA is on)
+    tokenizer.json, tokenizer_config.json
+    checkpoints/step_00000200/{model,ema,trainer}.safetensors + state.json   (last K kept; textdiff.checkpoint)
+    metrics.jsonl, loss.png
+
+Every file is written to a temporary name and renamed into place, so a kill at any moment leaves the previous
+version readable; loading reads JSON and safetensors only and refuses a directory holding pickle files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from textdiff import checkpoint as ckpt
+from textdiff.errors import TextdiffError
+
+CONFIG_TYPE = "textdiff"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+RESUME_MAY_CHANGE = ("steps", "grad_accum", "threads", "strategy", "compile", "activation_checkpointing",
+                     "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_batches")
+"""train.* keys that --resume may change: how long a run trains, how it is executed (not what it computes, up to
+float order) and how often it logs, validates and checkpoints (validation draws its noise from its own seeded
+generators and runs in eval mode, so it leaves the training stream alone); grad_accum too, so that a run resumes
+on a world size that does not divide the old value."""
+
+
+# --- reading -------------------------------------------------------------------------------------------------------
+
+
+def refuse_pickles(run_dir: Path) -> None:
+    """A run directory holding pickle files (beside the config or in a checkpoint) is refused before anything
+    is loaded: pickles can run code."""
+    run_dir = Path(run_dir)
+    dirs = [run_dir, *ckpt.list_checkpoints(run_dir)]
+    found = [str(p.relative_to(run_dir)) for d in dirs for p in d.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+    if found:
+        raise TextdiffError(f"{run_dir}: refusing to load a directory with pickle files ({', '.join(sorted(found))}); "
+                            "textdiff reads safetensors only: delete them or convert the weights")
+
+
+def read_config(run_dir: Path) -> dict:
+    """config.json of a run directory, checked for its type and sizes."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TextdiffError(f"{run_dir}: run directory not found")
+    refuse_pickles(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise TextdiffError(f"{run_dir}: no config.json (not a textdiff run directory, or training never started)")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise TextdiffError(f"{path}: not valid JSON") from None
+    if not isinstance(cfg, dict) or cfg.get("type") != CONFIG_TYPE or "recipe" not in cfg:
+        raise TextdiffError(f"{path}: not a textdiff config (expected \"type\": \"{CONFIG_TYPE}\" and a recipe)")
+    for key in ("vocab_size", "max_len"):
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise TextdiffError(f"{path}: '{key}' must be a positive integer, got {value!r}")
+    return cfg
+
+
+def is_run(path: Path) -> bool:
+    """The directory holds a textdiff config.json (a quick look; `read_config` checks it)."""
+    try:
+        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("type") == CONFIG_TYPE
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_recipe(run_dir: Path, cfg: Optional[dict] = None):
+    """The Recipe a run was trained with (its config.json), checked against the config's own "backend"."""
+    from textdiff.config import recipe_from_dict
+
+    cfg = cfg if cfg is not None else read_config(run_dir)
+    where = Path(run_dir) / "config.json"
+    recipe = recipe_from_dict(cfg["recipe"], str(where), legacy=True)
+    if cfg.get("backend", recipe.backend.name) != recipe.backend.name:
+        raise TextdiffError(f"{where}: \"backend\": {cfg['backend']!r} disagrees with the recipe's "
+                            f"backend.name={recipe.backend.name!r}; the file was edited or mixed from two runs")
+    return recipe
+
+
+def read_tokenizer(run_dir: Path, cfg: dict):
+    """The run's tokenizer, checked against config.json's vocabulary size."""
+    from textdiff.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(run_dir)
+    if len(tokenizer) != cfg.get("vocab_size"):
+        raise TextdiffError(f"{run_dir}: tokenizer has {len(tokenizer)} tokens, config.json says {cfg.get('vocab_size')}; "
+                            "the tokenizer files come from another run: copy this run's tokenizer.json back")
+    return tokenizer
+
+
+# --- checking a recipe against a directory ---------------------------------------------------------------------------
+
+
+def recipe_changes(saved: dict, recipe: dict) -> list[str]:
+    """The keys of `recipe` (a Recipe.to_dict()) that a run trained with `saved` could not resume under: all but
+    where the run lives and RESUME_MAY_CHANGE."""
+    saved, mine = json.loads(json.dumps(saved)), json.loads(json.dumps(recipe))
+    for raw in (saved, mine):
+        for key in RESUME_MAY_CHANGE:
+            raw.get("train", {}).pop(key, None)
+        raw.pop("out_dir", None)
+        raw.pop("name", None)
+    if saved == mine:
+        return []
+    diff = sorted(f"{s}.{k}" for s in mine if isinstance(mine[s], dict)
+                  for k in mine[s] if saved.get(s, {}).get(k) != mine[s][k])
+    return diff or ["top-level keys"]
+
+
+def same_recipe(run_dir: Path, recipe) -> bool:
+    """The run in run_dir was trained with `recipe` (up to what --resume may change)."""
+    return not recipe_changes(read_recipe(run_dir).to_dict(), recipe.to_dict())
+
+
+def check(recipe, run_dir: Path, resume: bool) -> None:
+    """A new run needs an empty directory; --resume needs the run's own recipe (up to RESUME_MAY_CHANGE)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TextdiffError(f"{run_dir}: the run directory (out_dir) exists and is not a directory")
+    if not resume:
+        if (run_dir / "config.json").exists() or ckpt.list_checkpoints(run_dir):
+            raise TextdiffError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+                                f"directory with --set out_dir=PATH")
+        return
+    diff = recipe_changes(read_recipe(run_dir).to_dict(), recipe.to_dict())
+    if diff:
+        raise TextdiffError(f"--resume: the recipe differs from the one {run_dir} was trained with "
+                            f"({', '.join(diff)}); only "
+                            f"{', '.join('train.' + k for k in RESUME_MAY_CHANGE)} may change")
+
+
+# --- writing -------------------------------------------------------------------------------------------------------
+
+
+def config_record(recipe, vocab_size: int, max_len: int, **extra) -> dict:
+    """config.json's content for a run of `recipe`."""
+    return {"type": CONFIG_TYPE, "backend": recipe.backend.name, "recipe": recipe.to_dict(),
+            "vocab_size": vocab_size, "max_len": max_len, **extra}
+
+
+def save_tokenizer(tokenizer, run_dir: Path) -> None:
+    """The tokenizer files, each renamed into place from a temporary directory (never a half-written file)."""
+    run_dir = Path(run_dir)
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tmp_tokenizer_"))
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        for f in tmp.iterdir():
+            os.replace(f, run_dir / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_new(run_dir: Path, recipe, tokenizer, max_len: int, **extra) -> None:
+    """The tokenizer and config.json of a new run (config.json last: it is what marks a run)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_tokenizer(tokenizer, run_dir)
+    ckpt.atomic_write_json(run_dir / "config.json", config_record(recipe, len(tokenizer), max_len, **extra))
+
+
+def update_config(run_dir: Path, **fields) -> None:
+    """config.json with top-level `fields` set (e.g. a distilled student's lineage once it is known)."""
+    cfg = read_config(run_dir)
+    ckpt.atomic_write_json(Path(run_dir) / "config.json", {**cfg, **fields})
+
+
+def update_recipe(run_dir: Path, recipe) -> None:
+    """config.json with `recipe` (a resumed run whose train.steps or cadence changed)."""
+    cfg = read_config(run_dir)
+    if cfg["recipe"] != recipe.to_dict():
+        ckpt.atomic_write_json(Path(run_dir) / "config.json", {**cfg, "recipe": recipe.to_dict()})
+
+
+def tokenizer_for(recipe, run_dir: Path, texts: list[str], resume: bool):
+    """The run's tokenizer: its own on resume, the recipe's tokenizer.path when given, else one trained on texts."""
+    from textdiff.tokenization import load_tokenizer, train_tokenizer
+
+    if resume or recipe.tokenizer.path:
+        return load_tokenizer(run_dir if resume else Path(recipe.tokenizer.path))
+    print(f"textdiff: training a {recipe.tokenizer.kind} tokenizer ({recipe.tokenizer.vocab_size} tokens) "
+          f"on {len(texts):,} training texts")
+    return train_tokenizer(recipe.tokenizer, texts)
+
+
+def write_run_files(recipe, run_dir: Path, tokenizer, resume: bool) -> None:
+    """A new run's tokenizer and config.json; on resume, config.json again when the recipe changed."""
+    if resume:
+        update_recipe(run_dir, recipe)
+    else:
+        write_new(run_dir, recipe, tokenizer, recipe.data.max_length)
