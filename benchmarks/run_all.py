@@ -165,8 +165,8 @@ def main():
     p.add_argument("--from-cache", action="store_true", help="train nothing: write the report from the cached "
                    "evaluations under RUNS/results/ (their run directories may be gone)")
     p.add_argument("--out", default="benchmarks/results/kjv.md")
-    p.add_argument("--readme", help="also rewrite the block between the run_all markers of this README (README.md: "
-                   "the results section)")
+    p.add_argument("--readme", help="also rewrite the block between the run_all markers (<!-- run_all:start --> ... "
+                   "<!-- run_all:end -->) of this markdown file; README.md keeps one hand-made results table instead")
     args = p.parse_args()
     if args.recipes:  # kjv_ratio.train_one reads this dict
         RECIPES.clear()
