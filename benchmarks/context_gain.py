@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from paths import shown, shown_argv
 from textdiff.checkpoint import atomic_write_bytes
 from textdiff.data import build_sequences, load_texts
 from textdiff.errors import TextdiffError
@@ -74,7 +75,7 @@ def report(run: str, pipe, texts: dict, args) -> list[str]:
     rows = integrands(pipe, batches, args.times, log_prior, args.seed)
     n = sum(int(b.loss_mask.sum()) for b in batches)
     unigram = -sum(float(log_prior.to(b.ids.device)[b.ids][b.loss_mask].sum()) for b in batches) / n
-    lines = [f"### {run}", "", "| t | log SNR | integrand: model | oracle | gain | rounding CE: model | oracle |",
+    lines = [f"### {shown(run)}", "", "| t | log SNR | integrand: model | oracle | gain | rounding CE: model | oracle |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['t']:.3f} | {r['log_snr']:+.2f} | {r['model'] / n:.3f} | {r['oracle'] / n:.3f} | "
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
         out += lines
     if args.out:
         head = ["# Embedding diffusion: the context gain over time", "", *env_lines(environment(args.device)), "",
-                f"Command: `python benchmarks/context_gain.py {' '.join(sys.argv[1:] if argv is None else argv)}`. "
+                f"Command: `python benchmarks/context_gain.py {' '.join(shown_argv(sys.argv[1:] if argv is None else argv))}`. "
                 f"Per counted validation token: the bound's diffusion integrand 1/2 gamma'(t) exp(-gamma) |e - x0_hat|^2 "
                 f"on a {args.times}-point midpoint grid of t, for the model and for the context-free oracle (Bayes "
                 f"logits of z_t plus the training split's log unigram prior); gain = oracle - model.", ""]

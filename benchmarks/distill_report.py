@@ -17,6 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
+from paths import shown
 from textdiff.checkpoint import atomic_write_bytes
 from textdiff.evaluation.report import env_lines
 
@@ -116,8 +117,8 @@ def main():
             shutil.copyfile(path.with_suffix(".png"), plot)
         lines += [*section(res, steps_start, f"{res['points'][0]['backend']} ({res['points'][0]['sampler']})"), "",
                   *stages(res), "",
-                  f"Teacher `{teacher}`; distillation settings: `{json.dumps(settings(lineage))}`. "
-                  f"{res['num_samples']} samples per point, seed {res['seed']}, judge {res['judge']}.",
+                  f"Teacher `{shown(teacher)}`; distillation settings: `{json.dumps(settings(lineage))}`. "
+                  f"{res['num_samples']} samples per point, seed {res['seed']}, judge {shown(res['judge'])}.",
                   *env_lines(res), "", f"![frontier]({plot.name})", ""]
     atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())
     print("\n".join(lines) + f"\nwrote {out}")

@@ -3,7 +3,7 @@ of E2E sentences), a noisy-state classifier of one slot of the meaning represent
 English / none), then samples steered toward each class at several guidance scales and counts the samples that
 name their class. Scale 0 is unguided sampling, the base rate. Resumable: the run and the classifier are reused.
 
-    TEXTDIFF_DATA_DIR=../shared/data python benchmarks/e2e_control.py --out benchmarks/results/e2e_control_cpu.md
+    python benchmarks/e2e_control.py --out benchmarks/results/e2e_control_cpu.md
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from paths import shown, shown_argv
 from textdiff.cli import main as textdiff
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"# E2E: control success of classifier guidance\n\nCommand: `python benchmarks/e2e_control.py "
-                   f"{' '.join(sys.argv[1:])}`; recipe {Path(args.recipe).relative_to(ROOT)}, classifier "
+                   f"{' '.join(shown_argv(sys.argv[1:]))}`; recipe {shown(Path(args.recipe).resolve())}, classifier "
                    f"{args.classifier_steps} steps on `{args.label}`, {args.steps} sampling steps (the recipe's "
                    f"sampler).\n\n" + report.split("\n", 2)[2] + "\nFirst sample per class and scale:\n\n"
                    + "\n".join(examples) + "\n")

@@ -1,4 +1,4 @@
-"""Masked diffusion vs the AR baseline on KJV, in the setting of ../shared/anchors.md.
+"""Masked diffusion vs the AR baseline on KJV, in the setting of benchmarks/results/anchors.md.
 
 Trains recipes/kjv/masked.yaml and recipes/kjv/ar.yaml (6 x 384 x 6, byte-level BPE 8192, packed 128, batch 32)
 at 800 steps x each budget multiplier, then prints test-split ELBO perplexity (with its Monte Carlo standard
@@ -18,11 +18,13 @@ import argparse
 import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from paths import shown_argv
 from textdiff.checkpoint import list_checkpoints, read_state
 from textdiff.config import load_recipe
 from textdiff.evaluation import perplexity
@@ -124,7 +126,8 @@ def main():
     p.add_argument("--lrs", type=float, nargs="+", default=[3e-4, 1e-3, 2e-3], help="learning rates for --grid")
     p.add_argument("--dropouts", type=float, nargs="+", default=[0.1, 0.0], help="dropouts for --grid")
     p.add_argument("--families", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    p.add_argument("--base-steps", type=int, default=800, help="the 1x budget in steps (800 in anchors.md)")
+    p.add_argument("--base-steps", type=int, default=800, help="the 1x budget in steps (800 in "
+                   "benchmarks/results/anchors.md)")
     p.add_argument("--draws", type=int, default=32, help="time draws per test sequence for the ELBO")
     p.add_argument("--out", help="write the markdown table here")
     args = p.parse_args()
@@ -133,7 +136,7 @@ def main():
     header = [f"# KJV: diffusion back-ends vs AR ({time.strftime('%Y-%m-%d')})", "",
               f"Machine: {platform.processor() or platform.machine()}, "
               f"{torch.cuda.get_device_name() if args.device == 'cuda' else f'{torch.get_num_threads()} CPU threads'}; "
-              f"torch {torch.__version__}. Command: `python benchmarks/kjv_ratio.py {' '.join(__import__('sys').argv[1:])}`", ""]
+              f"torch {torch.__version__}. Command: `python benchmarks/kjv_ratio.py {' '.join(shown_argv(sys.argv[1:]))}`", ""]
     if args.grid:
         settings, grid_lines = grid_search(runs, args.device, args.base_steps, args.families,
                                            [(lr, d) for lr in args.lrs for d in args.dropouts], args.set)

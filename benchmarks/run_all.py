@@ -1,9 +1,9 @@
-"""Every KJV number of the README in one command: trains recipes/kjv/<name>.yaml of every back-end (and the AR
+"""Every back-end's KJV numbers in one command: trains recipes/kjv/<name>.yaml of every back-end (and the AR
 twin) at one budget, then runs `textdiff eval` and `textdiff bench` on them and writes benchmarks/results/kjv.md
 with the frontier plot. Resumable: finished runs are reused (benchmarks/kjv_ratio.py's runs, same names and
 settings) and every finished evaluation is a JSON file under RUNS/results/ that is not recomputed.
 
-    TEXTDIFF_DATA_DIR=../shared/data python benchmarks/run_all.py                  # 800 steps, CPU
+    python benchmarks/run_all.py                                                   # 800 steps, CPU
     python benchmarks/run_all.py --device cuda --steps 3200 --out benchmarks/results/kjv_gpu.md
     python benchmarks/run_all.py --only masked ar --skip throughput               # a subset
     # two halves side by side on a 2-core machine (one thread each), then the report from their cached results:
@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kjv_ratio import RECIPES, run_dir, tok_per_s, train_one  # noqa: E402  (same runs as kjv_ratio.py)
+from paths import ROOT, shown, shown_argv, shown_frontier  # noqa: E402
 
 from textdiff.bench.frontier import markdown as frontier_markdown, plot  # noqa: E402
 from textdiff.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
@@ -39,7 +40,7 @@ from textdiff.noising import BACKENDS  # noqa: E402
 GENPPL_STEPS = (16, 64, 256)
 # self-conditioning on vs off (issues 3 and 4): the simplex recipe has it on
 DEFAULT_VARIANTS = ("simplex-no-selfcond=simplex:model.self_conditioning=false",)
-ANCHORS = """Reference implementations in the same setting (from ../shared/anchors.md: MDLM's and GPT-2's own code,
+ANCHORS = """Reference implementations in the same setting ([anchors.md]({link}): MDLM's and GPT-2's own code,
 800 steps, 2-core CPU; judge SmolLM2-135M on 16 x 128 samples, fp32):
 
 | model | test PPL | ÷ AR | judge PPL / entropy | sampling wall time |
@@ -47,6 +48,19 @@ ANCHORS = """Reference implementations in the same setting (from ../shared/ancho
 | MDLM (ELBO bound) | 174.2 | 2.75 | 500 / 5.26 @128 steps; 608 / 5.28 @32 steps | 81.5 s @128; 19.5 s @32 |
 | GPT-2 (exact, KV cache) | 63.3 | 1 | 155 / 5.23 | 1.56 s |
 | real test text | | | 32.6 / 5.37 | |"""
+
+
+def placed(lines: list[str], folder: Path) -> list[str]:
+    """`lines` for a file in `folder`: the ANCHORS paragraph links benchmarks/results/anchors.md from there."""
+    anchors, folder = ROOT / "benchmarks/results/anchors.md", folder.resolve()
+    inside = folder == ROOT or ROOT in folder.parents  # outside the repository: the repository-relative path
+    link = Path(os.path.relpath(anchors, folder)).as_posix() if inside else shown(anchors)
+    return [ln.format(link=link) if ln is ANCHORS else ln for ln in lines]
+
+
+def command() -> str:
+    """This call as its results name it: `python benchmarks/run_all.py ARGS`, paths relative (benchmarks/paths.py)."""
+    return f"python benchmarks/run_all.py {' '.join(shown_argv(sys.argv[1:]))}"
 
 
 def cached(path: Path, argv: list[str]) -> dict:
@@ -151,8 +165,8 @@ def main():
     p.add_argument("--from-cache", action="store_true", help="train nothing: write the report from the cached "
                    "evaluations under RUNS/results/ (their run directories may be gone)")
     p.add_argument("--out", default="benchmarks/results/kjv.md")
-    p.add_argument("--readme", help="also rewrite the block between the run_all markers of this README (README.md: "
-                   "the results section)")
+    p.add_argument("--readme", help="also rewrite the block between the run_all markers (<!-- run_all:start --> ... "
+                   "<!-- run_all:end -->) of this markdown file; README.md keeps one hand-made results table instead")
     args = p.parse_args()
     if args.recipes:  # kjv_ratio.train_one reads this dict
         RECIPES.clear()
@@ -182,14 +196,14 @@ def main():
     lines = [f"# KJV: every back-end beside the AR baseline ({time.strftime('%Y-%m-%d')})", "",
              *env_lines(next(iter(results.values()))["frontier"]), "",  # where the samples were drawn
              f"Budget: {args.steps} steps of batch {batch} x {length} tokens ({args.steps * batch * length / 1e6:.2f}M "
-             f"tokens) per recipe in {Path(next(iter(RECIPES.values()))).parent}/"
+             f"tokens) per recipe in {shown(Path(next(iter(RECIPES.values()))).parent)}/"
              + (f" (variants: {'; '.join(variants)})" if variants else "") + f". Test PPL: ELBO bound (time draws "
              f"per sequence as shown, ± Monte Carlo standard error) or exact for AR. genppl: {args.num_samples} "
              f"samples x {length} tokens from the back-end's default sampler (AR: its KV cache), seed 0, fp32, scored "
              f"by the judge, token-weighted, in the judge's tokens; entropy: unigram, nats, over the run's BPE ids of "
              f"all samples; wall: sampling time of all {args.num_samples}. train tok/s: from each run's log (runs may "
              f"have shared the machine; `textdiff bench throughput` measures side by side). "
-             f"Command: `python benchmarks/run_all.py {' '.join(sys.argv[1:])}`", "",
+             f"Command: `{command()}`", "",
              *headline(results, args.genppl_steps), "", ANCHORS]
     if "throughput" not in args.skip:
         cached(res / "throughput.json", ["bench", "throughput", "--device", args.device, "--rounds", str(args.throughput_rounds),
@@ -197,21 +211,22 @@ def main():
         lines += ["", "## Training throughput", "", (res / "throughput.md").read_text().split("\n\n", 2)[-1].strip()]
     fdir = out.parent / f"{out.stem}_frontier"
     fdir.mkdir(parents=True, exist_ok=True)
-    merged = merged_frontier(results)
+    merged = shown_frontier(merged_frontier(results))
     atomic_write_json(fdir / "frontier.json", merged)
     atomic_write_bytes(fdir / "frontier.md", "\n".join(["# Sampling frontier", "", *frontier_markdown(merged)]).encode() + b"\n")
     plot(merged, fdir / "frontier.png")
     frontier_lines = lambda base: ["", "Sampling frontier (judge perplexity and entropy against wall time, one curve per "  # noqa: E731
                                    "back-end; the AR model's KV-cache sampling and real text are the lines):", "",
                                    f"![frontier]({base}/frontier.png)", "", f"Every point: [{base}/frontier.md]({base}/frontier.md)."]
-    atomic_write_bytes(out, ("\n".join(lines + frontier_lines(fdir.name)) + "\n").encode())
-    print("\n".join(lines))
+    atomic_write_bytes(out, ("\n".join(placed(lines, out.parent) + frontier_lines(fdir.name)) + "\n").encode())
+    print("\n".join(placed(lines, out.parent)))
     print(f"\nwrote {out}")
     if args.readme:
         readme = Path(args.readme)
         rel = lambda p: Path(os.path.relpath(p, readme.parent)).as_posix()  # noqa: E731
-        update_readme(readme, "\n".join([f"Written by `python benchmarks/run_all.py {' '.join(sys.argv[1:])}`; the full "
-                                         f"report is [{rel(out)}]({rel(out)}).", *lines[2:], *frontier_lines(rel(fdir))]))
+        update_readme(readme, "\n".join([f"Written by `{command()}`; the full "
+                                         f"report is [{rel(out)}]({rel(out)}).", *placed(lines, readme.parent)[2:],
+                                         *frontier_lines(rel(fdir))]))
         print(f"updated the results block of {readme}")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from paths import shown, shown_argv
 from textdiff.checkpoint import atomic_write_bytes
 from textdiff.distill import (DISTILLERS, held_out, kl_div, stage_data, student_times, x0_logits,
                               teacher_two_step_probs)
@@ -76,14 +77,14 @@ def main(argv=None) -> int:
             n = sum(x["n"] for x in parts)
             loss, irr, learn = (sum(x[k] for x in parts) / n for k in ("loss", "irreducible", "learnable"))
             corrected = max(learn - irr / (args.draws - 1), 0.0)
-            lines.append(f"| {run} | {steps} | {n:,} | {loss:.4g} | {irr:.4g} | {learn:.4g} | {corrected:.3g} | "
+            lines.append(f"| {shown(run)} | {steps} | {n:,} | {loss:.4g} | {irr:.4g} | {learn:.4g} | {corrected:.3g} | "
                          f"{corrected / loss:.1%} |")
             print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     if args.out:
         head = ["# Masked SDTT: how much of the distillation loss a student can learn", "",
                 *env_lines(environment(args.device)), "",
-                f"Command: `python benchmarks/sdtt_gap.py {' '.join(sys.argv[1:] if argv is None else argv)}`. "
+                f"Command: `python benchmarks/sdtt_gap.py {' '.join(shown_argv(sys.argv[1:] if argv is None else argv))}`. "
                 f"{args.batches} validation batches of {args.batch_size} sequences, {args.draws} draws of the teacher's "
                 f"first step per x_t; the run is its own teacher (the loss `textdiff distill` prints as \"teacher as "
                 f"student\"). Per masked token, in nats: SDTT loss = irreducible + learnable; the corrected learnable "

@@ -9,7 +9,7 @@ with the same recipe), then `textdiff eval --metrics bleu,rouge` on the test spl
 Every evaluation is cached as JSON under RUNS/results/ (with its predictions), so the command resumes, and parts
 can run side by side (`--only e2e/masked kjv-asv/ar --skip report`) before one `--from-cache` call writes the tables.
 
-    TEXTDIFF_DATA_DIR=../shared/data python benchmarks/seq2seq.py --device cuda --batch-size 512
+    python benchmarks/seq2seq.py --device cuda --batch-size 512      # E2E needs $TEXTDIFF_DATA_DIR (data/e2e/)
     python benchmarks/seq2seq.py --from-cache --runs runs/seq2seq          # the tables from cached evaluations
     python benchmarks/seq2seq.py --tasks e2e --only e2e/masked --set train.steps=20 --max-sources 20 --runs /tmp/s
 """
@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kjv_ratio import same_recipe, saved_recipe, tok_per_s  # noqa: E402
+from paths import shown, shown_argv  # noqa: E402
 
 from textdiff.checkpoint import atomic_write_bytes  # noqa: E402
 from textdiff.cli import main as textdiff  # noqa: E402
@@ -243,12 +244,12 @@ def main():
                   f"{recipe.model.n_layer} x {recipe.model.n_embd} x {recipe.model.n_head} every model")
         lines = [f"# {TASKS[task]}: every back-end beside the AR baseline ({time.strftime('%Y-%m-%d')})", "",
                  *env_lines(next(e for ev in results.values() for e in ev.values())), "",  # where they were evaluated
-                 f"Recipes: `{Path(args.recipes) / task}/*.yaml` ({budget}{'; overrides ' + ', '.join(args.set) if args.set else ''}). "
+                 f"Recipes: `{shown(Path(args.recipes) / task)}/*.yaml` ({budget}{'; overrides ' + ', '.join(args.set) if args.set else ''}). "
                  f"greedy: temperature 0, one output per source, swept over ω (classifier-free guidance; the "
                  f"diffusion models dropped the source w.p. train.cond_dropout); "
                  + (f"MBR: {args.mbr} candidates at temperature {args.mbr_temperature:g}, the one of highest "
                     f"expected BLEU against the others. " if args.mbr > 1 else "no MBR rows. ")
-                 + f"Command: `python benchmarks/seq2seq.py {shlex.join(sys.argv[1:])}`"
+                 + f"Command: `python benchmarks/seq2seq.py {shlex.join(shown_argv(sys.argv[1:]))}`"
                  + (" (the tables from evaluations cached by earlier calls, e.g. the s2s-* jobs of "
                     "`benchmarks/device_suite.sh`)" if args.from_cache else ""), "",
                  *table(task, results, run_dirs, list(groups) if copied else None, list(groups.values())),

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from paths import shown_argv
 from textdiff.checkpoint import atomic_write_bytes
 
 
@@ -47,7 +48,7 @@ def main():
         raise SystemExit("val_curves: no run directory with metrics.jsonl and config.json among the arguments")
     lines = [f"# {args.title}", "", "Validation nats per token (ELBO bound for diffusion, exact NLL for AR) logged "
              "during training on train.eval_batches batches of the validation split. Command: "
-             f"`python benchmarks/val_curves.py {' '.join(sys.argv[1:])}`", "", *table(runs)]
+             f"`python benchmarks/val_curves.py {' '.join(shown_argv(sys.argv[1:]))}`", "", *table(runs)]
     print("\n".join(lines))
     if args.out:
         atomic_write_bytes(Path(args.out), ("\n".join(lines) + "\n").encode())

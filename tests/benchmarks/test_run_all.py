@@ -58,3 +58,53 @@ def test_readme_block_is_replaced_and_nothing_else(tmp_path):
     with pytest.raises(SystemExit, match="run_all markers|needs one"):
         run_all.update_readme(readme, "x")
     assert readme.read_text() == "no markers\n"
+
+
+import json  # noqa: E402
+
+import paths  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_paths_are_written_relative(monkeypatch, tmp_path):
+    monkeypatch.setenv("TEXTDIFF_DATA_DIR", str(tmp_path / "data"))
+    assert paths.shown(ROOT / "recipes/kjv") == "recipes/kjv"
+    assert paths.shown(tmp_path / "data/bible/kjv_asv.jsonl") == "$TEXTDIFF_DATA_DIR/bible/kjv_asv.jsonl"
+    assert paths.shown(ROOT.parent / "runs-bench/masked-800") == "runs-bench/masked-800"  # beside the clone
+    assert paths.shown("runs/x") == "runs/x" and paths.shown("/nowhere/known/run") == "run"
+    assert paths.shown_argv(["--runs", str(ROOT / "runs/b"), f"--out={ROOT}/o.md", f"out_dir={ROOT}/r", "-n"]) == [
+        "--runs", "runs/b", "--out=o.md", "out_dir=r", "-n"]
+    res = paths.shown_frontier({"runs": [str(ROOT / "runs/a")], "points": [{"run": str(ROOT / "runs/a"), "x": 1}],
+                                "skipped": [], "judge": str(ROOT / "x.gguf")})
+    assert res == {"runs": ["runs/a"], "points": [{"run": "runs/a", "x": 1}], "skipped": [], "judge": "x.gguf"}
+
+
+def cache_from_results(runs: Path) -> None:
+    """run_all's cache for masked and AR, rebuilt from the committed results/kjv.md and its frontier."""
+    merged = json.loads((ROOT / "benchmarks/results/kjv_frontier/frontier.json").read_text())
+    res = runs / "results" / "800"
+    for name, ppl, tok in (("masked", {"ppl": 163.3, "exact": False, "stderr": 0.0054, "time_draws": 32}, 4006),
+                           ("ar", {"ppl": 53.5, "exact": True}, 3110)):
+        run = runs / f"{name}-800"
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps({"tok_per_s": tok}) + "\n")
+        points = [dict(p, run=str(run)) for p in merged["points"] if p["run"] == f"runs-bench/{name}-800"]
+        (res / f"{name}-frontier").mkdir(parents=True)
+        (res / f"{name}-frontier/frontier.json").write_text(json.dumps(dict(merged, runs=[str(run)], points=points)))
+        (res / f"{name}-ppl.json").write_text(json.dumps({"ppl": ppl}))
+
+
+def test_from_cache_reproduces_the_committed_rows_and_writes_no_absolute_path(tmp_path, monkeypatch):
+    runs, out = tmp_path / "runs-bench", tmp_path / "out" / "kjv.md"
+    cache_from_results(runs)
+    monkeypatch.setattr(sys, "argv", ["run_all.py", "--runs", str(runs), "--from-cache", "--only", "masked", "ar",
+                                      "--variant", "none", "--skip", "throughput", "--out", str(out)])
+    run_all.main()
+    text, committed = out.read_text(), (ROOT / "benchmarks/results/kjv.md").read_text().splitlines()
+    for name in ("| masked (", "| ar ("):
+        assert next(ln for ln in text.splitlines() if ln.startswith(name)) in committed
+    written = text + (out.parent / "kjv_frontier/frontier.md").read_text() + (out.parent / "kjv_frontier/frontier.json").read_text()
+    assert str(tmp_path) not in written and str(ROOT) not in written and "/work/" not in written
+    assert f"--runs {paths.shown(runs)} --from-cache" in text and not paths.shown(runs).startswith("/")
+    assert f"| {paths.shown(runs)}/masked-800 | masked | ancestral | 16 |" in written
