@@ -64,7 +64,7 @@ import json  # noqa: E402
 
 import paths  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_paths_are_written_relative(monkeypatch, tmp_path):
