@@ -58,11 +58,11 @@ class Frame:
 class Trajectory:
     """The per-step callback that records every step as a `Frame` and hands each to `listeners` as it comes.
 
-    `template`: the infill template the sampler starts from (its text shows as `given`); without it the start is
-    every position to be decided (pipe.generate). Frame 0 is that start."""
+    `template`: the infill template the sampler starts from (its text shows as `given`), or one per row; without it
+    the start is the back-end's prior, every position to be decided (pipe.generate). Frame 0 is that start."""
 
     pipe: object
-    template: Optional[str] = None
+    template: Optional[str | list[str]] = None
     listeners: list[Callable[["Frame"], None]] = field(default_factory=list)
     frames: list[Frame] = field(default_factory=list)
 
@@ -71,40 +71,41 @@ class Trajectory:
         self.hidden = {sp.pad}
         self.unknown = {sp.mask} | {i for i in self.pipe.backend.open_hole(1) if i != sp.pad}
         self.pieces: dict[int, str] = {}
-        self.spaced = _spaced(tok)
+        self.spaced = spaced_tokenizer(tok)
         self.prev: Optional[list[list[int]]] = None
-        self.start = self._template_ids() if self.template is not None else None
-        self.given: set[int] = set()
-
-    def _template_ids(self) -> list[int]:
-        from textdiff.infill import parse_template, template_ids
-        from textdiff.tokenization import encode
-
-        bk = self.pipe.backend
-        return template_ids(parse_template(self.template), lambda s: encode(self.pipe.tokenizer, [s])[0],
-                            bk.special.mask, tuple(bk.open_hole(1)))
+        templates = [self.template] if isinstance(self.template, str) else self.template
+        self.starts = [self.pipe.template_row(t) for t in templates] if templates is not None else None
+        self.given: list[set[int]] = []
+        self.first: list[list[int]] = []
 
     def __call__(self, step: int, ids, x0_probs=None) -> None:
         rows = ids.tolist()
-        if self.prev is None:  # frame 0: the start (the template, or the prior), every row the same
-            first = self.start if self.start is not None else self.pipe.backend.prior((1, len(rows[0])))[0].tolist()
-            if self.start is not None:
-                self.given = {i for i, t in enumerate(first) if t not in self.unknown | self.hidden}
-            self.first = first
-            self.prev = [list(first) for _ in rows]
-            self._emit(Frame(0, tuple(self._cells(r, r, None) for r in self.prev)))
+        if self.prev is None:
+            self._start(rows)
         guess = _argmax_rows(x0_probs, ids)
-        frame = Frame(step, tuple(self._cells(self.prev[b], row, guess[b] if guess else None)
+        frame = Frame(step, tuple(self._cells(self.prev[b], row, guess[b] if guess else None, b)
                                   for b, row in enumerate(rows)))
         self.prev = rows
         self._emit(frame)
+
+    def _start(self, rows: list[list[int]]) -> None:
+        """Frame 0: each row's start (its template, or the prior); template text is `given` from then on."""
+        starts = self.starts or [self.pipe.backend.prior((1, len(rows[0])))[0].tolist()]
+        if len(starts) not in (1, len(rows)) or len(rows) % len(starts):
+            raise TextdiffError(f"trajectory: {len(starts)} templates for {len(rows)} rows")
+        per = len(rows) // len(starts)
+        self.first = [list(starts[b // per]) for b in range(len(rows))]
+        self.given = [{i for i, t in enumerate(f) if t not in self.unknown | self.hidden} if self.starts else set()
+                      for f in self.first]
+        self.prev = [list(f) for f in self.first]
+        self._emit(Frame(0, tuple(self._cells(r, r, None, b) for b, r in enumerate(self.prev))))
 
     def _emit(self, frame: Frame) -> None:
         self.frames.append(frame)
         for listener in self.listeners:
             listener(frame)
 
-    def _cells(self, before: list[int], after: list[int], guess: Optional[list[int]]) -> tuple[Cell, ...]:
+    def _cells(self, before: list[int], after: list[int], guess: Optional[list[int]], b: int) -> tuple[Cell, ...]:
         """The shown tokens of one row and their states against the row's previous frame."""
         aligned = not self.pipe.backend.variable_length
         changed = [x != y for x, y in zip(before, after)] if aligned else _changed(before, after, self.hidden)
@@ -114,7 +115,7 @@ class Trajectory:
                 continue
             if tok in self.unknown:
                 state = "masked"
-            elif aligned and i in self.given and tok == self.first[i]:
+            elif aligned and i in self.given[b] and tok == self.first[b][i]:
                 state = "given"
             elif changed[i]:
                 state = "new"
@@ -141,7 +142,7 @@ def row_text(row: tuple[Cell, ...], spaced: bool) -> str:
     return (" " if spaced else "").join(c.text for c in row).strip()
 
 
-def _spaced(tokenizer) -> bool:
+def spaced_tokenizer(tokenizer) -> bool:
     """True when the tokenizer's pieces carry no spaces of their own (word-level, WordPiece): cells are joined with
     one; byte-level BPE and unigram pieces spell their leading space."""
     vocab = [i for t, i in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]) if t.isalpha()][:2]
@@ -460,7 +461,7 @@ class SamplingWatch:
 
     def __init__(self, args, pipe, total: Optional[int], template: Optional[str] = None):
         self.path, self.traj, self.total, self.show, self.bar = args.trajectory, None, total, args.show, None
-        listeners = [TerminalView(_spaced(pipe.tokenizer), total, delay=args.show_delay)] if args.show else []
+        listeners = [TerminalView(spaced_tokenizer(pipe.tokenizer), total, delay=args.show_delay)] if args.show else []
         if args.show or args.trajectory:
             self.traj = Trajectory(pipe, template=template, listeners=listeners)
 
@@ -492,7 +493,7 @@ def watch(args, pipe, opts: dict, template: Optional[str] = None, length: Option
         raise TextdiffError(f"--show: {o.steps} step leaves no intermediate state to show; use --steps 2 or more")
     if pipe.backend.causal:  # one step per generated token
         total = (length or pipe.recipe.data.max_length) if template is None else \
-            Trajectory(pipe, template=template).start.count(pipe.backend.special.mask)
+            Trajectory(pipe, template=template).starts[0].count(pipe.backend.special.mask)
     else:
         total = o.steps
     return SamplingWatch(args, pipe, total, template)
