@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from textdiff import serve, trajectory
+from textdiff import push, serve, trajectory
 from textdiff.errors import TextdiffError
 
 
@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="build a corpus from its public source into the cache")
     p.add_argument("corpus", choices=["bible"])
     serve.add_parser(sub)
+    push.add_parser(sub)
     return parser
 
 
@@ -524,7 +525,7 @@ def cmd_prepare(args) -> None:
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "generate": cmd_generate, "eval": cmd_eval,
             "bench": cmd_bench, "distill": cmd_distill, "classifier": cmd_classifier, "prepare": cmd_prepare,
-            "serve": serve.run}
+            "serve": serve.run, "push": push.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -269,7 +269,7 @@ def write_student(pipe, student, out_dir: Path, lineage: dict) -> Path:
         pipe.tokenizer.save_pretrained(str(tmp))
         ckpt.save_tensors(tmp / "model.safetensors", ckpt.model_tensors(student), {ckpt.BACKEND_KEY: recipe.backend.name})
         ckpt.atomic_write_json(tmp / "config.json", {
-            "type": ckpt.CONFIG_TYPE, "backend": recipe.backend.name, "recipe": recipe.to_dict(),
+            "type": ckpt.CONFIG_TYPE, "model_type": ckpt.CONFIG_TYPE, "backend": recipe.backend.name, "recipe": recipe.to_dict(),
             "vocab_size": len(pipe.tokenizer), "max_len": pipe.model.max_len, "distillation": lineage})
         os.replace(tmp, out_dir)
     except BaseException:

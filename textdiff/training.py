@@ -316,6 +316,9 @@ class Trainer:
             bar.close()
         if main:
             plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+            from textdiff.modelcard import write_model_card
+
+            write_model_card(self.run_dir)
 
     def _loop(self, bar, metrics: "MetricsLog | None") -> None:
         """Train to cfg.steps; `metrics` is None on every process but rank 0."""
@@ -501,7 +504,7 @@ def write_run_files(recipe: Recipe, run_dir: Path, tokenizer, resume: bool) -> N
     if not resume:
         tokenizer.save_pretrained(str(run_dir))
         ckpt.atomic_write_json(run_dir / "config.json", {
-            "type": ckpt.CONFIG_TYPE, "backend": recipe.backend.name, "recipe": recipe.to_dict(),
+            "type": ckpt.CONFIG_TYPE, "model_type": ckpt.CONFIG_TYPE, "backend": recipe.backend.name, "recipe": recipe.to_dict(),
             "vocab_size": len(tokenizer), "max_len": recipe.data.max_length})
     elif recipe.to_dict() != ckpt.read_run_config(run_dir)["recipe"]:
         cfg = ckpt.read_run_config(run_dir)
