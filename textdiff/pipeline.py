@@ -141,6 +141,11 @@ class TextDiffusionPipeline:
         x = self.backend.prior((num_samples, L), self.device)
         return self._run(x, o, seed, callback, guidance)
 
+    def denoise(self, x: torch.Tensor, seed: int = 0, callback: Optional[Callable] = None, **opts) -> Generation:
+        """One sampler call from a start of your own: x (B, L) token ids, [MASK] wherever text is to be generated
+        (what generate and infill build from a length or a template; lm-evaluation-harness builds it from ids)."""
+        return self._run(x, self.options(**opts), seed, callback)
+
     def infill(self, template: str | list[str], num_samples: int = 1, steps: Optional[int] = None,
                sampler: Optional[str] = None, seed: int = 0, callback: Optional[Callable] = None, **opts) -> Generation:
         """Fill the [MASK] / [MASK:n] holes of `template` (and, on a variable-length back-end, the [...] spans of
