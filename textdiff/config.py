@@ -294,6 +294,10 @@ class TrainConfig:
     cond_dropout: float = 0.0
     """Seq2seq: probability that a training sequence's source is replaced by [PAD] (the null condition), so that
     one model is both conditional and unconditional (classifier-free guidance, Ho & Salimans 2022)."""
+    log_to: tuple[str, ...] = ("jsonl",)
+    """Where metrics go: `jsonl` (metrics.jsonl, always: loss.png and --resume read it) and `tensorboard` (event files
+    in RUN/tensorboard: loss, validation bound, learning rate, tok/s, and sample texts at each validation; needs
+    the tensorboard extra). See textdiff/tensorboard_log.py."""
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "lr"):
@@ -316,6 +320,9 @@ class TrainConfig:
             raise ValueError(f"train.seed={self.seed} must lie in [0, 2**32)")
         _check_choice("train.strategy", self.strategy, ("ddp", "fsdp"))
         _check_unit("train.cond_dropout", self.cond_dropout)
+        if "jsonl" not in self.log_to or not set(self.log_to) <= {"jsonl", "tensorboard"}:
+            raise ValueError(f"train.log_to={list(self.log_to)!r}: list jsonl (always written) and optionally "
+                             "tensorboard, e.g. [jsonl, tensorboard]")
 
 
 @dataclass(frozen=True)
@@ -437,7 +444,8 @@ def _convert(value: Any, hint: Any, key: str, source: str) -> Any:
     if hint is tuple or origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise TextdiffError(f"{source}: {key} must be a list, got {value!r}")
-        return tuple(_convert(v, float, key, source) for v in value)
+        element = (typing.get_args(hint) or (float,))[0]  # tuple[str, ...]: str; a bare tuple holds floats
+        return tuple(_convert(v, element, key, source) for v in value)
     ok = {bool: lambda v: isinstance(v, bool),
           int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
