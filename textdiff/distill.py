@@ -346,11 +346,17 @@ def _fmt(x: Optional[float]) -> str:
 
 
 def _logger(stage: int, iters: int):
-    every = max(1, iters // 10)
+    """A progress bar over the stage's iterations (with ETA), and ten loss lines printed above it."""
+    from tqdm.auto import tqdm
+
+    every, bar = max(1, iters // 10), tqdm(total=iters, desc=f"distill stage {stage}", unit="iter", leave=False)
 
     def log(it: int, loss: torch.Tensor) -> None:
+        bar.update(1)
         if (it + 1) % every == 0 or it + 1 == iters:
-            print(f"stage {stage}: iter {it + 1}/{iters} loss {float(loss):.4g}", flush=True)
+            bar.write(f"stage {stage}: iter {it + 1}/{iters} loss {float(loss):.4g}")
+        if it + 1 == iters:
+            bar.close()
     return log
 
 
