@@ -197,3 +197,37 @@ def test_playground_in_chromium(server, tmp_path):
         assert [c.text for c in shown][:2] == ["the", "great"]  # the last step's cells, drawn as streamed
     finally:
         driver.quit()
+
+
+def test_a_full_queue_answers_503_and_recovers(masked_run, monkeypatch):
+    """In-process: the app on a uvicorn thread; with no room in the queue every request gets 503, then it serves."""
+    import threading
+
+    import uvicorn
+
+    from textdiff import serve
+    from textdiff.pipeline import TextDiffusionPipeline
+
+    app = serve.create_app(TextDiffusionPipeline.from_pretrained(masked_run), run_name="tiny")
+    port = free_port()
+    sock = serve.bind("127.0.0.1", port)
+    url = f"http://127.0.0.1:{port}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            try:
+                get(url + "/v1/info")
+                break
+            except OSError:
+                time.sleep(0.1)
+        monkeypatch.setattr(serve, "MAX_QUEUE", 0)
+        status, out = post(url + "/v1/generate", {"steps": 2})
+        assert status == 503 and "busy" in out["error"]
+        monkeypatch.setattr(serve, "MAX_QUEUE", 256)
+        status, out = post(url + "/v1/generate", {"steps": 2, "num_samples": 2})
+        assert status == 200 and len(out["texts"]) == 2
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
