@@ -85,11 +85,13 @@ class TextdiffLM(LM):
         return ctx[max(0, len(ctx) - (self.limit - len(cont))):], cont
 
     def check_bound(self) -> None:
+        from textdiff.noising import BACKENDS
+
         bk = self.pipe.backend
         if not bk.has_bound:
+            bounded = ", ".join(n for n, cls in BACKENDS.items() if cls.has_bound)
             raise TextdiffError(f"lm-eval loglikelihood: the {bk.name} back-end has no likelihood bound, so this run "
-                                "cannot score continuations; use generate_until tasks, or a masked, uniform, "
-                                "embedding or ar run")
+                                f"cannot score continuations; use generate_until tasks, or a run of {bounded}")
 
     def rows(self, pairs: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) ids [EOS-start for AR] + context + continuation, and the (B, L) mask of the continuation."""

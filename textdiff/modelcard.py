@@ -56,14 +56,16 @@ def previous_command(card: Path) -> Optional[str]:
 
 
 def model_card(run_dir: Path, cfg: dict, command: Optional[str]) -> str:
+    from textdiff.noising import BACKENDS
+
     recipe, backend = cfg["recipe"], cfg.get("backend", cfg["recipe"].get("backend", {}).get("name"))
-    causal = backend == "ar"
+    causal = BACKENDS[backend].causal
     front = {"library_name": "textdiff", "license": "other", "pipeline_tag": PIPELINE_TAGS[causal],
              "tags": ["textdiff", "text-diffusion" if not causal else "autoregressive-baseline", f"{backend}"]}
     params = parameter_count(run_dir / "model.safetensors")
     name = recipe.get("name", run_dir.name)
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", "",
-             f"A {describe(backend)} trained with textdiff: "
+             f"A {describe(backend, causal)} trained with textdiff: "
              f"{params / 1e6:.2f}M parameters, sequences of {cfg['max_len']} tokens, a "
              f"{recipe.get('tokenizer', {}).get('kind', '?')} tokenizer of {cfg['vocab_size']} tokens."
              + (f" Distilled: {json.dumps(cfg['distillation'])}." if cfg.get("distillation") else ""), ""]
@@ -72,8 +74,8 @@ def model_card(run_dir: Path, cfg: dict, command: Optional[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def describe(backend: str) -> str:
-    return "left-to-right autoregressive baseline" if backend == "ar" else f"{backend} text-diffusion model"
+def describe(backend: str, causal: bool) -> str:
+    return f"left-to-right autoregressive baseline ({backend})" if causal else f"{backend} text-diffusion model"
 
 
 def usage(name: str, recipe: dict, causal: bool) -> list[str]:
