@@ -32,7 +32,11 @@ try:
     from lm_eval.api.registry import register_model
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 except ImportError:
-    raise TextdiffError("textdiff.lm_eval needs lm-evaluation-harness: pip install -e \".[lmeval]\"") from None
+    MISSING = "textdiff.lm_eval needs lm-evaluation-harness: pip install -e \".[lmeval]\""
+    if __name__ == "__main__":  # python -m textdiff.lm_eval: one line, exit 2
+        print(f"textdiff: error: {MISSING}", file=sys.stderr)
+        raise SystemExit(2)
+    raise TextdiffError(MISSING) from None
 
 MAX_GEN_TOKS = 32
 
