@@ -174,6 +174,8 @@ def _typed(hint):
     """Values of the field's own type, mostly plausible (so that more examples get past the first field)."""
     if typing.get_origin(hint) is typing.Union:
         return st.none() | _typed([a for a in typing.get_args(hint) if a is not type(None)][0])
+    if typing.get_origin(hint) is tuple:  # tuple[str, ...]: train.log_to
+        return st.lists(st.sampled_from(["jsonl", "tensorboard"]) | scalars, max_size=3)
     return {int: st.integers(min_value=-2, max_value=600) | st.integers(),
             float: st.floats(min_value=0.0, max_value=1.0) | st.floats() | st.integers(-2, 10) | st.just(10 ** 400),
             bool: st.booleans(), str: st.sampled_from(CHOICES) | st.text(max_size=12),

@@ -12,3 +12,7 @@ def __getattr__(name):  # lazy: `import textdiff` stays light
 
 
 __all__ = ["TextDiffusionPipeline", "__version__"]
+
+from textdiff import hf_auto as _hf_auto  # noqa: E402  (a finder only: transformers' Auto classes learn run dirs)
+
+_hf_auto.install()

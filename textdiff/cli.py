@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from textdiff import push, serve, trajectory
 from textdiff.errors import TextdiffError
 
 
@@ -104,6 +105,7 @@ def _sampling_parsers(sub) -> None:
     p.add_argument("--length", type=_positive(int), help="tokens per sample (default: the training length)")
     p.add_argument("--json", action="store_true", help="print one JSON object per sample")
     _sampling_args(p)
+    trajectory.add_flags(p)
 
     p.add_argument("--classifier", help="classifier guidance: a directory written by `textdiff classifier`")
     p.add_argument("--target", help="classifier guidance: the class to steer toward")
@@ -115,6 +117,7 @@ def _sampling_parsers(sub) -> None:
     p.add_argument("text", help='template, e.g. "The [MASK:3] of the LORD [MASK] upon the waters"')
     p.add_argument("-n", type=int, default=1, help="number of fillings")
     _sampling_args(p)
+    trajectory.add_flags(p)
 
     p = sub.add_parser("generate", help="seq2seq: generate a target for each --source")
     p.add_argument("run", help="run directory of a seq2seq recipe (data.source_field)")
@@ -245,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     _bench_parsers(sub)
     _distill_parser(sub)
     _classifier_parser(sub)
+    serve.add_parser(sub)
+    push.add_parser(sub)
     return parser
 
 
@@ -350,20 +355,28 @@ def cmd_sample(args) -> None:
         raise TextdiffError("--classifier and --target go together (classifier guidance steers toward --target)")
     if args.classifier_scale < 0:
         raise TextdiffError(f"--classifier-scale {args.classifier_scale} must be >= 0")
+    trajectory.check_flags(args)
     pipe = _sampling_pipeline(args)
+    watch = trajectory.watch(args, pipe, _sample_opts(args), length=args.length)
     guidance = None
     if args.classifier:
         from textdiff.classifier import Classifier
 
         guidance = Classifier.load(args.classifier, args.device).guidance(pipe, args.target, args.classifier_scale)
-    out = pipe.generate(args.n, length=args.length, seed=args.seed, guidance=guidance, **_sample_opts(args))
+    out = pipe.generate(args.n, length=args.length, seed=args.seed, guidance=guidance, callback=watch,
+                        **_sample_opts(args))
+    watch.finish()
     for i, text in enumerate(out.texts):
         print(json.dumps({"index": i, "text": text}) if args.json else f"[{i}] {text}")
 
 
 def cmd_infill(args) -> None:
+    trajectory.check_flags(args)
     pipe = _sampling_pipeline(args)
-    for text in pipe.infill(args.text, num_samples=args.n, seed=args.seed, **_sample_opts(args)).texts:
+    watch = trajectory.watch(args, pipe, _sample_opts(args), template=args.text)
+    out = pipe.infill(args.text, num_samples=args.n, seed=args.seed, callback=watch, **_sample_opts(args))
+    watch.finish()
+    for text in out.texts:
         print(text)
 
 
@@ -571,7 +584,8 @@ def cmd_prepare(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "generate": cmd_generate, "eval": cmd_eval,
-            "bench": cmd_bench, "distill": cmd_distill, "classifier": cmd_classifier, "prepare": cmd_prepare}
+            "bench": cmd_bench, "distill": cmd_distill, "classifier": cmd_classifier, "prepare": cmd_prepare,
+            "serve": serve.run, "push": push.run}
 
 
 def main(argv: list[str] | None = None) -> int:

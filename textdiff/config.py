@@ -199,6 +199,10 @@ class TrainConfig:
     cond_dropout: float = 0.0
     """Seq2seq: probability that a training sequence's source is replaced by [PAD] (the null condition), so that
     one model is both conditional and unconditional (classifier-free guidance, Ho & Salimans 2022)."""
+    log_to: tuple[str, ...] = ("jsonl",)
+    """Where metrics go: `jsonl` (metrics.jsonl, always: loss.png and --resume read it) and `tensorboard` (event files
+    in RUN/tensorboard: loss, validation bound, learning rate, tok/s, and sample texts at each validation; needs
+    the tensorboard extra). See textdiff/tensorboard_log.py."""
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "grad_accum", "lr"):
@@ -222,6 +226,9 @@ class TrainConfig:
             raise ValueError(f"train.seed={self.seed} must lie in [0, 2**32)")
         check_choice("train.strategy", self.strategy, ("ddp", "fsdp"))
         check_unit("train.cond_dropout", self.cond_dropout)
+        if "jsonl" not in self.log_to or not set(self.log_to) <= {"jsonl", "tensorboard"}:
+            raise ValueError(f"train.log_to={list(self.log_to)!r}: list jsonl (always written) and optionally "
+                             "tensorboard, e.g. [jsonl, tensorboard]")
 
 
 @dataclass(frozen=True)

@@ -173,13 +173,35 @@ class TextDiffusionPipeline:
         x = self.backend.prior((num_samples, L), self.device)
         return self._run(x, o, seed, callback, guidance)
 
-    def infill(self, template: str, num_samples: int = 1, steps: Optional[int] = None, sampler: Optional[str] = None,
-               seed: int = 0, callback: Optional[Callable] = None, **opts) -> Generation:
+    def denoise(self, x: torch.Tensor, seed: int = 0, callback: Optional[Callable] = None, **opts) -> Generation:
+        """One sampler call from a start of your own: x (B, L) token ids, [MASK] wherever text is to be generated
+        (what generate and infill build from a length or a template; lm-evaluation-harness builds it from ids)."""
+        return self._run(x, self.options(**opts), seed, callback)
+
+    def infill(self, template: str | list[str], num_samples: int = 1, steps: Optional[int] = None,
+               sampler: Optional[str] = None, seed: int = 0, callback: Optional[Callable] = None, **opts) -> Generation:
         """Fill the [MASK] / [MASK:n] holes of `template` (and, on a variable-length back-end, the [...] spans of
         unknown length); the given text stays fixed at every step. A template ending in a hole is prefix-conditioned
-        generation, one starting with a hole suffix-conditioned."""
+        generation, one starting with a hole suffix-conditioned. A list of templates of one token length is filled
+        in one sampler call, num_samples rows each, template-major (what `textdiff serve` batches)."""
+        templates = [template] if isinstance(template, str) else list(template)
         if num_samples < 1:
             raise TextdiffError(f"n={num_samples}: the number of samples must be at least 1")
+        if not templates:
+            raise TextdiffError("infill: no template given")
+        rows = [self.template_row(t) for t in templates]
+        if len({len(r) for r in rows}) > 1:
+            raise TextdiffError(f"infill templates of {sorted({len(r) for r in rows})} tokens: one sampler call fills "
+                                "templates of one length")
+        holes = max(sum(1 for i in r if i == self.backend.special.mask) for r in rows)
+        o = self.options(steps=steps, sampler=sampler, **opts)
+        if steps is None and SAMPLERS[o.sampler].reveals_per_step:  # at least one token per step
+            o = dataclasses.replace(o, steps=min(o.steps, holes))
+        x = torch.tensor([r for r in rows for _ in range(num_samples)], dtype=torch.long)
+        return self._run(x, o, seed, callback)
+
+    def template_row(self, template: str) -> list[int]:
+        """A template's sampler-input ids: [MASK] in its holes, the back-end's open holes and [PAD] room for [...]."""
         tpl, bk = parse_template(template), self.backend
         if None in tpl.holes and not bk.variable_length:
             raise TextdiffError(f"infill template: [...] (a span of unknown length) needs the edit back-end; the "
@@ -188,12 +210,7 @@ class TextDiffusionPipeline:
         self._check_length(len(ids))
         if None in tpl.holes:  # room for the spans to grow into
             ids += [bk.special.pad] * max(0, self.recipe.data.max_length - len(ids))
-        holes = sum(1 for i in ids if i == self.backend.special.mask)
-        o = self.options(steps=steps, sampler=sampler, **opts)
-        if steps is None and SAMPLERS[o.sampler].reveals_per_step:  # at least one token per step
-            o = dataclasses.replace(o, steps=min(o.steps, holes))
-        x = torch.tensor([ids] * num_samples, dtype=torch.long)
-        return self._run(x, o, seed, callback)
+        return ids
 
     def translate(self, sources: str | list[str], num_samples: int = 1, steps: Optional[int] = None,
                   sampler: Optional[str] = None, seed: int = 0, batch_size: int = 64, progress: bool = False,

@@ -28,7 +28,7 @@ CONFIG_TYPE = "textdiff"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 RESUME_MAY_CHANGE = ("steps", "grad_accum", "threads", "strategy", "compile", "activation_checkpointing",
-                     "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_batches")
+                     "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_batches", "log_to")
 """train.* keys that --resume may change: how long a run trains, how it is executed (not what it computes, up to
 float order) and how often it logs, validates and checkpoints (validation draws its noise from its own seeded
 generators and runs in eval mode, so it leaves the training stream alone); grad_accum too, so that a run resumes
@@ -149,7 +149,7 @@ def check(recipe, run_dir: Path, resume: bool) -> None:
 
 def config_record(recipe, vocab_size: int, max_len: int, **extra) -> dict:
     """config.json's content for a run of `recipe`."""
-    return {"type": CONFIG_TYPE, "backend": recipe.backend.name, "recipe": recipe.to_dict(),
+    return {"type": CONFIG_TYPE, "model_type": CONFIG_TYPE, "backend": recipe.backend.name, "recipe": recipe.to_dict(),
             "vocab_size": vocab_size, "max_len": max_len, **extra}
 
 

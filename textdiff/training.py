@@ -31,6 +31,7 @@ from textdiff.config import Recipe, TrainConfig
 from textdiff.data import Sequences, batch_indices, drop_condition, flat_texts, segment_ids
 from textdiff.errors import TextdiffError
 from textdiff.noising.base import Batch, LossOutput
+from textdiff.tensorboard_log import Metrics
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -327,17 +328,23 @@ class Trainer:
             print(f"textdiff: resumed from step {self.step}")
         if hasattr(self.train_seq, "seek"):
             self.train_seq.seek(self.step)
-        metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step) if main else None
+        metrics = Metrics(MetricsLog(self.run_dir / "metrics.jsonl", self.step), self.cfg.log_to, self.run_dir,
+                          self.step) if main else None
         bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not (progress and main), unit="step", dynamic_ncols=True,
                    mininterval=0.1 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
         try:
             self._loop(bar, metrics)
         finally:  # an error is printed after the bar's own line, never glued to it
             bar.close()
+            if metrics is not None:
+                metrics.close()
         if main:
             plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+            from textdiff.modelcard import write_model_card
 
-    def _loop(self, bar, metrics: "MetricsLog | None") -> None:
+            write_model_card(self.run_dir)
+
+    def _loop(self, bar, metrics: "Metrics | None") -> None:
         """Train to cfg.steps; `metrics` is None on every process but rank 0."""
         busy, tokens = 0.0, 0  # seconds spent in training steps (not evaluation or checkpoints)
         while self.step < self.cfg.steps:
@@ -356,6 +363,7 @@ class Trainer:
                 val = self.evaluate()
                 if val is not None and metrics is not None:
                     self._log_validation(metrics, bar, val)
+                    metrics.validated(self.step, self.recipe, self.module, self.backend, self.sharded)
             if self._due(self.cfg.checkpoint_every):
                 self.save()
 

@@ -64,10 +64,12 @@ def frontier(runs: list[str], steps: tuple[int, ...] = STEPS, num_samples: int =
     from textdiff.evaluation.report import environment
     from textdiff.pipeline import TextDiffusionPipeline
 
+    from tqdm.auto import tqdm
+
     j = None if judge == DEFERRED else load_judge(judge, device)
     points, skipped, references = [], [], {}
     specs = [run_steps(r, tuple(steps)) for r in runs]
-    for run, counts in specs:
+    for run, counts in tqdm(specs, desc="frontier", unit="run", leave=False):
         pipe = TextDiffusionPipeline.from_pretrained(run, device=device)
         data_key = str(pipe.recipe.data.path)
         if data_key not in references:

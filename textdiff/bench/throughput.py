@@ -99,16 +99,20 @@ def throughput(size: Size = Size(), steps: int = 5, rounds: int = 3, device: str
     ids = torch.randint(6, size.vocab, (size.batch, size.length), device=dev)
     batch = Batch(ids, torch.ones_like(ids, dtype=torch.bool))
     ar = next((f"textdiff {n}" for n in names if BACKENDS[n].causal), None)
-    out = {}
+    from tqdm.auto import tqdm
+
+    out, bar = {}, tqdm(total=len(precisions) * rounds * len(models), desc="throughput", unit="model", leave=False)
     for precision in precisions:
         rates = {name: [] for name in models}
         for _ in range(rounds):
             for name, (model, loss_fn, _) in models.items():
                 rates[name].append(time_steps(model, loss_fn, batch, steps, precision == "bf16", dev))
+                bar.update(1)
         med = {k: statistics.median(v) for k, v in rates.items()}
         out[precision] = {k: {"tok_per_s": r, "vs_gpt2": r / med[GPT2], "vs_ar": r / med[ar] if ar else float("nan"),
                               "params": sum(p.numel() for p in models[k][0].parameters()), "settings": models[k][2]}
                           for k, r in med.items()}
+    bar.close()
     return {"size": size.__dict__, "steps": steps, "rounds": rounds, "device": device, "results": out}
 
 
