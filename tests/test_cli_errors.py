@@ -554,3 +554,25 @@ def test_subprocess_has_no_traceback(argv, needles, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc.returncode, proc.stderr, needles)
     assert proc.stdout == ""
+
+
+def test_every_flag_of_every_command_has_a_help_line():
+    """`textdiff X --help` explains every option (subcommands included); sampling flags come from the samplers'
+    declared options, each naming the samplers that take it."""
+    import argparse
+
+    from textdiff.cli import build_parser
+
+    def walk(parser, where):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{where} {name}")
+            elif not isinstance(action, argparse._HelpAction):
+                yield where, action
+
+    missing = [f"{where} {'/'.join(a.option_strings) or a.dest}" for where, a in walk(build_parser(), "textdiff")
+               if not a.help]
+    assert not missing, missing
+    flags = {s for _, a in walk(build_parser(), "textdiff") for s in a.option_strings}
+    assert {"--eta", "--clamp", "--threshold", "--joint-edits", "--block-size"} <= flags

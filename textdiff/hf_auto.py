@@ -19,10 +19,7 @@ import importlib.abc
 import sys
 import warnings
 
-MODEL_TYPE = "textdiff"
-"""config.json's "model_type" (the same word as its "type")."""
-WATCHED = ("transformers.models.auto.configuration_auto", "transformers.models.auto.modeling_auto")
-"""The modules whose loading registers textdiff's classes: the config's, then the model's."""
+from textdiff.hf_names import MODEL_TYPE, WATCHED  # noqa: F401  (MODEL_TYPE: re-exported for callers)
 
 
 def register(module_name: str) -> None:

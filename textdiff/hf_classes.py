@@ -13,7 +13,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from textdiff.errors import TextdiffError
-from textdiff.hf_auto import MODEL_TYPE, WATCHED
+from textdiff.hf_names import MODEL_TYPE, WATCHED
 
 RUN_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md")
 """What a run needs to load (and what `textdiff push` uploads beside its extras)."""

@@ -135,12 +135,18 @@ class TextdiffLM(LM):
                 out[i] = (-value, hit)
         return out
 
+    def steps(self, n: int) -> dict:
+        """{"steps": n} for a sampler with a step count ({} for the AR baseline's, one call per token)."""
+        from textdiff.registry import SAMPLERS
+
+        return {"steps": n} if SAMPLERS[self.pipe.options(**self.sample_opts).sampler].takes_steps else {}
+
     def greedy(self, pairs: list[tuple[list[int], list[int]]]) -> list[bool]:
         """Whether the sampler at temperature 0, one token per step, writes each continuation after its context."""
         mask = self.pipe.backend.special.mask
         x = torch.tensor([c + [mask] * len(t) for c, t in pairs])
         opts = {**{k: v for k, v in self.sample_opts.items() if k not in ("temperature", "steps")},
-                "temperature": 0.0, "steps": len(pairs[0][1])}
+                "temperature": 0.0, **self.steps(len(pairs[0][1]))}
         ids = self.pipe.denoise(x, seed=self.seed, **opts).ids.tolist()
         return [row[len(c):] == t for row, (c, t) in zip(ids, pairs)]
 
@@ -177,7 +183,7 @@ class TextdiffLM(LM):
         bk = self.pipe.backend
         opts = {"temperature": float(kwargs.pop("temperature", 0.0)), **self.sample_opts}
         if opts.get("steps") is None:
-            opts["steps"] = min(self.pipe.options().steps, n)
+            opts.update(self.steps(min(self.pipe.options().steps, n)))
         x = torch.tensor([ctx + bk.open_hole(n)])
         ids = self.pipe.denoise(x, seed=self.seed, **opts).ids[0].tolist()
         new = ids if bk.variable_length else ids[len(ctx):]

@@ -148,7 +148,7 @@ def make_job(pipe, kind: str, body: dict, loop) -> Job:
     elif opts["length"]:
         pipe.options(length=opts["length"])  # the length's own check
     return Job(kind, opts, payload, body["num_samples"], body["seed"], body.get("stream", False),
-               (kind, resolved, size), asyncio.Queue(), loop)
+               (kind, json.dumps(resolved.flat(), sort_keys=True, default=str), size), asyncio.Queue(), loop)
 
 
 # --- the worker: one sampler call per group of agreeing requests ---------------------------------------------------
@@ -185,8 +185,19 @@ class Worker:
                     self.jobs.put(None)
                     break
                 waiting.append(job)
-            for group in groups(waiting):
+            try:
+                batches = groups(waiting)
+            except Exception as e:  # a bug in the batching itself: every waiting job hears of it, serving goes on
+                batches = []
+                self.fail(waiting, e)
+            for group in batches:
                 self.run_safely(group)
+
+    def fail(self, jobs: list[Job], e: Exception) -> None:
+        self.stats["errors"] += len(jobs)
+        print(f"textdiff serve: {type(e).__name__}: {e}", file=sys.stderr)
+        for job in jobs:
+            job.send("error", {"error": f"internal error ({type(e).__name__}: {e})", "status": 500})
 
     def run_safely(self, group: list[Job]) -> None:
         """One sampler call; when it fails on a batch, each job again alone, so that it gets its own error."""
@@ -200,10 +211,7 @@ class Worker:
             self.stats["errors"] += 1
             group[0].send("error", {"error": str(e), "status": 400})
         except Exception as e:  # a bug: say so, keep serving
-            self.stats["errors"] += len(group)
-            print(f"textdiff serve: {type(e).__name__}: {e}", file=sys.stderr)
-            for job in group:
-                job.send("error", {"error": f"internal error ({type(e).__name__}: {e})", "status": 500})
+            self.fail(group, e)
 
     def run(self, group: list[Job]) -> None:
         first, pipe = group[0], self.pipe
@@ -404,7 +412,7 @@ def playground_page(pipe, run_name: str) -> str:
     spans = " and <code>[...]</code> spans of any length" if pipe.backend.variable_length else ""
     return (PLAYGROUND.replace("__CSS__", CSS).replace("__JS__", RENDER_JS).replace("__INFO__", info)
             .replace("__RUN__", html.escape(run_name)).replace("__BACKEND__", html.escape(pipe.backend.name))
-            .replace("__SPANS__", spans).replace("__STEPS__", str(o.steps)).replace("__TEMP__", str(o.temperature))
+            .replace("__SPANS__", spans).replace("__STEPS__", str(o.steps)).replace("__TEMP__", str(o.options.get("temperature", 1.0)))
             .replace("__SPACED__", "true" if spaced_tokenizer(pipe.tokenizer) else "false"))
 
 
@@ -419,7 +427,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--window", type=float, default=0.005, metavar="SECONDS",
                    help="how long the worker waits for more requests to batch with the first (default 0.005)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -89,7 +89,7 @@ def test_masked_one_token_loglikelihood_is_the_model_probability(masked_run):
     (ll, _), = lm.score([(ctx, cont)], progress=False)
     x = torch.tensor([ctx + [lm.pipe.backend.special.mask]])
     with torch.no_grad():
-        logits = lm.pipe.backend.x0_logits(lm.pipe.model, x, torch.ones(1))
+        logits = lm.pipe.backend.predict(lm.pipe.model, x, torch.ones(1)).logits
     assert ll == pytest.approx(float(torch.log_softmax(logits[0, -1], -1)[cont[0]]), abs=1e-4)
 
 
@@ -113,7 +113,7 @@ def test_a_backend_without_a_bound_cannot_answer(tmp_path_factory, corpus):
 
     raw = tiny_recipe_dict(corpus, tmp_path_factory.mktemp("runs") / "simplex", "simplex")
     raw["train"]["steps"] = 2
-    raw["sample"].pop("sampler")
+    raw["sample"].pop("sampler", None)
     run = train_recipe(recipe_from_dict(raw), progress=False)
     lm = TextdiffLM(str(run))
     req = type("R", (), {"args": ("the old king", " sees")})()
