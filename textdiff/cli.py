@@ -240,6 +240,9 @@ def _classifier_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="textdiff", description="Train, sample and evaluate text diffusion models.")
+    parser.add_argument("--trust-remote-code", action="store_true", dest="trust_remote_code",
+                        help="let a backbone run modelling code from its own repository (LLaDA, Dream); may be "
+                             "given anywhere on the line")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     _train_parser(sub)
@@ -589,10 +592,17 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "gen
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--trust-remote-code" in argv:  # accepted after the subcommand too
+        argv = ["--trust-remote-code"] + [a for a in argv if a != "--trust-remote-code"]
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, already printed on one line)
         return e.code if isinstance(e.code, int) else 0
+    if args.trust_remote_code:
+        from textdiff.models.backbones import allow_remote_code
+
+        allow_remote_code()
     try:
         COMMANDS[args.command](args)
     except TextdiffError as e:

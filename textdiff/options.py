@@ -48,7 +48,8 @@ def convert(value: Any, hint: Any, key: str, source: str) -> Any:
     ok = {bool: lambda v: isinstance(v, bool),
           int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str)}[hint]
+          str: lambda v: isinstance(v, str),
+          dict: lambda v: isinstance(v, dict)}[hint]
     if not ok(value):
         raise TextdiffError(f"{source}: {key} must be {hint.__name__}, got {_short(value)} ({type(value).__name__})")
     if hint is float:

@@ -52,7 +52,7 @@ class TextDiffusionPipeline:
         cfg = rundir.read_config(run_dir)
         recipe = rundir.read_recipe(run_dir, cfg)
         tokenizer = rundir.read_tokenizer(run_dir, cfg)
-        model = build_model(recipe, cfg["vocab_size"], cfg["max_len"])
+        model = build_model(recipe, cfg["vocab_size"], cfg["max_len"], backbone=rundir.backbone_record(run_dir, cfg) or None)
         weights = run_dir / "model.safetensors"
         if not weights.is_file():
             raise TextdiffError(f"{run_dir}: no model.safetensors yet (training has not reached its first checkpoint)")

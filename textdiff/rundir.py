@@ -2,7 +2,8 @@
 runs only through here.
 
     config.json            {"type": "textdiff", "backend": ..., "recipe": {...}, "vocab_size": ..., "max_len": ...}
-                           (+ "distillation": {...} for a distilled student)
+                           (+ "distillation": {...} for a distilled student; + "backbone": {"config": the
+                           transformers config, "kind", "roles": {pad, mask, ...: token}} for a backbone run)
     model.safetensors      weights used for sampling and evaluation (EMA weights when EMA is on)
     tokenizer.json, tokenizer_config.json
     checkpoints/step_00000200/{model,ema,trainer}.safetensors + state.json   (last K kept; textdiff.checkpoint)
@@ -100,7 +101,23 @@ def read_tokenizer(run_dir: Path, cfg: dict):
     if len(tokenizer) != cfg.get("vocab_size"):
         raise TextdiffError(f"{run_dir}: tokenizer has {len(tokenizer)} tokens, config.json says {cfg.get('vocab_size')}; "
                             "the tokenizer files come from another run: copy this run's tokenizer.json back")
+    roles = backbone_record(run_dir, cfg).get("roles", {}) if "backbone" in cfg else {}
+    wrong = [r for r, token in roles.items() if str(getattr(tokenizer, f"{r}_token", None)) != token]
+    if wrong:
+        raise TextdiffError(f"{run_dir}: the tokenizer's {', '.join(wrong)} token disagrees with config.json's backbone "
+                            "roles; the tokenizer files come from another run: copy this run's tokenizer files back")
     return tokenizer
+
+
+def backbone_record(run_dir: Path, cfg: dict) -> dict:
+    """config.json's "backbone": the transformers config, kind and role tokens of a backbone run ({} without one)."""
+    record = cfg.get("backbone")
+    if record is None:
+        return {}
+    if not (isinstance(record, dict) and isinstance(record.get("config"), dict) and isinstance(record.get("roles"), dict)):
+        raise TextdiffError(f"{Path(run_dir) / 'config.json'}: \"backbone\" must hold a transformers \"config\" and "
+                            "the \"roles\" of its tokens")
+    return record
 
 
 # --- checking a recipe against a directory ---------------------------------------------------------------------------
@@ -187,9 +204,15 @@ def update_recipe(run_dir: Path, recipe) -> None:
 
 
 def tokenizer_for(recipe, run_dir: Path, texts: list[str], resume: bool):
-    """The run's tokenizer: its own on resume, the recipe's tokenizer.path when given, else one trained on texts."""
+    """The run's tokenizer: its own on resume, the recipe's tokenizer.path when given, a backbone's own (checked,
+    with everything else about the backbone, before anything is written), else one trained on texts."""
     from textdiff.tokenization import load_tokenizer, train_tokenizer
 
+    if recipe.model.backbone is not None and not resume:
+        from textdiff.models import backbones
+
+        backbones.check_backbone(recipe)
+        return backbones.load_tokenizer(recipe.model.backbone)
     if resume or recipe.tokenizer.path:
         return load_tokenizer(run_dir if resume else Path(recipe.tokenizer.path))
     print(f"textdiff: training a {recipe.tokenizer.kind} tokenizer ({recipe.tokenizer.vocab_size} tokens) "
@@ -201,5 +224,10 @@ def write_run_files(recipe, run_dir: Path, tokenizer, resume: bool) -> None:
     """A new run's tokenizer and config.json; on resume, config.json again when the recipe changed."""
     if resume:
         update_recipe(run_dir, recipe)
-    else:
-        write_new(run_dir, recipe, tokenizer, recipe.data.max_length)
+        return
+    extra = {}
+    if recipe.model.backbone is not None:
+        from textdiff.models import backbones
+
+        extra["backbone"] = backbones.record(recipe, tokenizer)
+    write_new(run_dir, recipe, tokenizer, recipe.data.max_length, **extra)

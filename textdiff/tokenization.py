@@ -1,6 +1,8 @@
 """Tokenizers trained on the training split, wrapped as a transformers `PreTrainedTokenizerFast`, saved with the run.
 
-Special tokens always take the first ids, in this order: [PAD]=0 [MASK]=1 [BOS]=2 [EOS]=3 [UNK]=4 [SEP]=5.
+Special tokens always take the first ids, in this order: [PAD]=0 [MASK]=1 [BOS]=2 [EOS]=3 [UNK]=4 [SEP]=5. A
+pretrained backbone brings its own tokenizer instead (`backbone_tokenizer`): its tokens keep their ids and each
+role (`pad_token`, `mask_token`, ... in tokenizer_config.json) names one of them.
 """
 
 from __future__ import annotations
@@ -115,17 +117,60 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
-def check_special_tokens(tok, where: str) -> None:
+ROLES = ("pad", "mask", "bos", "eos", "unk", "sep")
+"""textdiff's token roles, the order of SPECIAL_TOKENS; a tokenizer names each as transformers does (`pad_token`, ...)."""
+
+
+def role_ids(tok) -> dict[str, int | None]:
+    """{role: id} from the tokenizer's own role tokens (`tok.pad_token`, ...), else textdiff's literal `[PAD]` ...;
+    None where neither exists."""
     vocab = tok.get_vocab()
-    missing = [s for s in SPECIAL_TOKENS if s not in vocab]
+    ids = {}
+    for role, literal in zip(ROLES, SPECIAL_TOKENS):
+        token = getattr(tok, f"{role}_token", None)
+        ids[role] = vocab.get(str(token)) if token is not None else vocab.get(literal)
+    return ids
+
+
+def check_special_tokens(tok, where: str) -> None:
+    missing = [f"{role} ({literal})" for (role, i), literal in zip(role_ids(tok).items(), SPECIAL_TOKENS) if i is None]
     if missing:
         raise TextdiffError(f"{where}: special tokens {', '.join(missing)} are missing; a textdiff tokenizer needs "
-                            f"{' '.join(SPECIAL_TOKENS)}")
+                            f"the roles {' '.join(SPECIAL_TOKENS)} (a backbone's tokenizer maps them to its own tokens)")
 
 
 def special_tokens(tok) -> SpecialTokens:
-    v = tok.get_vocab()
-    return SpecialTokens(pad=v["[PAD]"], mask=v["[MASK]"], bos=v["[BOS]"], eos=v["[EOS]"], sep=v["[SEP]"], unk=v["[UNK]"])
+    return SpecialTokens(**role_ids(tok))
+
+
+def backbone_tokenizer(tok, where: str):
+    """A backbone's own tokenizer as a textdiff tokenizer: a `PreTrainedTokenizerFast` over its tokenizer.json with
+    every role named. A role the tokenizer lacks takes a related token of its own (bos: CLS, else EOS; eos: SEP;
+    sep: EOS; unk: PAD); [MASK] and [PAD] are added when it has none (the model's embeddings grow to match)."""
+    from transformers import PreTrainedTokenizerFast
+
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        raise TextdiffError(f"{where}: the tokenizer cannot take a [MASK] token (no fast tokenizer.json to add it to); "
+                            "give a backbone whose tokenizer has a tokenizer.json")
+    own = {role: getattr(tok, f"{role}_token", None) for role in ("pad", "mask", "bos", "eos", "unk", "sep", "cls")}
+    eos = own["eos"] or own["sep"]
+    if eos is None:
+        raise TextdiffError(f"{where}: the tokenizer names no end-of-sequence token (eos_token or sep_token); "
+                            "textdiff joins and ends texts with it")
+    roles = {"pad": own["pad"] or "[PAD]", "mask": own["mask"] or "[MASK]", "bos": own["bos"] or own["cls"] or eos,
+             "eos": eos, "sep": own["sep"] or eos}
+    roles["unk"] = own["unk"] or roles["pad"]
+    from tokenizers import Tokenizer
+
+    inner = Tokenizer.from_str(backend.to_str())
+    inner.no_padding()  # textdiff pads and packs itself (sentence-transformers' files pad to a fixed length)
+    inner.no_truncation()
+    out = PreTrainedTokenizerFast(tokenizer_object=inner, **{f"{r}_token": str(t) for r, t in roles.items()})
+    if len(out) < len(tok):
+        raise TextdiffError(f"{where}: the tokenizer's added tokens did not carry over ({len(out)} of {len(tok)})")
+    check_special_tokens(out, where)
+    return out
 
 
 def encode(tok, texts: list[str]) -> list[list[int]]:
