@@ -27,13 +27,15 @@ import torch
 from paths import shown_argv
 from textdiff.checkpoint import list_checkpoints, read_state
 from textdiff.config import load_recipe
+from textdiff.config import read_yaml as load_recipe_yaml
 from textdiff.evaluation import perplexity
 from textdiff.pipeline import TextDiffusionPipeline
 from textdiff.rundir import read_recipe, same_recipe
 from textdiff.training import train_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {p.stem: p for p in sorted((ROOT / "recipes/kjv").glob("*.yaml"))}  # one per back-end; ar.yaml is the AR twin
+RECIPES = {p.stem: p for p in sorted((ROOT / "recipes/kjv").glob("*.yaml"))  # one per back-end; ar.yaml is the AR twin
+           if "backbone" not in ((load_recipe_yaml(p) or {}).get("model") or {})}  # pretrained ones: benchmarks/pretrained.py
 
 
 saved_recipe = read_recipe  # the recipe a run was trained with, from its config.json

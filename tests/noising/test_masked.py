@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from tests.tiny import SPECIAL, make
+from tests.tiny import make
 from textdiff.noising.base import Batch
 
 
 @torch.no_grad()
 def _conditional_logprob(model, backend, x, visible: tuple[int, ...], pos: int) -> float:
-    inp = torch.full_like(x, SPECIAL.mask)
+    inp = torch.full_like(x, backend.special.mask)
     for v in visible:
         inp[v] = x[v]
     logits = backend.predict(model, inp[None], torch.ones(1)).logits[0, pos]

@@ -11,6 +11,7 @@ the pretrained network starts exactly as it was.
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import torch
@@ -91,6 +92,8 @@ class HFDenoiser(nn.Module):
         self.vocab_size = self.tok.weight.shape[0]
         self.cond = InputConditioning(cfg, self.tok.weight.shape[1])
         self.blocks = largest_module_list(self.base)
+        params = inspect.signature(self.base.forward).parameters
+        self.cache_key = "cache" if "cache" in params else "past_key_values"  # transformers renames it in 5.x
         self.segments: Optional[torch.Tensor] = None
         self.noise: Optional[nn.Module] = None
         self.new_tokens: Optional[nn.Module] = None  # LoRA: trainable embeddings of the tokens the run added
@@ -115,15 +118,21 @@ class HFDenoiser(nn.Module):
 
     @property
     def checkpoint_blocks(self) -> bool:
-        return bool(getattr(self.net, "is_gradient_checkpointing", False))
+        name = "is_activation_checkpointing" if hasattr(self.net, "is_activation_checkpointing") else \
+            "is_gradient_checkpointing"
+        return bool(getattr(self.net, name, False))
 
     @checkpoint_blocks.setter
     def checkpoint_blocks(self, on: bool) -> None:
-        """Activation checkpointing through the backbone's own switch (train.activation_checkpointing)."""
-        if on:
+        """Activation checkpointing through the backbone's own switch (train.activation_checkpointing; transformers
+        5.x calls it activation_checkpointing_enable, earlier versions gradient_checkpointing_enable)."""
+        new = hasattr(self.net, "activation_checkpointing_enable")
+        if on and new:
+            self.net.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif on:
             self.net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         elif self.checkpoint_blocks:
-            self.net.gradient_checkpointing_disable()
+            (self.net.activation_checkpointing_disable if new else self.net.gradient_checkpointing_disable)()
 
     def embed_probs(self, probs: torch.Tensor) -> torch.Tensor:
         """A distribution over the vocabulary as its expected token embedding: (B, L, V) -> (B, L, D)."""
@@ -142,7 +151,7 @@ class HFDenoiser(nn.Module):
         if self.full_mask:  # A2D: every position sees every position
             kwargs["attention_mask"] = torch.zeros(B, 1, L, L, dtype=x.dtype, device=x.device)
         if cache is not None:
-            kwargs.update(past_key_values=cache.kv, use_cache=True,
+            kwargs.update({self.cache_key: cache.kv}, use_cache=True,
                           position_ids=torch.arange(offset, offset + L, device=x.device)[None].expand(B, L))
             cache.length += L
         h = self.base(inputs_embeds=x, **kwargs).last_hidden_state
