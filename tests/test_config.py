@@ -179,7 +179,9 @@ def _typed(hint):
     return {int: st.integers(min_value=-2, max_value=600) | st.integers(),
             float: st.floats(min_value=0.0, max_value=1.0) | st.floats() | st.integers(-2, 10) | st.just(10 ** 400),
             bool: st.booleans(), str: st.sampled_from(CHOICES) | st.text(max_size=12),
-            tuple: st.lists(st.floats(min_value=0.0, max_value=1.0) | scalars, max_size=3)}[hint]
+            tuple: st.lists(st.floats(min_value=0.0, max_value=1.0) | scalars, max_size=3),
+            dict: st.dictionaries(st.sampled_from(["r", "alpha", "dropout", "target_modules", "rank"]),
+                                  values, max_size=3)}[hint]  # model.lora
 
 
 def _field(section: str, name: str):

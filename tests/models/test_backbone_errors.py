@@ -20,6 +20,7 @@ from textdiff.cli import main
 from textdiff.config import recipe_from_dict
 from textdiff.errors import TextdiffError
 from textdiff.models import backbones, lora
+from textdiff.pipeline import TextDiffusionPipeline
 from textdiff.tokenization import backbone_tokenizer
 from textdiff.training import train_recipe
 
@@ -145,7 +146,8 @@ def test_merged_lora_weights_give_the_lora_models_logits(tmp_path, backbone_dir)
 def test_export_writes_the_adapter_or_the_merged_weights(tmp_path, corpus, backbone_dir):
     raw = backbone_recipe(corpus, backbone_dir("qwen2"), tmp_path / "run", lora={"r": 2})
     run = train_recipe(recipe_from_dict(raw), progress=False)
-    adapter = ckpt.load_tensors(lora.export(run, tmp_path / "adapter.safetensors", merged=False))
-    merged = ckpt.load_tensors(lora.export(run, tmp_path / "merged.safetensors", merged=True))
+    model = TextDiffusionPipeline.from_pretrained(run).model
+    adapter = ckpt.load_tensors(lora.export(model, tmp_path / "adapter.safetensors", merged=False))
+    merged = ckpt.load_tensors(lora.export(model, tmp_path / "merged.safetensors", merged=True))
     assert all(lora.is_lora(k) or k.startswith("new_tokens.") for k in adapter)
     assert not any(lora.is_lora(k) for k in merged) and len(merged) > len(adapter)

@@ -184,15 +184,6 @@ def config_from_record(record: dict):
 # --- the checks before a run directory is written ---------------------------------------------------------------
 
 
-def parameter_count(config, kind: str) -> int:
-    """Parameters of the architecture, counted on the meta device (nothing allocated)."""
-    import torch
-
-    with torch.device("meta"):
-        net = from_config(kind, config) if kind != "remote" else None
-    return sum(p.numel() for p in net.parameters()) if net is not None else 0
-
-
 def available_memory() -> Optional[int]:
     """Bytes of memory this machine has available (Linux /proc/meminfo), or None when unknown."""
     try:
@@ -234,11 +225,15 @@ def check_backbone(recipe) -> None:
         raise TextdiffError(f"backend.name={recipe.backend.name}: its own modules read the denoiser's width; set "
                             f"model.n_embd: {width} (the width of {spec!r})")
     if kind != "remote":
-        check_memory(spec, parameter_count(config, kind), recipe.model.lora is not None)
-    if recipe.model.lora is not None:
-        from textdiff.models.lora import check_targets
+        import torch
 
-        check_targets(config, kind, recipe.model.lora, spec)
+        with torch.device("meta"):  # the architecture, nothing allocated
+            net = from_config(kind, config)
+        check_memory(spec, sum(p.numel() for p in net.parameters()), recipe.model.lora is not None)
+        if recipe.model.lora is not None:
+            from textdiff.models.lora import check_targets
+
+            check_targets(net, recipe.model.lora, spec)
     if recipe.data.max_length > getattr(config.get_text_config(), "max_position_embeddings", 1 << 30):
         raise TextdiffError(f"data.max_length={recipe.data.max_length} is longer than {spec!r} was built for "
                             f"({config.get_text_config().max_position_embeddings} positions)")

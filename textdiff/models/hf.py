@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from textdiff.config import ModelConfig
 from textdiff.errors import TextdiffError
-from textdiff.models import backbones
+from textdiff.models.backbones import ENCODER_HEADS, REMOTE_TYPES, config_from_record, kind_of, load_network
 from textdiff.models.transformer import Transformer, timestep_embedding
 
 
@@ -74,7 +74,7 @@ class HFDenoiser(nn.Module):
     Args:
         cfg: the recipe's model section (self_conditioning, time_conditioning, segments, shift).
         net: the transformers model (AutoModelForMaskedLM or AutoModelForCausalLM), embeddings already resized.
-        kind: `encoder` or `causal` (textdiff.models.backbones.kind_of).
+        kind: `encoder` or `causal` (textdiff.models.kind_of).
         max_len: the training sequence length.
         causal: keep a causal LM causal (the AR baseline) instead of making it bidirectional.
     """
@@ -161,7 +161,7 @@ class HFDenoiser(nn.Module):
         """Hidden states (..., D) -> vocabulary logits (..., V) through the backbone's own head."""
         if self.kind == "causal":
             return self.net.get_output_embeddings()(h)
-        for name in backbones.ENCODER_HEADS[self.net.config.model_type]:
+        for name in ENCODER_HEADS[self.net.config.model_type]:
             h = getattr(self.net, name)(h)
         return h
 
@@ -224,7 +224,7 @@ class RemoteDenoiser(HFDenoiser):
         self.cfg, self.net, self.kind, self.max_len, self.causal = cfg, net, "remote", max_len, False
         model_type = str(net.config.model_type).lower()
         self.full_mask = False
-        self.shift = bool(cfg.shift if cfg.shift is not None else backbones.REMOTE_TYPES.get(model_type, False))
+        self.shift = bool(cfg.shift if cfg.shift is not None else REMOTE_TYPES.get(model_type, False))
         self.tok, self.pos = net.get_input_embeddings(), None
         self.vocab_size = self.tok.weight.shape[0]
         self.blocks = largest_module_list(net)
@@ -246,9 +246,9 @@ def build_hf(recipe, vocab_size: int, max_len: int, causal: bool, record: Option
     """The denoiser of a backbone recipe: the pretrained network (or, from a run directory's `record`, its
     architecture, whose weights the caller loads), embeddings grown to the run's vocabulary, LoRA when asked."""
     spec = recipe.model.backbone
-    config = backbones.config_from_record(record["config"]) if record is not None else None
-    net = backbones.load_network(spec, pretrained=record is None and recipe.model.pretrained, config=config)
-    kind = backbones.kind_of(net.config, spec)
+    config = config_from_record(record["config"]) if record is not None else None
+    net = load_network(spec, pretrained=record is None and recipe.model.pretrained, config=config)
+    kind = kind_of(net.config, spec)
     first = net.get_input_embeddings().weight.shape[0]
     if first != vocab_size:  # the run added [MASK] / [PAD]: new rows start at the mean embedding (pretrained only)
         net.resize_token_embeddings(vocab_size, mean_resizing=record is None and recipe.model.pretrained)

@@ -4,7 +4,7 @@ The adapters are injected in place (peft's `inject_adapter_in_model`), so the ba
 denoiser reads it as before; every backbone weight is frozen but the LoRA matrices, the input-side modules and
 `NewTokens` (the embeddings of the tokens the run added: [MASK], [PAD]). The run directory's model.safetensors holds
 the whole model (base and adapters: it loads on its own); `adapter_tensors` and `merged_tensors` give the adapter
-alone or the weights with the adapters merged in, to save as safetensors (`textdiff.models.lora.export`).
+alone or the weights with the adapters merged in; `export` saves either as safetensors.
 """
 
 from __future__ import annotations
@@ -33,14 +33,11 @@ def linear_names(net: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def check_targets(config, kind: str, section: dict, spec: str) -> None:
-    """LoRA target modules that the backbone does not have are refused before anything is written."""
-    from textdiff.models.backbones import from_config
-
-    with torch.device("meta"):
-        net = from_config(kind, config)
+def check_targets(net: nn.Module, section: dict, spec: str) -> None:
+    """LoRA target modules that the backbone `net` (built on the meta device) does not have are refused before
+    anything is written."""
     have = linear_names(net)
-    missing = [t for t in targets(config.model_type, section) if t not in have]
+    missing = [t for t in targets(net.config.model_type, section) if t not in have]
     if missing:
         raise TextdiffError(f"model.lora.target_modules: {', '.join(missing)} not in {spec!r}; its linear modules: "
                             f"{', '.join(have)}")
@@ -114,15 +111,14 @@ def merged_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def export(run_dir: str | Path, out: str | Path, merged: bool) -> Path:
-    """A LoRA run's adapter (trainable tensors) or merged weights as one safetensors file."""
+def export(model: nn.Module, out: str | Path, merged: bool) -> Path:
+    """A LoRA model's adapter (its trainable tensors) or its merged weights as one safetensors file, e.g.
+    `export(TextDiffusionPipeline.from_pretrained(run).model, "adapter.safetensors", merged=False)`."""
     from textdiff import checkpoint as ckpt
-    from textdiff.pipeline import TextDiffusionPipeline
 
-    pipe = TextDiffusionPipeline.from_pretrained(run_dir)
-    if pipe.recipe.model.lora is None:
-        raise TextdiffError(f"{run_dir}: not a LoRA run (its recipe has no model.lora)")
-    tensors = merged_tensors(pipe.model) if merged else adapter_tensors(pipe.model)
+    if not any(is_lora(n) for n, _ in model.named_parameters()):
+        raise TextdiffError("not a LoRA model (its recipe has no model.lora)")
+    tensors = merged_tensors(model) if merged else adapter_tensors(model)
     seen, unique = set(), {}
     for k, v in tensors.items():
         if v.data_ptr() not in seen:
