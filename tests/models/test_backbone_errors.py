@@ -151,3 +151,18 @@ def test_export_writes_the_adapter_or_the_merged_weights(tmp_path, corpus, backb
     merged = ckpt.load_tensors(lora.export(model, tmp_path / "merged.safetensors", merged=True))
     assert all(lora.is_lora(k) or k.startswith("new_tokens.") for k in adapter)
     assert not any(lora.is_lora(k) for k in merged) and len(merged) > len(adapter)
+
+
+def test_hub_code_runs_with_trust_remote_code_and_its_run_reloads(tmp_path, corpus, capsys, monkeypatch):
+    from tests.models.tiny_backbones import save_remote_backbone
+
+    folder = save_remote_backbone(tmp_path / "remote")
+    raw = backbone_recipe(corpus, folder, tmp_path / "run")
+    assert "--trust-remote-code" in cli_train(tmp_path, raw, capsys)
+    monkeypatch.setitem(backbones.REMOTE_CODE, "allowed", True)
+    run = train_recipe(recipe_from_dict(raw), progress=False)
+    assert json.loads((run / "config.json").read_text())["backbone"]["kind"] == "remote"
+    check_round_trip(run, causal=False)
+    monkeypatch.setitem(backbones.REMOTE_CODE, "allowed", False)
+    with pytest.raises(TextdiffError, match="--trust-remote-code"):
+        TextDiffusionPipeline.from_pretrained(run)

@@ -85,3 +85,68 @@ def save_backbone(arch: str, folder: Path, seed: int = 0) -> Path:
     net.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return folder
+
+
+REMOTE_CONFIG = """from transformers import PretrainedConfig
+
+
+class TinyDLMConfig(PretrainedConfig):
+    model_type = "llada"
+
+    def __init__(self, vocab_size=32, hidden_size=16, **kw):
+        self.vocab_size, self.hidden_size = vocab_size, hidden_size
+        super().__init__(**kw)
+"""
+
+REMOTE_MODEL = """import torch
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+
+from .configuration_tiny import TinyDLMConfig
+
+
+class TinyDLM(PreTrainedModel):
+    \"\"\"A stand-in for a hub-code masked diffusion LM (LLaDA's interface: ids in, .logits out), bidirectional.\"\"\"
+    config_class = TinyDLMConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.wte = torch.nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(config.hidden_size, config.hidden_size)])
+        self.out = torch.nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, value):
+        self.wte = value
+
+    def forward(self, input_ids=None, **kw):
+        h = self.wte(input_ids)
+        h = h + self.layers[0](h.mean(dim=1, keepdim=True)).tanh()  # every position sees every position
+        return MaskedLMOutput(logits=self.out(h))
+"""
+
+
+def save_remote_backbone(folder: Path) -> Path:
+    """A model directory whose code lives in the directory itself (config.json auto_map), as LLaDA's and Dream's
+    do on the hub: loading it runs that code, so it needs --trust-remote-code."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "configuration_tiny.py").write_text(REMOTE_CONFIG)
+    (folder / "modeling_tiny.py").write_text(REMOTE_MODEL)
+    tok = tokenizer_for("bert")
+    tok.save_pretrained(str(folder))
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llada", "vocab_size": len(tok), "hidden_size": 16, "architectures": ["TinyDLM"],
+        "auto_map": {"AutoConfig": "configuration_tiny.TinyDLMConfig", "AutoModel": "modeling_tiny.TinyDLM"}}))
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    shapes = {"wte.weight": (len(tok), 16), "layers.0.weight": (16, 16), "layers.0.bias": (16,),
+              "out.weight": (len(tok), 16), "out.bias": (len(tok),)}
+    save_file({k: torch.randn(v, generator=g) * 0.1 for k, v in shapes.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    return folder

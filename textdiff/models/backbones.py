@@ -44,7 +44,6 @@ REMOTE_CODE = {"allowed": False}
 def allow_remote_code(allowed: bool = True) -> None:
     """Let backbones whose repository brings its own modelling code (LLaDA, Dream) load in this process."""
     REMOTE_CODE["allowed"] = allowed
-    load_config.cache_clear()
 
 
 @dataclass(frozen=True)
@@ -96,12 +95,15 @@ def raw_config(source: Source) -> Optional[dict]:
         raise TextdiffError(f"model.backbone={source.spec!r}: {path} is not valid JSON") from None
 
 
-@functools.lru_cache(maxsize=8)
 def load_config(spec: str):
-    """The backbone's transformers config (refusing hub code without --trust-remote-code)."""
+    """The backbone's transformers config (refusing hub code without --trust-remote-code), read once per process."""
+    return cached_config(spec, REMOTE_CODE["allowed"])
+
+
+@functools.lru_cache(maxsize=8)
+def cached_config(spec: str, trust_remote_code: bool):
     from transformers import AutoConfig
 
-    trust_remote_code = REMOTE_CODE["allowed"]
     source = resolve(spec)
     raw = raw_config(source)
     if raw is not None and "auto_map" in raw and not trust_remote_code:

@@ -19,7 +19,8 @@ import torch.nn as nn
 
 from textdiff.config import ModelConfig
 from textdiff.errors import TextdiffError
-from textdiff.models.backbones import ENCODER_HEADS, REMOTE_TYPES, config_from_record, kind_of, load_network
+from textdiff.models.backbones import (ENCODER_HEADS, REMOTE_TYPES, config_from_record, kind_of, load_config,
+                                      load_network)
 from textdiff.models.transformer import Transformer, timestep_embedding
 
 
@@ -246,7 +247,9 @@ def build_hf(recipe, vocab_size: int, max_len: int, causal: bool, record: Option
     """The denoiser of a backbone recipe: the pretrained network (or, from a run directory's `record`, its
     architecture, whose weights the caller loads), embeddings grown to the run's vocabulary, LoRA when asked."""
     spec = recipe.model.backbone
-    config = config_from_record(record["config"]) if record is not None else None
+    config = None
+    if record is not None:  # hub code is not in the run directory: it is read from the backbone again
+        config = load_config(spec) if record.get("kind") == "remote" else config_from_record(record["config"])
     net = load_network(spec, pretrained=record is None and recipe.model.pretrained, config=config)
     kind = kind_of(net.config, spec)
     first = net.get_input_embeddings().weight.shape[0]
