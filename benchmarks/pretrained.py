@@ -4,6 +4,7 @@
     python benchmarks/pretrained.py smollm2 --steps 40  --ar-judge runs/pretrained/kjv-ar-200 \\
         --out benchmarks/results/pretrained_smollm2_cpu.md
     python benchmarks/pretrained.py lora    --steps 6   --out benchmarks/results/pretrained_lora_cpu.md
+    python benchmarks/pretrained.py shift   --steps 0   --out benchmarks/results/pretrained_shift_cpu.md
 
 minilm:  recipes/kjv/minilm-masked.yaml (all-MiniLM-L6-v2 initialised), the same with model.pretrained=false (the
          architecture from scratch) and recipes/kjv/ar.yaml (textdiff's AR baseline, 6 x 384), all at --steps x
@@ -11,6 +12,7 @@ minilm:  recipes/kjv/minilm-masked.yaml (all-MiniLM-L6-v2 initialised), the same
 smollm2: recipes/kjv/a2d-smollm2.yaml (A2D) and recipes/kjv/ar-smollm2.yaml (the same weights fine-tuned as AR)
          with the same tokens; test nats per word, and judge PPL of their samples under SmolLM2 and under the KJV AR
          run given by --ar-judge (a SmolLM2-derived model flatters the SmolLM2 judge).
+shift:   the A2D output shift on or off: SmolLM2's bound before training (and after --steps when > 0).
 lora:    full fine-tuning vs LoRA on recipes/kjv/a2d-smollm2.yaml, each in its own process: trainable
          parameters, peak resident memory, training tokens/s; the LoRA run directory reloads and samples.
 Finished runs are reused (same recipe, same steps).
@@ -194,9 +196,46 @@ def cmd_lora(args) -> list[str]:
     return lines
 
 
+def untrained_pipe(recipe_path: str, extra: list[str]) -> TextDiffusionPipeline:
+    """The recipe's model as built for training step 0 (pretrained backbone, nothing trained), as a pipeline."""
+    from textdiff.models import backbones, build_model
+    from textdiff.noising import get_backend
+    from textdiff.tokenization import special_tokens
+
+    recipe = load_recipe(ROOT / recipe_path, extra)
+    tok = backbones.load_tokenizer(recipe.model.backbone)
+    torch.manual_seed(recipe.train.seed)
+    model = build_model(recipe, len(tok), recipe.data.max_length)
+    return TextDiffusionPipeline(recipe, model, get_backend(recipe.backend, special_tokens(tok), len(tok)), tok)
+
+
+def cmd_shift(args) -> list[str]:
+    """A2D with and without the output shift: the bound of the adapted SmolLM2 before training, and after --steps."""
+    runs = Path(args.runs)
+    lines = ["# The A2D output shift on SmolLM2-135M: position i read from hidden state i - 1, or from i", "",
+             f"Command: `{shown_argv()}` (machine: {machine()}; under the shared CPU lock).", "",
+             f"recipes/kjv/a2d-smollm2.yaml with model.shift=true / false; test split: the first {args.sequences} "
+             f"sequences, {args.draws} time draws per sequence (masked ELBO bound).", "",
+             "| model.shift | untrained: test nats/word | " + (f"after {args.steps} steps (batch 8 x 128): test nats/word |"
+                                                          if args.steps else ""),
+             "|---|---|" + ("---|" if args.steps else "")]
+    for shift in ("true", "false"):
+        pipe = untrained_pipe("recipes/kjv/a2d-smollm2.yaml", [f"model.shift={shift}"])
+        zero = perplexity(pipe, "test", time_draws=args.draws, batch_size=8, max_sequences=args.sequences,
+                          progress=False)
+        cells = [f"{zero.nats_per_word:.3f} (± {zero.stderr * zero.nats_per_word / zero.nats_per_token:.3f})"]
+        if args.steps:
+            run, _ = train("recipes/kjv/a2d-smollm2.yaml", runs / f"kjv-a2d-shift-{shift}-{args.steps}", args.steps,
+                           [f"model.shift={shift}", *args.set])
+            r = evaluate(run, args.sequences, args.draws)["ppl"]
+            cells.append(f"{r.nats_per_word:.3f} (± {r.stderr * r.nats_per_word / r.nats_per_token:.3f})")
+        lines.append(f"| {shift} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["minilm", "smollm2", "lora"])
+    p.add_argument("what", choices=["minilm", "smollm2", "lora", "shift"])
     p.add_argument("--steps", type=int, required=True, help="training steps of every run")
     p.add_argument("--runs", default="runs/pretrained", help="where the runs go (default runs/pretrained)")
     p.add_argument("--set", action="append", default=[], help="recipe override for every run")
@@ -208,7 +247,7 @@ def main() -> None:
     p.add_argument("--out", help="write the markdown table here")
     args = p.parse_args()
     torch.set_num_threads(1)
-    lines = {"minilm": cmd_minilm, "smollm2": cmd_smollm2, "lora": cmd_lora}[args.what](args)
+    lines = {"minilm": cmd_minilm, "smollm2": cmd_smollm2, "lora": cmd_lora, "shift": cmd_shift}[args.what](args)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
