@@ -89,7 +89,7 @@ def machine() -> str:
 
 
 def cmd_minilm(args) -> list[str]:
-    runs = Path(args.runs)
+    runs = Path(args.runs).resolve()
     trained = {
         "all-MiniLM-L6-v2 initialised, masked": train("recipes/kjv/minilm-masked.yaml", runs / f"kjv-minilm-{args.steps}",
                                                       args.steps, args.set),
@@ -120,7 +120,7 @@ def cmd_smollm2(args) -> list[str]:
     from textdiff.evaluation.genppl import text_stats
     from textdiff.evaluation.judge import load_judge
 
-    runs = Path(args.runs)
+    runs = Path(args.runs).resolve()
     trained = {"SmolLM2-135M A2D (masked diffusion)": train("recipes/kjv/a2d-smollm2.yaml",
                                                             runs / f"kjv-a2d-smollm2-{args.steps}", args.steps, args.set),
                "SmolLM2-135M AR fine-tune": train("recipes/kjv/ar-smollm2.yaml", runs / f"kjv-ar-smollm2-{args.steps}",
@@ -168,7 +168,7 @@ def measure_one(recipe_path: str, out: str, steps: int, extra: list[str]) -> dic
 
 
 def cmd_lora(args) -> list[str]:
-    runs = Path(args.runs)
+    runs = Path(args.runs).resolve()
     settings = {"full fine-tuning": [], "LoRA r=16 (q,k,v,o), alpha 32": ["model.lora={r: 16, alpha: 32}"]}
     lines = [f"# LoRA vs full fine-tuning: SmolLM2-135M A2D on KJV, {args.steps} steps each", "",
              f"Command: `{shown_argv()}` (machine: {machine()}; each setting in a fresh process, under the shared "
@@ -211,7 +211,7 @@ def untrained_pipe(recipe_path: str, extra: list[str]) -> TextDiffusionPipeline:
 
 def cmd_shift(args) -> list[str]:
     """A2D with and without the output shift: the bound of the adapted SmolLM2 before training, and after --steps."""
-    runs = Path(args.runs)
+    runs = Path(args.runs).resolve()
     lines = ["# The A2D output shift on SmolLM2-135M: position i read from hidden state i - 1, or from i", "",
              f"Command: `{shown_argv()}` (machine: {machine()}; under the shared CPU lock).", "",
              f"recipes/kjv/a2d-smollm2.yaml with model.shift=true / false; test split: the first {args.sequences} "

@@ -84,6 +84,9 @@ class ModelConfig:
     shift: Optional[bool] = None
     """With a causal-LM backbone made bidirectional: predict position i from hidden state i - 1, as DiffuLLaMA and
     Dream do, so the pretrained next-token head is reused (None: true for causal LMs, false for encoders)."""
+    anneal_steps: int = 0
+    """With a causal-LM backbone made bidirectional: anneal its attention from causal to full over the first N
+    training forwards (DiffuLLaMA): each future key is visible with probability seen / N (0: full from the start)."""
     lora: Optional[dict] = None
     """With a backbone: LoRA through peft instead of full fine-tuning, `{r, alpha, dropout, target_modules}`
     (target_modules: a list of module names, default the attention projections). Needs the `peft` extra."""
@@ -101,8 +104,11 @@ class ModelConfig:
             raise ValueError("model.aligned_positions needs model.segments: true and model.positions: rotary")
         if self.lora is not None:
             check_lora(self.lora)
-        if self.backbone is None and (self.lora is not None or self.shift is not None or not self.pretrained):
-            raise ValueError("model.lora, model.shift and model.pretrained need model.backbone (a transformers model)")
+        check_positive("model.anneal_steps", self.anneal_steps, allow_zero=True)
+        if self.backbone is None and (self.lora is not None or self.shift is not None or not self.pretrained
+                                      or self.anneal_steps):
+            raise ValueError("model.lora, model.shift, model.anneal_steps and model.pretrained need model.backbone "
+                             "(a transformers model)")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ def test_a_directory_that_is_not_a_model(tmp_path, corpus, capsys):
     assert "not a transformers model directory" in err and "pkg:PACKAGE/PATH" in err
     err = cli_train(tmp_path, backbone_recipe(corpus, tmp_path / "missing", tmp_path / "run"), capsys)
     assert "no such model directory" in err
+    err = cli_train(tmp_path, backbone_recipe(corpus, "someone/not-downloadable", tmp_path / "run"), capsys)
+    assert "transformers cannot read its config" in err  # a hub id, offline
 
 
 def test_a_missing_weights_package_names_the_install(tmp_path, corpus, capsys):

@@ -188,3 +188,21 @@ def test_diffusion_gemmas_own_generate_stays_reachable(backbone_dir):
     prompt = torch.full((1, 1), model.bos)
     out = model.net.generate(input_ids=prompt, max_new_tokens=8, max_denoising_steps=2)
     assert out.sequences.shape[0] == 1
+
+
+def test_annealing_starts_causal_and_ends_full(backbone_dir):
+    model, _, tok = make(backbone_dir("llama"), shift=False, anneal_steps=4)
+    ids = batch(tok).ids
+    later = ids.clone()
+    later[:, 8] = ids[:, 9]
+    model.train()
+
+    def first_position(x, seen: int) -> torch.Tensor:
+        model.anneal_seen.fill_(seen)
+        return model.hidden(x)[:, 0]
+
+    assert torch.allclose(first_position(ids, 0), first_position(later, 0), atol=1e-5)  # causal at step 0
+    assert int(model.anneal_seen) == 1  # each training forward counts
+    assert not torch.allclose(first_position(ids, 4), first_position(later, 4), atol=1e-4)  # full once annealed
+    with torch.no_grad():  # evaluation and sampling see everything from the start
+        assert not torch.allclose(first_position(ids, 0), first_position(later, 0), atol=1e-4)

@@ -98,6 +98,7 @@ class HFDenoiser(nn.Module):
         self.segments: Optional[torch.Tensor] = None
         self.noise: Optional[nn.Module] = None
         self.new_tokens: Optional[nn.Module] = None  # LoRA: trainable embeddings of the tokens the run added
+        self.register_buffer("anneal_seen", torch.zeros((), dtype=torch.long))  # training forwards (anneal_steps)
 
     @property
     def seg(self) -> Optional[nn.Module]:
@@ -149,14 +150,27 @@ class HFDenoiser(nn.Module):
         segments = self.segments[:, offset:offset + L] if self.segments is not None else None
         x = self.cond(x, t, x0_prev, segments)
         kwargs = {}
-        if self.full_mask:  # A2D: every position sees every position
-            kwargs["attention_mask"] = torch.zeros(B, 1, L, L, dtype=x.dtype, device=x.device)
+        if self.full_mask:  # A2D: every position sees every position (once annealed)
+            kwargs["attention_mask"] = self.a2d_mask(B, L, x.dtype, x.device)
         if cache is not None:
             kwargs.update({self.cache_key: cache.kv}, use_cache=True,
                           position_ids=torch.arange(offset, offset + L, device=x.device)[None].expand(B, L))
             cache.length += L
         h = self.base(inputs_embeds=x, **kwargs).last_hidden_state
         return torch.cat([h[:, :1], h[:, :-1]], dim=1) if self.shift else h
+
+    def a2d_mask(self, B: int, L: int, dtype, device) -> torch.Tensor:
+        """(B, 1, L, L) additive attention mask of A2D: all zeros (full attention), or while model.anneal_steps
+        anneals it (DiffuLLaMA), each future key hidden with probability 1 - seen / anneal_steps in training."""
+        mask = torch.zeros(B, 1, L, L, dtype=dtype, device=device)
+        steps = self.cfg.anneal_steps
+        if not (steps and self.training and torch.is_grad_enabled()):
+            return mask
+        p_visible = min(float(self.anneal_seen) / steps, 1.0)
+        self.anneal_seen += 1
+        future = torch.ones(L, L, dtype=torch.bool, device=device).triu(1)
+        hidden = future & (torch.rand(B, 1, L, L, device=device) >= p_visible)
+        return mask.masked_fill(hidden, torch.finfo(dtype).min)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., D) -> vocabulary logits (..., V) through the backbone's own head."""
