@@ -84,6 +84,10 @@ HEADER = ["| model | parameters | vocab | test nats/token | test nats/word | tra
           "|---|---|---|---|---|---|---|"]
 
 
+def command() -> str:
+    return f"python benchmarks/pretrained.py {' '.join(shown_argv(sys.argv[1:]))}"
+
+
 def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
@@ -100,7 +104,7 @@ def cmd_minilm(args) -> list[str]:
                                                           args.steps, args.set),
     }
     lines = [f"# Pretrained encoder vs scratch vs AR on KJV (masked back-end), {args.steps} steps", "",
-             f"Command: `{shown_argv()}` (machine: {machine()}; under the shared CPU lock, one job at a time).", "",
+             f"Command: `{command()}` (machine: {machine()}; under the shared CPU lock, one job at a time).", "",
              f"Budget: {args.steps} steps x batch 32 x 128 tokens = {args.steps * 32 * 128 / 1e6:.2f}M tokens each "
              f"({args.steps / 800:.2f} of the anchors' 800-step budget), overrides {args.set or 'none'}. Test split: "
              f"the first {args.sequences} sequences, {args.draws} time draws per sequence for the bounds, nats per "
@@ -129,7 +133,7 @@ def cmd_smollm2(args) -> list[str]:
     if args.ar_judge:
         judges["KJV AR run"] = load_judge(args.ar_judge)
     lines = [f"# SmolLM2-135M adapted to masked diffusion (A2D) vs its own AR fine-tune on KJV, {args.steps} steps", "",
-             f"Command: `{shown_argv()}` (machine: {machine()}; under the shared CPU lock, one job at a time).", "",
+             f"Command: `{command()}` (machine: {machine()}; under the shared CPU lock, one job at a time).", "",
              f"Budget: {args.steps} steps x batch 8 x 128 tokens = {args.steps * 8 * 128 / 1e3:.0f}k tokens each, the "
              f"same tokens for both, overrides {args.set or 'none'}. Test split: the first {args.sequences} "
              f"sequences, {args.draws} time draws for the bound. Samples: {args.samples} x 128 tokens, seed 0 "
@@ -171,7 +175,7 @@ def cmd_lora(args) -> list[str]:
     runs = Path(args.runs).resolve()
     settings = {"full fine-tuning": [], "LoRA r=16 (q,k,v,o), alpha 32": ["model.lora={r: 16, alpha: 32}"]}
     lines = [f"# LoRA vs full fine-tuning: SmolLM2-135M A2D on KJV, {args.steps} steps each", "",
-             f"Command: `{shown_argv()}` (machine: {machine()}; each setting in a fresh process, under the shared "
+             f"Command: `{command()}` (machine: {machine()}; each setting in a fresh process, under the shared "
              "CPU lock).", "",
              f"Recipe recipes/kjv/a2d-smollm2.yaml, batch 8 x 128, bf16 autocast, {args.steps} steps. Peak memory is "
              "the process's maximum resident set (weights loaded from the GGUF, training, reload and one infill).", "",
@@ -213,7 +217,7 @@ def cmd_shift(args) -> list[str]:
     """A2D with and without the output shift: the bound of the adapted SmolLM2 before training, and after --steps."""
     runs = Path(args.runs).resolve()
     lines = ["# The A2D output shift on SmolLM2-135M: position i read from hidden state i - 1, or from i", "",
-             f"Command: `{shown_argv()}` (machine: {machine()}; under the shared CPU lock).", "",
+             f"Command: `{command()}` (machine: {machine()}; under the shared CPU lock).", "",
              f"recipes/kjv/a2d-smollm2.yaml with model.shift=true / false; test split: the first {args.sequences} "
              f"sequences, {args.draws} time draws per sequence (masked ELBO bound).", "",
              "| model.shift | untrained: test nats/word | " + (f"after {args.steps} steps (batch 8 x 128): test nats/word |"

@@ -98,7 +98,8 @@ class HFDenoiser(nn.Module):
         self.segments: Optional[torch.Tensor] = None
         self.noise: Optional[nn.Module] = None
         self.new_tokens: Optional[nn.Module] = None  # LoRA: trainable embeddings of the tokens the run added
-        self.register_buffer("anneal_seen", torch.zeros((), dtype=torch.long))  # training forwards (anneal_steps)
+        if cfg.anneal_steps:  # training forwards so far, checkpointed with the weights (exact resume)
+            self.register_buffer("anneal_seen", torch.zeros((), dtype=torch.long))
 
     @property
     def seg(self) -> Optional[nn.Module]:
