@@ -89,7 +89,19 @@ def command() -> str:
 
 
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    """The CPU model and core count, torch's threads and version."""
+    import os
+
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()}-core {cpu}, {torch.get_num_threads()} torch thread, torch {torch.__version__}"
+
+
+CONTENDED = ("Trainings ran under the shared CPU lock, but other jobs outside it shared the 2 cores: tok/s and wall "
+             "times are contended, comparable only within one table.")
 
 
 def cmd_minilm(args) -> list[str]:
@@ -104,7 +116,7 @@ def cmd_minilm(args) -> list[str]:
                                                           args.steps, args.set),
     }
     lines = [f"# Pretrained encoder vs scratch vs AR on KJV (masked back-end), {args.steps} steps", "",
-             f"Command: `{command()}` (machine: {machine()}; under the shared CPU lock, one job at a time).", "",
+             f"Command: `{command()}`. Machine: {machine()}. {CONTENDED}", "",
              f"Budget: {args.steps} steps x batch 32 x 128 tokens = {args.steps * 32 * 128 / 1e6:.2f}M tokens each "
              f"({args.steps / 800:.2f} of the anchors' 800-step budget), overrides {args.set or 'none'}. Test split: "
              f"the first {args.sequences} sequences, {args.draws} time draws per sequence for the bounds, nats per "
@@ -133,7 +145,7 @@ def cmd_smollm2(args) -> list[str]:
     if args.ar_judge:
         judges["KJV AR run"] = load_judge(args.ar_judge)
     lines = [f"# SmolLM2-135M adapted to masked diffusion (A2D) vs its own AR fine-tune on KJV, {args.steps} steps", "",
-             f"Command: `{command()}` (machine: {machine()}; under the shared CPU lock, one job at a time).", "",
+             f"Command: `{command()}`. Machine: {machine()}. {CONTENDED}", "",
              f"Budget: {args.steps} steps x batch 8 x 128 tokens = {args.steps * 8 * 128 / 1e3:.0f}k tokens each, the "
              f"same tokens for both, overrides {args.set or 'none'}. Test split: the first {args.sequences} "
              f"sequences, {args.draws} time draws for the bound. Samples: {args.samples} x 128 tokens, seed 0 "
