@@ -170,17 +170,18 @@ def test_activation_checkpointing_goes_through_the_backbones_own_switch(backbone
     assert not model.checkpoint_blocks
 
 
-def test_time_and_self_conditioning_are_zero_initialised_input_modules(backbone_dir):
-    plain, backend, tok = make(backbone_dir("bert"), seed=2)
-    cond, _, _ = make(backbone_dir("bert"), seed=2, self_conditioning=True)
-    ids = batch(tok).ids
+def test_self_and_time_conditioning_are_zero_initialised_input_modules(backbone_dir):
+    plain, _, tok = make(backbone_dir("bert"), "uniform", seed=2)
+    cond, _, _ = make(backbone_dir("bert"), "uniform", seed=2, self_conditioning=True, time_conditioning=True)
+    ids, t = batch(tok).ids, torch.tensor([0.1, 0.5, 0.9])
     probs = torch.softmax(torch.randn(3, L, len(tok)), -1)
+    with torch.no_grad():  # the pretrained network starts exactly as it was
+        assert torch.allclose(plain(ids), cond(ids, t, x0_prev=cond.embed_probs(probs)), atol=1e-5)
+    for module in (cond.cond.self_cond, cond.cond.time[-1]):
+        module.weight.data.normal_()
     with torch.no_grad():
-        assert torch.allclose(plain(ids), cond(ids, x0_prev=cond.embed_probs(probs)), atol=1e-5)
-    nn_mod = cond.cond.self_cond
-    nn_mod.weight.data.normal_()
-    with torch.no_grad():
-        assert not torch.allclose(plain(ids), cond(ids, x0_prev=cond.embed_probs(probs)), atol=1e-3)
+        assert not torch.allclose(cond(ids, t), cond(ids, t, x0_prev=cond.embed_probs(probs)), atol=1e-3)
+        assert not torch.allclose(cond(ids, t), cond(ids, t.flip(0)), atol=1e-3)
 
 
 def test_diffusion_gemmas_own_generate_stays_reachable(backbone_dir):
@@ -206,3 +207,24 @@ def test_annealing_starts_causal_and_ends_full(backbone_dir):
     assert not torch.allclose(first_position(ids, 4), first_position(later, 4), atol=1e-4)  # full once annealed
     with torch.no_grad():  # evaluation and sampling see everything from the start
         assert not torch.allclose(first_position(ids, 0), first_position(later, 0), atol=1e-4)
+
+
+def test_textdiffs_own_transformer_presents_the_same_protocol():
+    from tests.tiny import make as make_own
+
+    assert isinstance(make_own("masked")[0], Denoiser)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama", "diffusion_gemma"])
+def test_a_self_conditioned_backbone_trains_and_feeds_its_estimate_back(arch, backbone_dir):
+    model, backend, tok = make(backbone_dir(arch), backend_for(arch), self_conditioning=True)
+    b = batch(tok)
+    for seed in range(4):  # half the steps take the self-conditioned second pass
+        out = backend.loss(model.train(), b, torch.Generator().manual_seed(seed))
+        assert torch.isfinite(out.loss)
+    ids = b.ids
+    probs = torch.softmax(torch.randn(3, L, len(tok)), -1)
+    if arch != "diffusion_gemma":  # zero-initialised: give the input module something to pass on
+        model.cond.self_cond.weight.data.normal_()
+    with torch.no_grad():
+        assert not torch.allclose(model.eval()(ids), model(ids, x0_prev=model.embed_probs(probs)), atol=1e-4)
