@@ -153,6 +153,10 @@ def test_export_writes_the_adapter_or_the_merged_weights(tmp_path, corpus, backb
     merged = ckpt.load_tensors(lora.export(model, tmp_path / "merged.safetensors", merged=True))
     assert all(lora.is_lora(k) or k.startswith("new_tokens.") for k in adapter)
     assert not any(lora.is_lora(k) for k in merged) and len(merged) > len(adapter)
+    plain = make(backbone_dir("qwen2"))[0].net  # the backbone's own names: transformers loads them
+    plain.resize_token_embeddings(model.tok.weight.shape[0])
+    missing, unexpected = plain.load_state_dict(merged, strict=False)
+    assert not unexpected and all("lm_head" in k for k in missing)  # the tied head is the embedding
 
 
 def test_hub_code_runs_with_trust_remote_code_and_its_run_reloads(tmp_path, corpus, capsys, monkeypatch):

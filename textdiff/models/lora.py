@@ -112,16 +112,20 @@ def merged_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def export(model: nn.Module, out: str | Path, merged: bool) -> Path:
-    """A LoRA model's adapter (its trainable tensors) or its merged weights as one safetensors file, e.g.
-    `export(TextDiffusionPipeline.from_pretrained(run).model, "adapter.safetensors", merged=False)`."""
+    """A LoRA model's adapter (its trainable tensors, textdiff's names) or its merged weights (the backbone's own
+    state dict, loadable by transformers: `AutoModelForCausalLM.from_pretrained(dir)` beside its config.json) as one
+    safetensors file, e.g. `export(TextDiffusionPipeline.from_pretrained(run).model, "adapter.safetensors", False)`."""
     from textdiff import checkpoint as ckpt
 
     if not any(is_lora(n) for n, _ in model.named_parameters()):
         raise TextdiffError("not a LoRA model (its recipe has no model.lora)")
-    tensors = merged_tensors(model) if merged else adapter_tensors(model)
+    if merged:
+        tensors = {k[len("net."):]: v for k, v in merged_tensors(model).items() if k.startswith("net.")}
+    else:
+        tensors = adapter_tensors(model)
     seen, unique = set(), {}
     for k, v in tensors.items():
-        if v.data_ptr() not in seen:
+        if v.data_ptr() not in seen:  # tied weights once (transformers ties them again on load)
             seen.add(v.data_ptr())
             unique[k] = v.contiguous()
     ckpt.save_tensors(Path(out), unique)
