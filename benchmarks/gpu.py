@@ -15,7 +15,10 @@ they are lookups). The second term is attention's QK^T and AV, forward and backw
 checkpointing) is not counted. The masked loss computes the vocab head only at masked positions (about half),
 so its true FLOPs are a little lower than the formula's; the formula is the convention, so numbers compare.
 Sampling: a diffusion step is one forward over the whole (batch, length); the AR baseline decodes token by token
-with a KV cache. Both are reported as generated tokens per second.
+with a KV cache; a block model (block diffusion, `--block-size K`) takes `--block-steps` forwards over each block of
+K positions reading the cache of the finished blocks, plus one forward writing the block. All are reported as
+generated tokens per second. A block model trains over the noisy and the clean sequence side by side (two streams
+of `length` tokens), so its model FLOPs per trained token count both streams: 2 x (6 N + 12 n_layer n_embd 2 length).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def matmul_params(model) -> int:
     return sum(p.numel() for p in model.parameters()) - pos
 
 
-def build(backend_name: str, args, device):
+def build(backend_name: str, args, device, block_size: int = 0):
     from textdiff.config import DataConfig, ModelConfig, Recipe
     from textdiff.noising import options_for
     from textdiff.models import build_model
@@ -77,7 +80,8 @@ def build(backend_name: str, args, device):
     from textdiff.noising.base import SpecialTokens
 
     recipe = Recipe(data=DataConfig(path="x", max_length=args.length),
-                    model=ModelConfig(n_layer=args.layers, n_embd=args.width, n_head=args.heads, dropout=0.0),
+                    model=ModelConfig(n_layer=args.layers, n_embd=args.width, n_head=args.heads, dropout=0.0,
+                                      block_size=block_size),
                     backend=options_for(backend_name))
     special = SpecialTokens(pad=0, mask=1, bos=2, eos=3, unk=4, sep=5)
     model = build_model(recipe, args.vocab, args.length).to(device)
@@ -150,6 +154,28 @@ def ar_sample_rate(model, args, device) -> float:
     return args.batch * args.length / timed(decode, 1, max(1, args.iters // 5))
 
 
+@torch.no_grad()
+def block_sample_rate(model, args, device) -> float:
+    """Generated tokens/s of a block model over its KV cache: `block_steps` forwards of each block of K (reading
+    the cache), then one forward writing it (batch rows at once)."""
+    model.eval()
+    K = model.cfg.block_size
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    x = torch.randint(6, args.vocab, (args.batch, K), device=device)
+
+    def decode():
+        cache = model.new_cache(args.batch, args.length, dtype=dtype)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            for lo in range(0, args.length, K):
+                cache.store = False
+                for _ in range(args.block_steps):
+                    model(x, cache=cache, start=lo)
+                cache.store = True
+                model.hidden(x, cache=cache, start=lo)
+
+    return args.batch * args.length / timed(decode, 1, max(1, args.iters // 5))
+
+
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, default=12)
@@ -161,6 +187,9 @@ def parse(argv):
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--iters", type=int, default=20, help="timed steps")
     p.add_argument("--sample-steps", type=int, default=128, dest="sample_steps", help="diffusion sampling steps")
+    p.add_argument("--block-size", type=int, default=16, dest="block_size",
+                   help="the block model's K (0: leave block diffusion out)")
+    p.add_argument("--block-steps", type=int, default=2, dest="block_steps", help="sampling steps per block")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
     p.add_argument("--activation-checkpointing", action="store_true", dest="activation_checkpointing")
     p.add_argument("--peak-tflops", type=float, dest="peak_tflops", help="the card's dense bf16 peak (TFLOP/s)")
@@ -178,18 +207,32 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device)
     peak = args.peak_tflops or peak_tflops(name)
     rows = []
-    for backend_name in ("masked", "ar"):
-        model, backend = build(backend_name, args, device)
-        flops = flops_per_token(matmul_params(model), args.layers, args.width, args.length)
+    for label, backend_name, K in models(args):
+        model, backend = build(backend_name, args, device, K)
+        flops = (2 * flops_per_token(matmul_params(model), args.layers, args.width, 2 * args.length) if K else
+                 flops_per_token(matmul_params(model), args.layers, args.width, args.length))
         tok_s = train_rate(model, backend, args, device)
         util = mfu(tok_s, flops, peak)
-        sample = diffusion_sample_rate(model, args, device) if backend_name == "masked" else ar_sample_rate(model, args, device)
-        how = f"{args.sample_steps} steps" if backend_name == "masked" else "KV cache"
-        rows.append((backend_name, matmul_params(model), tok_s, tok_s * flops / 1e12, util, sample, how))
+        sample, how = sampling(model, backend_name, K, args, device)
+        rows.append((label, matmul_params(model), tok_s, tok_s * flops / 1e12, util, sample, how))
         del model, backend
         torch.cuda.empty_cache()
     print(table(name, peak, args, rows))
     return 0
+
+
+def models(args) -> list[tuple[str, str, int]]:
+    """(row label, back-end, block size) of every model timed."""
+    out = [("masked", "masked", 0), ("ar", "ar", 0)]
+    return out + ([(f"block-masked (K={args.block_size})", "masked", args.block_size)] if args.block_size else [])
+
+
+def sampling(model, backend_name: str, K: int, args, device) -> tuple[float, str]:
+    if K:
+        return block_sample_rate(model, args, device), f"{args.block_steps} steps per block, KV cache"
+    if backend_name == "ar":
+        return ar_sample_rate(model, args, device), "KV cache"
+    return diffusion_sample_rate(model, args, device), f"{args.sample_steps} steps"
 
 
 def table(name: str, peak: float | None, args, rows) -> str:

@@ -65,6 +65,11 @@ class ModelConfig:
     segments: bool = False
     """Add a learned segment embedding, source (up to the first [SEP]) vs target: for seq2seq recipes
     (`data.source_field`) with a bidirectional back-end. A model with segments was trained with a clean source."""
+    block_size: int = 0
+    """Block diffusion (BD3-LM, Arriola et al. 2025): blocks of this many positions, each attending to itself and
+    to the clean blocks before it, so the model is autoregressive over blocks and diffuses within one, and sampling
+    keeps the finished blocks in a KV cache. Must divide data.max_length; 0: today's bidirectional model (K = L).
+    For the back-ends that support it (masked, uniform)."""
     aligned_positions: bool = False
     """Seq2seq with segments and rotary positions: the target's positions count from 0 after [SEP], as the
     source's do, so target token i and source token i sit at rotary distance 0. A prior for tasks whose
@@ -100,11 +105,15 @@ class ModelConfig:
             raise ValueError("model.n_embd / model.n_head must be even for rotary positions")
         check_unit("model.dropout", self.dropout)
         check_choice("model.positions", self.positions, ("rotary", "learned"))
+        check_positive("model.block_size", self.block_size, allow_zero=True)
         if self.aligned_positions and not (self.segments and self.positions == "rotary"):
             raise ValueError("model.aligned_positions needs model.segments: true and model.positions: rotary")
         if self.lora is not None:
             check_lora(self.lora)
         check_positive("model.anneal_steps", self.anneal_steps, allow_zero=True)
+        if self.backbone is not None and self.block_size:
+            raise ValueError(f"model.block_size={self.block_size}: block diffusion needs textdiff's own transformer "
+                             "(its block-causal attention and KV cache); a backbone runs with model.block_size: 0")
         if self.backbone is None and (self.lora is not None or self.shift is not None or not self.pretrained
                                       or self.anneal_steps):
             raise ValueError("model.lora, model.shift, model.anneal_steps and model.pretrained need model.backbone "
@@ -332,6 +341,13 @@ class SampleConfig:
         return {**own, **self.options}
 
 
+def given_after_a_hole(template: str) -> bool:
+    """The infill template gives text after its first hole."""
+    from textdiff.infill import parse_template
+
+    return any(text.strip() for text in parse_template(template).texts[1:])
+
+
 def all_sampler_options() -> dict:
     """{option: (type, Option, [samplers])} over every registered sampler."""
     from textdiff.sampling import all_options
@@ -369,6 +385,16 @@ class Recipe:
         if self.sample.infill and "[...]" in self.sample.infill and not backend.variable_length:
             raise ValueError(f"sample.infill: [...] (a span of unknown length) needs the edit back-end; the "
                              f"{backend.name} back-end fills holes of a fixed length: write [MASK:n]")
+        K = self.model.block_size
+        if K and not backend.block_diffusion:
+            raise ValueError(f"model.block_size={K}: block diffusion is for the back-ends that support it "
+                             f"({', '.join(n for n in BACKENDS if BACKENDS[n].block_diffusion)}), not {backend.name}")
+        if K and self.sample.infill and given_after_a_hole(self.sample.infill):
+            raise ValueError(f"sample.infill: a block model (model.block_size={K}) sees only the text before a hole; "
+                             f"put the holes at the end of the template (prefix-conditioned infill)")
+        if K and (self.data.max_length % K or K > self.data.max_length):
+            raise ValueError(f"model.block_size={K} must divide data.max_length={self.data.max_length} "
+                             f"(blocks tile the sequence)")
         backend.check_recipe(self)
         self._check_sampler(backend)
 

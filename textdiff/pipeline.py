@@ -109,15 +109,34 @@ class TextDiffusionPipeline:
 
     def _run(self, x: torch.Tensor, opts: SampleConfig, seed: int, callback: Optional[Callable],
              guidance: Optional[Callable] = None) -> Generation:
-        holes = int((x == self.backend.special.mask).sum(dim=1).max())
+        K = self.model.cfg.block_size
+        holes = K or int((x == self.backend.special.mask).sum(dim=1).max())  # a block model's steps are per block
         if SAMPLERS[opts.sampler].reveals_per_step and opts.steps > holes:
-            raise TextdiffError(f"steps={opts.steps} is more than the {holes} tokens to generate; use --steps {holes} or fewer")
-        self._check_blocks(x, opts)
+            raise TextdiffError(f"steps={opts.steps} is more than the {holes} tokens to generate"
+                                f"{' in a block' if K else ''}; use --steps {holes} or fewer")
+        if not K:
+            self._check_blocks(x, opts)
         if not 0 <= seed < 2 ** 63:
             raise TextdiffError(f"seed={seed} must lie in [0, 2**63)")
         gen = torch.Generator(self.device).manual_seed(seed)
         ids = self._sample(x, opts, gen, callback, guidance=guidance)
         return Generation([self.decode(row) for row in ids.tolist()], ids)
+
+    def _check_cache(self, opts: SampleConfig, guided: bool) -> None:
+        """A block model samples over blocks of its own K; Fast-dLLM's caches need a bidirectional model under
+        semi-autoregressive blocks and no guidance."""
+        K, o = self.model.cfg.block_size, opts.options
+        if K and o.get("block_size", 0) not in (0, K):
+            raise TextdiffError(f"block_size={o['block_size']}: this block model was trained with blocks of {K}; "
+                                f"leave --block-size out (or give {K})")
+        mode = o.get("cache", "auto")
+        if mode in ("prefix", "dual") and (K or not o.get("block_size", 0) or guided):
+            why = ("a block model has its exact cache (--cache auto)" if K else "it needs --block-size > 0"
+                   if not o.get("block_size", 0) else "it takes no guidance")
+            raise TextdiffError(f"cache={mode}: Fast-dLLM's approximate cache is for a bidirectional model's "
+                                f"semi-autoregressive blocks; {why}")
+        if K and guided:
+            raise TextdiffError("guidance: a block model's cached sampler takes no guidance yet; sample without it")
 
     def _check_blocks(self, x: torch.Tensor, opts: SampleConfig) -> None:
         block_size = opts.options.get("block_size", 0)
@@ -135,6 +154,7 @@ class TextDiffusionPipeline:
             from textdiff.sampling.guidance import classifier_free
 
             guidance = classifier_free(self.model, self.backend, source_mask(x, self.backend.special.sep), guidance_scale)
+        self._check_cache(opts, guidance is not None)
         if guidance is not None and not sampler.takes_guidance:
             raise TextdiffError(f"the {opts.sampler} sampler of the {self.backend.name} back-end takes no guidance")
         steps = {"steps": opts.steps} if sampler.takes_steps else {}
@@ -193,12 +213,23 @@ class TextDiffusionPipeline:
         if len({len(r) for r in rows}) > 1:
             raise TextdiffError(f"infill templates of {sorted({len(r) for r in rows})} tokens: one sampler call fills "
                                 "templates of one length")
+        self._check_block_template(rows)
         holes = max(sum(1 for i in r if i == self.backend.special.mask) for r in rows)
         o = self.options(steps=steps, sampler=sampler, **opts)
         if steps is None and SAMPLERS[o.sampler].reveals_per_step:  # at least one token per step
             o = dataclasses.replace(o, steps=min(o.steps, holes))
         x = torch.tensor([r for r in rows for _ in range(num_samples)], dtype=torch.long)
         return self._run(x, o, seed, callback)
+
+    def _check_block_template(self, rows: list[list[int]]) -> None:
+        """A block model's block sees itself and the blocks before it: no given token may lie in a block after a
+        hole's."""
+        K, sp = self.model.cfg.block_size, self.backend.special
+        for row in rows:
+            holes = [i // K for i, v in enumerate(row) if v == sp.mask] if K else []
+            if holes and any(i // K > holes[0] for i, v in enumerate(row) if v not in (sp.mask, sp.pad)):
+                raise TextdiffError(f"infill: this block model (blocks of {K}) sees only the text before a hole; put "
+                                    "the holes at the end of the template (prefix-conditioned infill)")
 
     def template_row(self, template: str) -> list[int]:
         """A template's sampler-input ids: [MASK] in its holes, the back-end's open holes and [PAD] room for [...]."""

@@ -43,14 +43,14 @@ def test_without_a_gpu_it_says_so_in_one_line(capsys, monkeypatch):
 def test_the_timed_steps_run_on_a_tiny_model(monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     args = gpu.parse(["--layers", "1", "--width", "32", "--heads", "2", "--length", "16", "--batch", "2",
-                      "--vocab", "64", "--warmup", "1", "--iters", "1", "--sample-steps", "4"])
+                      "--vocab", "64", "--warmup", "1", "--iters", "1", "--sample-steps", "4", "--block-size", "4"])
     rows = []
-    for name in ("masked", "ar"):
-        model, backend = gpu.build(name, args, torch.device("cpu"))
+    for label, name, K in gpu.models(args):
+        model, backend = gpu.build(name, args, torch.device("cpu"), K)
         assert gpu.matmul_params(model) == model.num_params()  # rotary: no position table
         tok_s = gpu.train_rate(model, backend, args, "cpu")
-        sample = gpu.diffusion_sample_rate(model, args, "cpu") if name == "masked" else gpu.ar_sample_rate(model, args, "cpu")
+        sample, how = gpu.sampling(model, name, K, args, "cpu")
         assert tok_s > 0 and sample > 0
-        rows.append((name, model.num_params(), tok_s, 1.0, 0.5, sample, "x"))
+        rows.append((label, model.num_params(), tok_s, 1.0, 0.5, sample, how))
     text = gpu.table("NVIDIA H100 80GB HBM3", 989.0, args, rows)
-    assert "| masked |" in text and "| ar |" in text and "50.0%" in text and "H100" in text
+    assert "| masked |" in text and "| ar |" in text and "| block-masked (K=4) |" in text and "50.0%" in text

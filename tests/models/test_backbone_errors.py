@@ -172,3 +172,9 @@ def test_hub_code_runs_with_trust_remote_code_and_its_run_reloads(tmp_path, corp
     monkeypatch.setitem(backbones.REMOTE_CODE, "allowed", False)
     with pytest.raises(TextdiffError, match="--trust-remote-code"):
         TextDiffusionPipeline.from_pretrained(run)
+
+
+def test_block_diffusion_is_refused_on_a_backbone(tmp_path, corpus):
+    raw = backbone_recipe(corpus, tmp_path, tmp_path / "run", block_size=4)
+    with pytest.raises(TextdiffError, match="model.block_size=4: block diffusion needs textdiff's own transformer"):
+        recipe_from_dict(raw)

@@ -20,10 +20,13 @@ DEFERRED = "none"
 SCORED = ("genppl", "entropy", "dist_2", "self_bleu", "judge_tokens")
 
 
-def _point(run: str, pipe, g, stats=None) -> dict:
+def _point(run: str, pipe, g, stats=None, options: Optional[dict] = None) -> dict:
     """One frontier point from a `Generated` and its judge statistics (None: deferred, texts and ids kept)."""
+    generated = sum(len(i) for i in g.ids)
     p = {"run": run, "backend": pipe.backend.name, "causal": pipe.backend.causal, "sampler": g.sampler,
-         "steps": g.steps, "tokens_per_s": g.tokens_per_s, "wall_s": g.sample_seconds}
+         "steps": g.steps, "tokens_per_s": g.tokens_per_s, "wall_s": g.sample_seconds,
+         "options": _options_text(options), "block_size": pipe.model.cfg.block_size, "nfe": g.nfe,
+         "tokens_per_call": generated / len(g.ids) / max(g.nfe, 1)}
     if stats is None:
         return {**p, **dict.fromkeys(SCORED), "texts": g.texts, "ids": g.ids}
     return {**p, **_scores(stats)}
@@ -44,6 +47,26 @@ def run_steps(spec: str, default: tuple[int, ...]) -> tuple[str, tuple[int, ...]
     if min(int(c) for c in counts) < 1:
         raise TextdiffError(f"{spec}: step counts must be > 0")
     return head, tuple(int(c) for c in counts)
+
+
+def run_spec(spec: str, default: tuple[int, ...]) -> tuple[str, tuple[int, ...], dict]:
+    """'RUN#cache=dual,block_size=16@8,16' -> (RUN, (8, 16), {"cache": "dual", "block_size": 16}): sampler options
+    for one run's points (a Fast-dLLM cache beside the same run without it); `#...` and `@...` are optional."""
+    import yaml
+
+    run, counts = run_steps(spec, default)
+    run, sep, tail = run.partition("#")
+    options = {}
+    for item in filter(None, tail.split(",")) if sep else ():
+        key, eq, value = item.partition("=")
+        if not (eq and key.strip()):
+            raise TextdiffError(f"{spec}: options after # are KEY=VALUE,KEY=VALUE (e.g. RUN#cache=dual,block_size=16)")
+        options[key.strip()] = yaml.safe_load(value)
+    return run, counts, options
+
+
+def _options_text(options: Optional[dict]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted((options or {}).items()))
 
 
 def _warm_up(pipe, grid) -> None:
@@ -68,8 +91,8 @@ def frontier(runs: list[str], steps: tuple[int, ...] = STEPS, num_samples: int =
 
     j = None if judge == DEFERRED else load_judge(judge, device)
     points, skipped, references = [], [], {}
-    specs = [run_steps(r, tuple(steps)) for r in runs]
-    for run, counts in tqdm(specs, desc="frontier", unit="run", leave=False):
+    specs = [run_spec(r, tuple(steps)) for r in runs]
+    for run, counts, options in tqdm(specs, desc="frontier", unit="run", leave=False):
         pipe = TextDiffusionPipeline.from_pretrained(run, device=device)
         data_key = str(pipe.recipe.data.path)
         if data_key not in references:
@@ -80,14 +103,14 @@ def frontier(runs: list[str], steps: tuple[int, ...] = STEPS, num_samples: int =
         _warm_up(pipe, grid)
         for sampler, n in grid:
             try:
-                g = generate_for_judge(pipe, num_samples, seed, sampler=sampler, steps=n)
+                g = generate_for_judge(pipe, num_samples, seed, sampler=sampler, steps=n, **options)
             except TextdiffError as e:
                 skipped.append({"run": run, "sampler": sampler, "steps": n, "reason": str(e)})
                 echo(f"skip {run} {sampler} {n}: {e}")
                 continue
-            points.append(_point(run, pipe, g, None if j is None else text_stats(g.texts, g.ids, j)))
+            points.append(_point(run, pipe, g, None if j is None else text_stats(g.texts, g.ids, j), options))
             _echo_point(echo, points[-1])
-    return {"runs": [r for r, _ in specs], "steps": sorted({n for _, ns in specs for n in ns}),
+    return {"runs": [r for r, _, _ in specs], "steps": sorted({n for _, ns, _ in specs for n in ns}),
             "num_samples": num_samples, "seed": seed,
             "judge": j.name if j else DEFERRED, "judge_tokenizer": j.tokenizer if j else None,
             "references": references, "points": points, "skipped": skipped, **environment(device)}
@@ -125,6 +148,8 @@ def markdown(res: dict) -> list[str]:
              f"(perplexity per token of its {res['judge_tokenizer']}); entropy in nats over the run's token ids.",
              *env_lines(res), ""]
     cols = ["run", "backend", "sampler", "steps", "wall_s", "tokens_per_s", "genppl", "entropy", "dist_2", "self_bleu"]
+    if any("nfe" in p for p in res["points"]):  # frontiers drawn since model calls are counted
+        cols[4:4] = ["options", "block_size", "nfe", "tokens_per_call"]
     lines += markdown_table(res["points"], cols)
     for data, r in res["references"].items():
         if "ppl" not in r:  # drawn with judge "none": not scored yet
@@ -138,7 +163,8 @@ def markdown(res: dict) -> list[str]:
 def _curves(points: list[dict]) -> dict[str, list[dict]]:
     curves: dict[str, list[dict]] = {}
     for p in points:
-        curves.setdefault(f"{Path(p['run']).name}: {p['backend']} / {p['sampler']}", []).append(p)
+        extra = f" [{p['options']}]" if p.get("options") else ""
+        curves.setdefault(f"{Path(p['run']).name}: {p['backend']} / {p['sampler']}{extra}", []).append(p)
     return curves
 
 

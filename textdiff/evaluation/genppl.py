@@ -132,17 +132,35 @@ class Generated:
     settings: dict
     sample_seconds: float
     tokens_per_s: float
+    nfe: int = 0
+    """Forwards of the model (function evaluations: every step's, and a block model's cache writes)."""
+
+
+def counting_forwards(model):
+    """A context manager counting the model's forwards (passes through its final norm) in a one-item list."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def counted():
+        count = [0]
+        handle = model.ln_f.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        try:
+            yield count
+        finally:
+            handle.remove()
+    return counted()
 
 
 def generate_for_judge(pipe, num_samples: int, seed: int = 0, **opts) -> Generated:
     """Draw `num_samples` samples (keyword `opts`: steps, sampler, length, temperature, ...) and time them."""
     o = pipe.options(**opts)
-    gen, seconds = timed_generate(pipe, num_samples, seed, **opts)
+    with counting_forwards(pipe.model) as nfe:
+        gen, seconds = timed_generate(pipe, num_samples, seed, **opts)
     steps = gen.ids.shape[1] if pipe.backend.causal else o.steps
     settings = {**{k: v for k, v in o.flat().items() if k not in ("num_samples", "infill")}, "steps": steps}
     return Generated(texts=gen.texts, ids=_content(gen.ids, pipe.backend.special.pad), sampler=o.sampler, steps=steps,
                      length=gen.ids.shape[1], settings=settings, sample_seconds=seconds,
-                     tokens_per_s=gen.ids.numel() / seconds)
+                     tokens_per_s=gen.ids.numel() / seconds, nfe=nfe[0])
 
 
 def generative_perplexity(pipe, num_samples: int = 16, seed: int = 0, judge: Optional[str | Judge] = None,

@@ -190,7 +190,8 @@ class HFDenoiser(nn.Module):
     def new_cache(self, batch: int, max_len: int, dtype=torch.float32) -> HFCache:
         """A KV cache for left-to-right sampling (the AR baseline on a causal-LM backbone)."""
         if not self.causal:
-            raise TextdiffError("a KV cache needs a causal backbone run (backend.name: ar)")
+            raise TextdiffError("a backbone model keeps a KV cache only as the AR baseline (backend.name: ar); "
+                                "sample it with --cache none")
         return HFCache()
 
 

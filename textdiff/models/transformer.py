@@ -1,7 +1,9 @@
 """The one transformer every back-end shares: pre-norm blocks, rotary or learned positions, attention through
 `F.scaled_dot_product_attention`, optional adaLN-zero time conditioning (DiT, Peebles & Xie 2023) and an
 optional self-conditioning input (Chen et al. 2022, Analog Bits). Bidirectional for diffusion, causal (with a
-KV cache) for the autoregressive baseline. It knows nothing about noise: `forward(inputs, t) -> logits`, where
+KV cache) for the autoregressive baseline, or block-causal (model.block_size = K: block diffusion, BD3-LM, Arriola
+et al. 2025): each block of K positions sees itself and the blocks before it; trained in one forward over the noisy
+and the clean sequence side by side (`context`), sampled block by block over a KV cache of the finished blocks. It knows nothing about noise: `forward(inputs, t) -> logits`, where
 the inputs are token ids or, for back-ends that diffuse in a continuous space, one input vector per position.
 A back-end's own trainable parts (an embedding table, projections, a learned schedule) hang off the model as
 `model.noise`, so they train, checkpoint and EMA with it.
@@ -10,8 +12,8 @@ A back-end's own trainable parts (an embedding table, projections, a learned sch
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -61,13 +63,51 @@ def aligned_positions(segments: torch.Tensor) -> torch.Tensor:
 
 
 class KVCache:
-    """Preallocated keys and values for causal generation, one slot per layer."""
+    """Keys and values per layer for a batch: the AR baseline's prefix, a block model's finished blocks, or a whole
+    sequence's (Fast-dLLM's approximate caches). A forward at positions [start, start + L) attends to the cached
+    positions [0, length) with its own keys and values in their slots (appended past `length`, overwriting within
+    it); with `store` they are written for good and `length` grows, else the cache is left as it was."""
 
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, device, dtype):
         shape = (batch, n_head, max_len, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.length = 0
+        self.store = True
+        """Whether the next forward writes its keys and values (set by the caller around a forward)."""
+
+    def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values (B, H, N, hd) a forward of k, v (B, H, L, hd) at positions from `start` attends to."""
+        end = start + k.shape[2]
+        n = max(self.length, end)
+        if self.store:
+            self.k[layer][:, :, start:end], self.v[layer][:, :, start:end] = k, v
+            return self.k[layer][:, :, :n], self.v[layer][:, :, :n]
+        keys, values = self.k[layer][:, :, :n].clone(), self.v[layer][:, :, :n].clone()
+        keys[:, :, start:end], values[:, :, start:end] = k, v
+        return keys, values
+
+    def advance(self, start: int, length: int) -> None:
+        if self.store:
+            self.length = max(self.length, start + length)
+
+
+@functools.lru_cache(maxsize=16)
+def block_causal_mask(length: int, block: int, device: str) -> torch.Tensor:  # the two-stream mask's clean part
+    """(L, L) bool: position i attends to j iff j's block is not after i's (bidirectional within a block)."""
+    blk = torch.arange(length, device=device) // block
+    return blk[None, :] <= blk[:, None]
+
+
+@functools.lru_cache(maxsize=16)
+def two_stream_mask(length: int, block: int, device: str) -> torch.Tensor:
+    """(2L, 2L) bool for [noisy x_t, clean x0] side by side (BD3-LM's vectorised training): a noisy position sees its
+    own noisy block and the clean blocks before it; a clean position sees the clean blocks up to its own."""
+    blk = torch.arange(length, device=device) // block
+    same, before = blk[None, :] == blk[:, None], blk[None, :] < blk[:, None]
+    top = torch.cat([same, before], dim=1)
+    bottom = torch.cat([torch.zeros_like(same), block_causal_mask(length, block, device)], dim=1)
+    return torch.cat([top, bottom], dim=0)
 
 
 class Attention(nn.Module):
@@ -77,21 +117,19 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
 
-    def forward(self, x, rope, layer: int = 0, cache: Optional[KVCache] = None):
+    def forward(self, x, rope, layer: int = 0, cache: Optional[KVCache] = None, mask=None, start: int = 0):
+        """x (B, L, D) at positions from `start`; mask (L, N) bool of the keys each query sees, or None."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)  # 3 × (B, H, L, hd)
         if rope is not None:
             q, k = Rotary.apply(q, *rope), Rotary.apply(k, *rope)
-        causal = self.causal
+        causal = self.causal and mask is None
         if cache is not None:
-            start = cache.length
-            cache.k[layer][:, :, start:start + L] = k
-            cache.v[layer][:, :, start:start + L] = v
-            k, v = cache.k[layer][:, :, :start + L], cache.v[layer][:, :, :start + L]
-            causal = self.causal and L > 1  # a single new query may see every cached key
-            if causal and start > 0:
+            k, v = cache.attend(layer, k, v, start)
+            if causal and start > 0 and L > 1:
                 raise ValueError("a multi-token step after the prefill is not supported by the KV cache")
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+            causal = causal and L > 1  # a single new query may see every cached key
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, H, L, hd)
         return self.proj(y.transpose(1, 2).reshape(B, L, D))
 
@@ -106,8 +144,13 @@ class MLP(nn.Module):
         return self.proj(F.gelu(self.fc(x), approximate="tanh"))
 
 
+def per_token(v: torch.Tensor) -> torch.Tensor:
+    """A conditioning vector per sequence (B, D) made (B, 1, D); one per token (B, L, D) as it is."""
+    return v[:, None] if v.dim() == 2 else v
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+    return x * (1 + per_token(scale)) + per_token(shift)
 
 
 class Block(nn.Module):
@@ -126,13 +169,13 @@ class Block(nn.Module):
             nn.init.zeros_(self.ada.weight)
             nn.init.zeros_(self.ada.bias)
 
-    def forward(self, x, rope, c=None, layer: int = 0, cache=None):
+    def forward(self, x, rope, c=None, layer: int = 0, cache=None, mask=None, start: int = 0):
         if c is None:
-            x = x + self.drop(self.attn(self.ln1(x), rope, layer, cache))
+            x = x + self.drop(self.attn(self.ln1(x), rope, layer, cache, mask, start))
             return x + self.drop(self.mlp(self.ln2(x)))
-        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c).chunk(6, dim=-1)  # 6 × (B, D)
-        x = x + g1[:, None] * self.drop(self.attn(modulate(self.ln1(x), sh1, sc1), rope, layer, cache))
-        return x + g2[:, None] * self.drop(self.mlp(modulate(self.ln2(x), sh2, sc2)))
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c).chunk(6, dim=-1)  # 6 × (B, D) or (B, L, D)
+        x = x + per_token(g1) * self.drop(self.attn(modulate(self.ln1(x), sh1, sc1), rope, layer, cache, mask, start))
+        return x + per_token(g2) * self.drop(self.mlp(modulate(self.ln2(x), sh2, sc2)))
 
 
 class Transformer(nn.Module):
@@ -200,65 +243,110 @@ class Transformer(nn.Module):
         """A distribution over the vocabulary as its expected token embedding: (B, L, V) -> (B, L, D)."""
         return probs.to(self.tok.weight.dtype) @ self.tok.weight
 
-    def embed(self, inputs: torch.Tensor, t=None, x0_prev=None, offset: int = 0):
-        """inputs (B, L) ids or (B, L, D) vectors -> hidden (B, L, D), conditioning c (B, D) or None, rotary or None."""
+    def embed(self, inputs: torch.Tensor, t=None, x0_prev=None, positions: Optional[torch.Tensor] = None):
+        """inputs (B, L) ids or (B, L, D) vectors at `positions` (L,) (default 0..L-1) -> hidden (B, L, D),
+        conditioning c (B, D), or (B, L, D) for times t (B, L) per token, or None, and rotary or None."""
         B, L = inputs.shape[:2]
-        if offset + L > self.max_len and self.pos is not None:
-            raise ValueError(f"sequence of {offset + L} tokens is longer than the model's {self.max_len}")
+        positions = torch.arange(L, device=inputs.device) if positions is None else positions
+        end = int(positions.max()) + 1
+        if end > self.max_len and self.pos is not None:
+            raise ValueError(f"sequence of {end} tokens is longer than the model's {self.max_len}")
         x = inputs if inputs.is_floating_point() else self.tok(inputs)
         if self.pos is not None:
-            x = x + self.pos(torch.arange(offset, offset + L, device=inputs.device))
+            x = x + self.pos(positions)
         if self.seg is not None and self.segments is not None:
-            x = x + self.seg(self.segments[:, offset:offset + L])
+            x = x + self.seg(self.segments[:, positions])
         if x0_prev is not None and self.cfg.self_conditioning:
             x = x + self.self_cond(x0_prev.to(x.dtype))
         c = None
         if self.cfg.time_conditioning:
-            if t is None:
-                t = torch.zeros(B, device=inputs.device)
-            c = self.time_mlp(timestep_embedding(t, self.cfg.n_embd).to(x.dtype))
-        rope = None
-        if self.rotary is not None:
-            cos, sin = self.rotary.cos_sin(offset + L, inputs.device)
-            rope = (cos[offset:offset + L], sin[offset:offset + L])
-            if self.cfg.aligned_positions and self.segments is not None:
-                pos = aligned_positions(self.segments[:, offset:offset + L])
-                rope = (cos[pos][:, None], sin[pos][:, None])  # (B, 1, L, hd/2): per sequence
-        return self.drop(x), c, rope
+            t = torch.zeros(B, device=inputs.device) if t is None else t
+            c = self.time_mlp(timestep_embedding(t.reshape(-1), self.cfg.n_embd).to(x.dtype)).view(*t.shape, -1)
+        return self.drop(x), c, self._rope(positions, end, inputs.device)
 
-    def hidden(self, inputs, t=None, x0_prev=None, cache: Optional[KVCache] = None):
-        """The final normalised hidden states (B, L, D), before the vocab head."""
-        offset = cache.length if cache is not None else 0
-        x, c, rope = self.embed(inputs, t, x0_prev, offset)
+    def _rope(self, positions: torch.Tensor, end: int, device):
+        if self.rotary is None:
+            return None
+        cos, sin = self.rotary.cos_sin(end, device)
+        if self.cfg.aligned_positions and self.segments is not None:
+            pos = aligned_positions(self.segments)[:, positions]
+            return cos[pos][:, None], sin[pos][:, None]  # (B, 1, L, hd/2): per sequence
+        return cos[positions], sin[positions]
+
+    def _mask(self, start: int, length: int, n_keys: int, device):
+        """The attention mask of a forward at positions [start, start + length) over keys [0, n_keys) without the
+        two-stream context: block-causal for a block model (in sampling the blocks before the current one are
+        clean; several blocks written into a cache at once see only their own and earlier blocks), none otherwise
+        (bidirectional, or causal for AR)."""
+        K = self.cfg.block_size
+        if not K:
+            return None
+        keys = torch.arange(n_keys, device=device) // K
+        queries = torch.arange(start, start + length, device=device) // K
+        return keys[None, :] <= queries[:, None]
+
+    def hidden(self, inputs, t=None, x0_prev=None, cache: Optional[KVCache] = None,
+               context: Optional[torch.Tensor] = None, start: Optional[int] = None):
+        """The final normalised hidden states (B, L, D), before the vocab head. With `context` (B, L), the clean
+        sequence, a block model (model.block_size) runs the two streams of BD3-LM: [inputs, context] under
+        `two_stream_mask`, each noisy block seeing its own noise and the clean blocks before it (t (B,) or (B, L)
+        for the noisy stream, 0 for the clean one); the noisy stream's states are returned. With `cache`, the
+        inputs sit at positions from `start` (default: the cache's length) and attend to the cached ones too."""
+        L = inputs.shape[1]
+        if context is not None and self.cfg.block_size:
+            inputs, t, x0_prev, mask, positions = self._two_streams(inputs, t, x0_prev, context)
+        else:
+            start = (cache.length if cache is not None else 0) if start is None else start
+            positions = torch.arange(start, start + L, device=inputs.device)
+            n_keys = max(cache.length, start + L) if cache is not None else L
+            mask = self._mask(start, L, n_keys, inputs.device)
+        x, c, rope = self.embed(inputs, t, x0_prev, positions)
+        first = int(positions[0])
         for i, block in enumerate(self.blocks):
             if self.checkpoint_blocks and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, rope, c, i, cache, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, c, i, cache, mask, first, use_reentrant=False)
             else:
-                x = block(x, rope, c, i, cache)
+                x = block(x, rope, c, i, cache, mask, first)
         if cache is not None:
-            cache.length += inputs.shape[1]
-        x = self.ln_f(x)
+            cache.advance(first, L)
+        x = self.ln_f(x[:, :L])
         if c is not None:
-            shift, scale = self.final_ada(c).chunk(2, dim=-1)
+            shift, scale = self.final_ada(c if c.dim() == 2 else c[:, :L]).chunk(2, dim=-1)
             x = modulate(x, shift, scale)
         return x
 
+    def _two_streams(self, inputs, t, x0_prev, context):
+        """[noisy, clean] inputs (B, 2L), per-token times (noisy t, clean 0), x0_prev on the noisy half only, the
+        two-stream mask and positions 0..L-1 twice."""
+        B, L = inputs.shape[:2]
+        both = torch.cat([inputs, context], dim=1)
+        if t is not None:
+            noisy = t if t.dim() == 2 else t[:, None].expand(B, L)
+            t = torch.cat([noisy, torch.zeros_like(noisy)], dim=1)
+        if x0_prev is not None:
+            x0_prev = torch.cat([x0_prev, torch.zeros_like(x0_prev)], dim=1)
+        positions = torch.arange(L, device=inputs.device).repeat(2)
+        return both, t, x0_prev, two_stream_mask(L, self.cfg.block_size, str(inputs.device)), positions
+
     def forward(self, inputs: torch.Tensor, t: Optional[torch.Tensor] = None, x0_prev: Optional[torch.Tensor] = None,
-                select: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None) -> torch.Tensor:
+                select: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None,
+                context: Optional[torch.Tensor] = None, start: Optional[int] = None) -> torch.Tensor:
         """Vocab logits.
 
         Args:
             inputs: (B, L) token ids, or (B, L, D) input vectors.
-            t: (B,) diffusion times in [0, 1] (used only with time conditioning).
+            t: (B,) diffusion times in [0, 1], or (B, L) one per token (used only with time conditioning).
             x0_prev: (B, L, D) the previous x0 estimate as an input-space vector, e.g. `embed_probs(p)` of its
                 distribution (used only with self-conditioning).
             select: (B, L) bool; when given, logits only at these positions, flattened to (N, V)
                 (saves the vocab projection where the loss does not look).
-            cache: KV cache for causal generation.
+            cache: KV cache (causal generation; a block model's finished blocks; approximate caches).
+            context: (B, L) the clean sequence beside the noisy one, for a block model's training and bound.
+            start: with `cache`, the position of the first input (default: the cache's length).
         Returns:
             (B, L, V) logits, or (N, V) with `select`.
         """
-        h = self.hidden(inputs, t, x0_prev, cache)
+        h = self.hidden(inputs, t, x0_prev, cache, context, start)
         if select is not None:
             h = h[select]
         return self.head(h)

@@ -190,6 +190,29 @@ def per_row(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, *([1] * (like.dim() - 1)))
 
 
+def block_of(model) -> int:
+    """The model's block size K (model.block_size; 0: not a block model)."""
+    return getattr(model.cfg, "block_size", 0)
+
+
+def clean_context(model, x0: torch.Tensor) -> dict:
+    """The keyword a block model's training forward takes beside the noisy sequence: its clean one (nothing for
+    any other model)."""
+    return {"context": x0} if block_of(model) else {}
+
+
+def block_uniforms(v: torch.Tensor, length: int, block: int) -> torch.Tensor:
+    """Uniforms per block from one per sequence, v (B,) -> (B, L / K): v shifted by b / (L / K) for block b
+    (stratified across a sequence's blocks, as antithetic draws are across a batch)."""
+    n = length // block
+    return (v[:, None] + torch.arange(n, device=v.device, dtype=v.dtype) / n) % 1.0
+
+
+def per_token(values: torch.Tensor, block: int) -> torch.Tensor:
+    """Values per block (B, L / K) repeated over each block's K positions: (B, L)."""
+    return values.repeat_interleave(block, dim=1)
+
+
 def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One token per position from probs (..., V) -> ids (...)."""
     return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(probs.shape[:-1])
@@ -230,6 +253,9 @@ class Backend:
     positions are not kept, and position-based features (semi-autoregressive blocks, guidance) do not apply."""
     self_conditioning = True
     """The back-end feeds its previous x0 estimate back (model.self_conditioning); False refuses the switch."""
+    block_diffusion = False
+    """The back-end trains and bounds a block model (model.block_size): its loss and bound pass the clean sequence
+    as the model's `context` and draw the noise of each block on its own."""
     time_free = False
     """`predict` depends on t only through the model: an unchanged state under a model without time conditioning
     gives the same prediction, so the sampling loop may reuse it (MDLM's cache)."""
@@ -276,10 +302,12 @@ class Backend:
         estimate where the back-end has one."""
         return torch.softmax(pred.logits.float(), dim=-1)
 
-    def self_condition(self, model, state, t) -> torch.Tensor:
-        """Analog-Bits self-conditioning: a no-grad first pass whose `feedback` the second pass sees."""
+    def self_condition(self, model, state, t, context=None) -> torch.Tensor:
+        """Analog-Bits self-conditioning: a no-grad first pass whose `feedback` the second pass sees (`context`: the
+        clean sequence a block model's training pass sees beside the noisy one)."""
         with torch.no_grad():
-            return self.feedback(self.predict(model, state, t))
+            extra = {"context": context} if context is not None and block_of(model) else {}
+            return self.feedback(self.predict(model, state, t, **extra))
 
     def first_pass(self, model, state, t) -> Optional[torch.Tensor]:
         """The x0_prev a model trained with self-conditioning sees outside sampling (bound, distillation): its own

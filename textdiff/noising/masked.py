@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from textdiff.noising import register
-from textdiff.noising.base import Backend, Batch, DiscreteOptions, Prediction, StepOutput, per_row
+from textdiff.noising.base import (Backend, Batch, DiscreteOptions, Prediction, StepOutput, block_of, block_uniforms,
+                                   clean_context, per_row, per_token)
 from textdiff.options import check_choice
 from textdiff.schedules import get_schedule
 
@@ -42,6 +43,7 @@ class MaskedDiffusion(Backend):
     default_sampler = "ancestral"
     samplers = ("ancestral", "confidence")
     time_free = True
+    block_diffusion = True
 
     def __init__(self, cfg, special, vocab_size):
         super().__init__(cfg, special, vocab_size)
@@ -96,9 +98,11 @@ class MaskedDiffusion(Backend):
         logits[..., self.mask_id] = float("-inf")
         return logits
 
-    def predict(self, model, x_t, t, x0_prev=None) -> Prediction:
-        """(B, L, V) x0 logits; at unmasked positions the distribution is a point mass on the given token."""
-        logits = self.subs(model(x_t, t, x0_prev=self.cond_input(model, x0_prev)))
+    def predict(self, model, x_t, t, x0_prev=None, context=None) -> Prediction:
+        """(B, L, V) x0 logits; at unmasked positions the distribution is a point mass on the given token
+        (`context`: the clean sequence beside x_t, for a block model's training passes)."""
+        extra = {"context": context} if context is not None else {}
+        logits = self.subs(model(x_t, t, x0_prev=self.cond_input(model, x0_prev), **extra))
         known = x_t != self.mask_id
         if known.any():
             b, i = known.nonzero(as_tuple=True)
@@ -108,16 +112,30 @@ class MaskedDiffusion(Backend):
 
     # --- training and likelihood -------------------------------------------------------------------------
 
+    def block_masks(self, keep: torch.Tensor, v: torch.Tensor, generator, t_min: float, block: int):
+        """`draw_masks` for a block model: each block of K positions drawn on its own (its own k or t, from
+        stratified uniforms), so the bound is the sum over blocks of each block's NELBO given the clean blocks
+        before it. Returns masked (B, L), weight (B, L) per position, t (B, L) per position."""
+        B, L = keep.shape
+        vb = block_uniforms(v, L, block)  # (B, L / K)
+        masked, weight, t = self.draw_masks(keep.reshape(-1, block), vb.reshape(-1), generator, t_min)
+        return masked.view(B, L), per_token(weight.view(B, -1), block), per_token(t.view(B, -1), block)
+
     def _masked_nll(self, model, x0, keep, v, generator, t_min: float, self_cond: bool = False):
         """Per-sequence weighted cross-entropy over masked positions, one draw each.  Returns (B,) nats."""
-        masked, weight, t = self.draw_masks(keep, v, generator, t_min)
+        K = block_of(model)
+        if K:
+            masked, weight, t = self.block_masks(keep, v, generator, t_min, K)
+        else:
+            masked, weight, t = self.draw_masks(keep, v, generator, t_min)
+            weight = weight[:, None].expand_as(keep)
         x_t = x0.masked_fill(masked, self.mask_id)
-        x0_prev = self.self_condition(model, x_t, t) if self_cond else None
-        logits = self.subs(model(x_t, t, x0_prev=self.cond_input(model, x0_prev), select=masked))  # (N, V)
-        ce = F.cross_entropy(logits, x0[masked], reduction="none")  # (N,)
+        x0_prev = self.self_condition(model, x_t, t, context=x0) if self_cond else None
+        logits = self.subs(model(x_t, t, x0_prev=self.cond_input(model, x0_prev), select=masked,
+                                 **clean_context(model, x0)))  # (N, V)
+        ce = F.cross_entropy(logits, x0[masked], reduction="none") * weight[masked]  # (N,)
         per_seq = torch.zeros(x0.shape[0], device=x0.device, dtype=ce.dtype)
-        per_seq = per_seq.index_add(0, masked.nonzero()[:, 0], ce)  # (B,)
-        return weight * per_seq
+        return per_seq.index_add(0, masked.nonzero()[:, 0], ce)  # (B,)
 
     def loss(self, model, batch: Batch, generator):
         return self.one_draw_loss(model, batch, generator, self._masked_nll)

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from textdiff.noising import register
-from textdiff.noising.base import Backend, Batch, DiscreteOptions, Prediction, StepOutput, real_token_mask
+from textdiff.noising.base import (Backend, Batch, DiscreteOptions, Prediction, StepOutput, block_of, block_uniforms,
+                                   clean_context, per_token, real_token_mask)
 from textdiff.noising.masked import MaskedDiffusion
 from textdiff.schedules import get_schedule
 
@@ -42,6 +43,7 @@ class UniformDiffusion(Backend):
     default_sampler = "uniform_ancestral"
     samplers = ("uniform_ancestral",)
     time_free = True
+    block_diffusion = True
 
     def __init__(self, cfg, special, vocab_size):
         super().__init__(cfg, special, vocab_size)
@@ -68,9 +70,10 @@ class UniformDiffusion(Backend):
         return self.real_ids.to(device)[idx]
 
     def corrupt(self, x0, t, generator, noise_mask=None, model=None):
-        """x_t ~ q(x_t | x0) for x0 (B, L) and t (B,): each token redrawn from u w.p. 1 - alpha(t), only where
-        noise_mask (B, L) is True."""
-        redraw = torch.rand(x0.shape, generator=generator, device=x0.device) < (1.0 - self.alpha(t))[:, None]
+        """x_t ~ q(x_t | x0) for x0 (B, L) and t (B,) (or (B, L), a time per token): each token redrawn from u
+        w.p. 1 - alpha(t), only where noise_mask (B, L) is True."""
+        p = 1.0 - self.alpha(t)
+        redraw = torch.rand(x0.shape, generator=generator, device=x0.device) < (p[:, None] if p.dim() == 1 else p)
         if noise_mask is not None:
             redraw &= noise_mask
         return torch.where(redraw, self.noise_tokens(x0.shape, generator, x0.device), x0)
@@ -91,15 +94,17 @@ class UniformDiffusion(Backend):
 
     # --- the model's x0 distribution ---------------------------------------------------------------------------
 
-    def _logits(self, model, x_t, t, x0_prev=None, select=None) -> torch.Tensor:
-        """Float32 x0 logits (B, L, V), or (N, V) at `select`, with [MASK] at -inf."""
-        logits = model(x_t, t, x0_prev=self.cond_input(model, x0_prev), select=select).float()
+    def _logits(self, model, x_t, t, x0_prev=None, select=None, context=None) -> torch.Tensor:
+        """Float32 x0 logits (B, L, V), or (N, V) at `select`, with [MASK] at -inf (`context`: the clean sequence
+        beside x_t, for a block model's training passes)."""
+        extra = {"context": context} if context is not None else {}
+        logits = model(x_t, t, x0_prev=self.cond_input(model, x0_prev), select=select, **extra).float()
         logits[..., self.special.mask] = float("-inf")
         return logits
 
-    def predict(self, model, x_t, t, x0_prev=None) -> Prediction:
+    def predict(self, model, x_t, t, x0_prev=None, context=None) -> Prediction:
         """(B, L, V) x0 logits of x_t (B, L) at times t (B,), never on [MASK]."""
-        return Prediction(self._logits(model, x_t, t, x0_prev))
+        return Prediction(self._logits(model, x_t, t, x0_prev, context=context))
 
     unconditional = MaskedDiffusion.unconditional  # classifier-free guidance's null condition: the source as [PAD]
 
@@ -157,15 +162,16 @@ class UniformDiffusion(Backend):
         with probability ~t and then costs ~1/t, which uniform times turn into a variance growing like
         log^3(1/t_min); density 1/(2 sqrt t) about halves the standard deviation (measured on a toy model). t is float64
         so that it stays below 1 (alpha(t) > 0) and 1 - alpha(t) keeps its digits near t_min."""
-        v = v.double()
-        t = t_min + (1.0 - t_min) * v ** 2
+        K = block_of(model)
+        v = (per_token(block_uniforms(v, x0.shape[1], K), K) if K else v[:, None].expand_as(x0)).double()  # (B, L)
+        t = t_min + (1.0 - t_min) * v ** 2  # a time per position: each block's own for a block model
         x_t = self.corrupt(x0, t, generator, keep)
-        x0_prev = self.self_condition(model, x_t, t.float()) if self_cond else None
-        logits = self._logits(model, x_t, t.float(), x0_prev, select=keep)  # (N, V)
-        rows = keep.nonzero()[:, 0]  # (N,) the sequence of each counted token
-        h = self.integrand(logits, x0[keep], x_t[keep], t[rows])  # (N,)
-        per_seq = torch.zeros(x0.shape[0], device=x0.device).index_add(0, rows, h)
-        return (2.0 * v * (1.0 - t_min)).float() * per_seq
+        t_in = t.float() if K else t[:, 0].float()  # the model's time input: per position, or per sequence
+        x0_prev = self.self_condition(model, x_t, t_in, context=x0) if self_cond else None
+        logits = self._logits(model, x_t, t_in, x0_prev, select=keep, **clean_context(model, x0))  # (N, V)
+        h = self.integrand(logits, x0[keep], x_t[keep], t[keep])  # (N,)
+        weight = (2.0 * v[keep] * (1.0 - t_min)).float()
+        return torch.zeros(x0.shape[0], device=x0.device).index_add(0, keep.nonzero()[:, 0], weight * h)
 
     def _nelbo(self, model, x0, keep, v, generator, t_min: float, self_cond: bool = False):
         """One draw of the whole bound per sequence: the diffusion term plus the decoder term.  (B,) nats."""

@@ -57,6 +57,16 @@ TOP_K = Option(0, "keep the k most likely tokens of the x0 distribution (0: off)
 TOP_P = Option(1.0, "nucleus sampling: keep the most likely tokens up to this mass (1: off)", nucleus)
 BLOCK_SIZE = Option(0, "semi-autoregressive blocks of this many tokens, left to right, from the first hole on "
                        "(0: one block)", at_least_zero)
+def cache_mode(name: str, value) -> None:
+    if value not in CACHE_MODES:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(CACHE_MODES)}")
+
+
+CACHE_MODES = ("auto", "none", "prefix", "dual")
+CACHE = Option("auto", "KV cache: auto (a block model's exact cache of its finished blocks, none for other models), "
+                       "none (recompute everything every step), prefix or dual (Fast-dLLM's approximate caches for a "
+                       "bidirectional model under --block-size)", cache_mode)
+EOS_STOP = Option(False, "block models: a row whose block draws [EOS] ends there, the rest [PAD] (lengths vary per row)")
 ETA = Option(0.0, "DDIM stochasticity in [0, 1]: 0 deterministic, 1 the DDPM posterior", check_unit)
 
 

@@ -1,0 +1,148 @@
+"""Sampling a block model block by block over its KV cache, and Fast-dLLM's approximate caches: the exact cache
+changes nothing it should not (cached = uncached token for token at temperature 0, a batch of mixed lengths), rows
+of different prompts batch as they sample alone, [EOS] ends a row, and the bad options are refused in one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.noising.test_blocks import block_model
+from tests.tiny import SPECIAL, B, L, make, sample
+from textdiff.registry import SAMPLERS
+
+
+def mixed_prompts() -> torch.Tensor:
+    """Four rows: no prompt, and prompts of 1, 3 and 6 tokens (ending inside a block, at its edge, or later)."""
+    x = torch.full((B, L), SPECIAL.mask)
+    for row, n in enumerate((0, 1, 3, 6)):
+        x[row, :n] = torch.arange(7, 7 + n)
+    return x
+
+
+GREEDY = [("masked", "confidence", {}), ("masked", "confidence", {"threshold": 0.2})]
+
+
+@pytest.mark.parametrize("name,sampler,opts", GREEDY)
+@pytest.mark.parametrize("K", [2, 5])
+def test_the_exact_cache_gives_the_uncached_tokens_at_temperature_0(name, sampler, opts, K):
+    model, backend = block_model(name, K=K)
+    x = mixed_prompts()
+    cached = sample(sampler, model, backend, x.clone(), steps=2, temperature=0.0, **opts)
+    uncached = sample(sampler, model, backend, x.clone(), steps=2, temperature=0.0, cache="none", **opts)
+    assert torch.equal(cached, uncached)
+    assert not (cached == SPECIAL.mask).any() and torch.equal(cached[x != SPECIAL.mask], x[x != SPECIAL.mask])
+
+
+@pytest.mark.parametrize("eos_stop", [False, True])
+def test_rows_of_different_prompts_batch_as_they_sample_alone(eos_stop):
+    model, backend = block_model(K=2)
+    x = mixed_prompts()
+    together = sample("confidence", model, backend, x.clone(), steps=2, temperature=0.0, eos_stop=eos_stop)
+    alone = torch.cat([sample("confidence", model, backend, row[None].clone(), steps=2, temperature=0.0,
+                              eos_stop=eos_stop) for row in x])
+    assert torch.equal(together, alone)
+
+
+def test_a_row_ends_at_its_first_generated_eos_and_the_rest_is_padding(monkeypatch):
+    """Position 3 draws [EOS] for sure: with eos_stop its row is [PAD] after it (the later blocks never sampled);
+    a given [EOS] (row 3's prompt) is no end."""
+    model, backend = block_model(K=2)
+    predict, calls = backend.predict, []
+
+    def eos_at_3(m, x_t, t, x0_prev=None):
+        pred = predict(m, x_t, t, x0_prev)
+        calls.append(x_t.shape[1])
+        if m.start == 2:  # the block of positions 2 and 3
+            pred.logits[:, 1, SPECIAL.eos] = 1e4
+        return pred
+
+    monkeypatch.setattr(backend, "predict", eos_at_3)
+    x = mixed_prompts()
+    x[3, 1] = SPECIAL.eos
+    out = sample("confidence", model, backend, x.clone(), steps=2, temperature=0.0, eos_stop=True)
+    assert (out[:3, 3] == SPECIAL.eos).all() and (out[:3, 4:] == SPECIAL.pad).all()
+    assert (out[3, 6:] != SPECIAL.pad).all()  # its [EOS] is given, at 1; position 3 is given too: it goes on
+    assert len(calls) <= 2 + 2 + 2 * 3  # rows 0-2 stop after block 1: the batch steps on for row 3 only
+
+@pytest.mark.parametrize("sampler", ["ancestral", "confidence", "uniform_ancestral"])
+def test_block_models_pass_the_sampler_checks(sampler):
+    name = "uniform" if sampler == "uniform_ancestral" else "masked"
+    model, backend = block_model(name, K=2)
+    x = mixed_prompts()
+    calls = []
+    out = sample(sampler, model, backend, x.clone(), steps=2, callback=lambda i, ids, p: calls.append(i))
+    again = sample(sampler, model, backend, x.clone(), steps=2)
+    assert torch.equal(out, again) and not (out == SPECIAL.mask).any()
+    assert torch.equal(out[x != SPECIAL.mask], x[x != SPECIAL.mask]) and calls == sorted(calls) and calls
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+@pytest.mark.parametrize("name,sampler", [("masked", "confidence"), ("uniform", "uniform_ancestral"),
+                                          ("embedding", "ddim"), ("simplex", "simplex")])
+def test_fast_dllm_caches_fill_every_hole_and_keep_the_given_tokens(name, sampler, mode):
+    model, backend = make(name)
+    x = mixed_prompts()
+    out = sample(sampler, model, backend, x.clone(), steps=4, block_size=3, cache=mode)
+    assert not (out == SPECIAL.mask).any() and torch.equal(out[x != SPECIAL.mask], x[x != SPECIAL.mask])
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_one_step_per_block_under_an_approximate_cache_is_exact(mode):
+    """A block's first step is computed over the whole sequence, so with one step per block nothing is approximated."""
+    model, backend = make("masked")
+    x = mixed_prompts()
+    steps = len(range(0, L, 3))  # the holes of the no-prompt row take 4 blocks of 3
+    plain = sample("confidence", model, backend, x.clone(), steps=steps, block_size=3, temperature=0.0)
+    cached = sample("confidence", model, backend, x.clone(), steps=steps, block_size=3, temperature=0.0, cache=mode)
+    assert torch.equal(plain, cached)
+
+
+def test_every_step_rule_takes_the_cache_options():
+    for name, sampler in SAMPLERS.items():
+        if hasattr(sampler, "rule"):
+            assert {"cache", "eos_stop"} <= set(sampler.options), name
+
+
+@pytest.fixture(scope="module")
+def block_run(tmp_path_factory, corpus):
+    from tests.conftest import _train
+
+    return _train(corpus, tmp_path_factory.mktemp("runs") / "block", "masked", 30,
+                  {"model": {"block_size": 4}, "sample": {"sampler": "confidence", "steps": 2}})
+
+
+def test_a_block_run_trains_samples_infills_and_bounds_through_the_cli(block_run, capsys):
+    from textdiff.cli import main
+
+    assert main(["sample", str(block_run), "-n", "3", "--json", "--eos-stop"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    assert main(["infill", str(block_run), "the old [MASK:5]"]) == 0
+    assert capsys.readouterr().out.split()[:2] == ["the", "old"]
+    assert main(["eval", str(block_run), "--metrics", "ppl", "--draws", "2", "--max-sequences", "8"]) == 0
+    assert "ELBO bound" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["sample", "RUN", "--block-size", "3"], "trained with blocks of 4"),
+    (["sample", "RUN", "--cache", "dual"], "has its exact cache"),
+    (["sample", "RUN", "--cache", "sideways"], "--cache='sideways' is not allowed"),
+    (["sample", "RUN", "--steps", "5"], "more than the 4 tokens to generate in a block"),
+    (["infill", "RUN", "the [MASK:2] sees the river ."], "sees only the text before a hole"),
+])
+def test_bad_options_on_a_block_run_are_refused_in_one_line(block_run, capsys, argv, needle):
+    from textdiff.cli import main
+
+    assert main([str(block_run) if a == "RUN" else a for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_fast_dllm_options_are_refused_where_they_cannot_work(masked_run, ar_run, capsys):
+    from textdiff.cli import main
+
+    for argv, needle in ((["sample", str(masked_run), "--cache", "prefix"], "needs --block-size > 0"),
+                         (["sample", str(ar_run), "--cache", "dual"], "not of 'ar'")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err

@@ -1,0 +1,161 @@
+"""Block by block over a KV cache: how every step rule samples a block model (model.block_size = K, BD3-LM), and
+Fast-dLLM's approximate caches for today's bidirectional models under semi-autoregressive blocks.
+
+A block model's block b attends to itself and to the clean blocks before it, so once a block is decided its keys and
+values never change: they are written into the cache by one forward of the clean block (t = 0, as the clean stream
+saw it in training), and each step of the next block runs over its K positions only, reading the cache. This is
+exact: the same tokens as recomputing the whole prefix every step (`cache="none"`, the generic loop with the model's
+block-causal mask), at temperature 0 token for token (a test checks it).
+
+For a bidirectional model the prefix's keys and values do depend on the block being decided, so a cache is an
+approximation (Fast-dLLM, Wu et al. 2025): `prefix` computes the whole sequence once per block and then steps over
+the block and everything after it, reading the prefix's cached keys; `dual` also caches the suffix and steps over
+the block alone.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from textdiff.noising.base import block_of
+from textdiff.sampling import filter_probs
+from textdiff.sampling.step import Predictions, Step, times
+
+
+class Cached:
+    """The model as a back-end calls it, with the cache and the position of its first input added to every call
+    (read-only: the step's keys and values are not stored). Everything else is the model's."""
+
+    def __init__(self, model, cache, start: int, store: bool = False):
+        self.model, self.cache, self.start, self.store = model, cache, start, store
+
+    def __call__(self, inputs, t=None, x0_prev=None, select=None):
+        self.cache.store = self.store
+        return self.model(inputs, t, x0_prev=x0_prev, select=select, cache=self.cache, start=self.start)
+
+    def hidden(self, inputs, t=None, x0_prev=None):
+        self.cache.store = self.store
+        return self.model.hidden(inputs, t, x0_prev, cache=self.cache, start=self.start)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+@torch.no_grad()
+def write(model, cache, ids: torch.Tensor, start: int) -> None:
+    """One forward of clean tokens ids (B, n) at positions from `start`, their keys and values stored."""
+    cache.store = True
+    model.hidden(ids, torch.zeros(ids.shape[0], device=ids.device), cache=cache, start=start)
+
+
+def block_steps(backend, cached, state, shown, active, steps: int, generator, rule, filters: dict,
+                guidance: Optional[Callable], emit: Callable):
+    """The steps of one block over its positions (state, shown (B, n) slices, active (B, n)); returns both."""
+    predict = Predictions(cached, backend, guidance)
+    pending = (active & (shown == backend.special.mask)).sum(dim=1)
+    for j in range(steps):
+        if backend.settled(state, active):
+            break
+        t, s = times(j, steps, state)
+        pred = predict(state, t)
+        probs = filter_probs(pred.logits, **filters)
+        out = rule(backend, pred, probs, state, Step(t, s, j, steps, active, pending, generator))
+        state = backend.select(active, out.sample, state)
+        shown = torch.where(active, out.tokens, shown)
+        emit(shown)
+    return state, shown
+
+
+@torch.no_grad()
+def denoise_blocks(model, backend, x: torch.Tensor, generator, rule: Callable, *, steps: int, filters: dict,
+                   callback: Optional[Callable] = None, guidance: Optional[Callable] = None,
+                   eos_stop: bool = False) -> torch.Tensor:
+    """A block model's sampling: blocks of K positions left to right, `steps` steps for each block with a hole; a
+    block given whole (a prompt) takes no step and is only written into the cache. With eos_stop, a row whose block
+    drew [EOS] ends there: the rest of the row is [PAD] (lengths vary per row)."""
+    K, (B, L) = block_of(model), x.shape
+    sp = backend.special
+    cache, shown = model.new_cache(B, L), x.clone()
+    done = torch.zeros(B, dtype=torch.bool, device=x.device)
+    count = [0]
+
+    def emit(block_shown, lo, hi):
+        shown[:, lo:hi] = block_shown
+        count[0] += 1
+        if callback is not None:
+            callback(count[0], shown, None)
+
+    for lo in range(0, L, K):
+        hi = lo + K
+        shown[done, lo:hi] = sp.pad
+        active = (shown[:, lo:hi] == sp.mask) & ~done[:, None]
+        if active.any():
+            state = backend.start(model, shown[:, lo:hi], generator)
+            _, block = block_steps(backend, Cached(model, cache, lo), state, shown[:, lo:hi], active, steps, generator,
+                                   rule, filters, guidance, lambda b: emit(b, lo, hi))
+            shown[:, lo:hi] = block
+        if eos_stop:
+            done |= (shown[:, lo:hi] == sp.eos).any(dim=1) & (x[:, lo:hi] == sp.mask).any(dim=1)
+        if hi < L and not done.all():
+            write(model, cache, shown[:, lo:hi], lo)
+    return pad_after_eos(shown, x, sp) if eos_stop else shown
+
+
+def pad_after_eos(shown: torch.Tensor, x: torch.Tensor, sp) -> torch.Tensor:
+    """[PAD] at every generated position after a row's first generated [EOS]."""
+    hole = x == sp.mask
+    eos = (shown == sp.eos) & hole
+    after = (eos.long().cumsum(dim=1) - eos.long()) > 0
+    return shown.masked_fill(after & hole, sp.pad)
+
+
+def _window(pred, lo: int, hi: int, length: int):
+    """A prediction over the whole sequence cut to positions [lo, hi) (its per-position tensor fields)."""
+    import dataclasses
+
+    cut = {f.name: getattr(pred, f.name)[:, lo:hi] for f in dataclasses.fields(pred)
+           if torch.is_tensor(getattr(pred, f.name)) and getattr(pred, f.name).dim() >= 2
+           and getattr(pred, f.name).shape[1] == length}
+    return dataclasses.replace(pred, **cut)
+
+
+@torch.no_grad()
+def denoise_fast(model, backend, x, generator, rule, spans, steps_per_block, *, mode: str, filters: dict,
+                 callback: Optional[Callable] = None) -> torch.Tensor:
+    """Fast-dLLM's approximate caches for a bidirectional model, block by block (`spans`, as the generic loop's):
+    at each block's first step one forward over the whole sequence fills the cache and gives that step's
+    prediction; the block's other steps run over [block start, end) reading the prefix (`prefix`) or over the block
+    alone reading prefix and suffix (`dual`)."""
+    sp, (B, L) = backend.special, x.shape
+    given = x != sp.mask
+    state, shown, known = backend.start(model, x, generator), x.clone(), given.clone()
+    count = 0
+    for block, n in zip(spans, steps_per_block):
+        active = block & ~given
+        cols = block.any(dim=0).nonzero()[:, 0]
+        lo, hi = int(cols.min()), (int(cols.max()) + 1 if mode == "dual" else L)
+        pending = (active & (shown == sp.mask)).sum(dim=1)
+        for j in range(n):
+            if backend.settled(state, active):
+                break
+            t, s = times(j, n, x)
+            state = backend.hold(model, state, shown, known, t, generator)
+            if j == 0:  # the whole sequence: the cache for the block's later steps, and this step's prediction
+                cache = model.new_cache(B, L)
+                pred = _window(backend.predict(Cached(model, cache, 0, store=True), state, t), lo, hi, L)
+                cache.length = L if mode == "dual" else lo
+            else:
+                pred = backend.predict(Cached(model, cache, lo), state[:, lo:hi], t)
+            probs = filter_probs(pred.logits, **filters)
+            win = active[:, lo:hi]
+            out = rule(backend, pred, probs, state[:, lo:hi], Step(t, s, j, n, win, pending, generator))
+            state = state.clone()
+            state[:, lo:hi] = backend.select(win, out.sample, state[:, lo:hi])
+            shown[:, lo:hi] = torch.where(win, out.tokens, shown[:, lo:hi])
+            count += 1
+            if callback is not None:
+                callback(count, shown, None)
+        known |= active
+    return shown
