@@ -3,7 +3,10 @@
 Trains recipes/kjv/masked.yaml and recipes/kjv/ar.yaml (6 x 384 x 6, byte-level BPE 8192, packed 128, batch 32)
 at 800 steps x each budget multiplier, then prints test-split ELBO perplexity (with its Monte Carlo standard
 error, 32 time draws per sequence, fp32, every full test sequence), the AR model's exact perplexity and their
-ratio. With --grid, both families are first trained at 1x for every (lr, dropout) in a small grid, each picks
+ratio. Like for like: both sides score the same tokens, every position of every full test sequence (the AR model
+predicts each sequence's first token after an [EOS] start, `backend.start_token`); the ratio row names the count
+and the script stops if the two differ (an AR run from before `backend.start_token` scores one token fewer per
+sequence: retrain it). With --grid, both families are first trained at 1x for every (lr, dropout) in a small grid, each picks
 its best by *validation* bound, and the budgets run with those settings (the same search for both).
 Runs write a checkpoint every quarter of their steps: run again with the same arguments, a finished run is
 reused and an interrupted one goes on from its newest checkpoint.
@@ -118,6 +121,21 @@ def grid_search(runs: Path, device: str, base: int, families: list[str], grid: l
     return best, lines
 
 
+def ratio_rows(steps: int, res: dict) -> list[str]:
+    """The `family ÷ AR` rows of one budget; each pair must have scored the same test tokens."""
+    ar, rows = res.get("ar"), []
+    for family, r in res.items():
+        if family == "ar" or r is None or ar is None:
+            continue
+        if r.n_tokens != ar.n_tokens:
+            sys.exit(f"kjv_ratio: {family} scored {r.n_tokens:,} test tokens and AR {ar.n_tokens:,}: not like for like "
+                     "(an AR run from before backend.start_token? retrain it)")
+        rows.append(f"| {steps} steps | **ratio {family} ÷ AR** | both over the same {r.n_tokens:,} test tokens | | "
+                    f"**{r.ppl / ar.ppl:.2f}** | | | |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budgets", type=int, nargs="+", default=[1, 4], help="multiples of the 800-step budget")
@@ -160,10 +178,7 @@ def main():
                          f"{' '.join(settings[family]) or 'recipe'} | {r.nats_per_token:.3f}{se} | {r.ppl:.1f} | "
                          f"{r.nats_per_word:.3f} | {tok_per_s(run):,.0f} | {val_curve(run)} |")
             print(lines[-1], flush=True)
-        for family, r in res.items():
-            if family != "ar" and r is not None and res.get("ar") is not None:
-                lines.append(f"| {steps} steps | **ratio {family} ÷ AR** | | | **{r.ppl / res['ar'].ppl:.2f}** | | | |")
-                print(lines[-1], flush=True)
+        lines += ratio_rows(steps, res)
     text = "\n".join(header + lines) + "\n"
     print(text)
     if args.out:

@@ -3,6 +3,7 @@ mapping built from the recipe's own field names gives a Recipe or a TextdiffErro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import typing
 from pathlib import Path
@@ -147,7 +148,7 @@ def _section_hints(name: str, cls) -> dict:
         from textdiff.noising import BACKENDS
 
         return {k: v for b in BACKENDS.values() for k, v in typing.get_type_hints(b.Options).items()
-                if not k.startswith(("schedules", "targets"))}
+                if k in {f.name for f in dataclasses.fields(b.Options)}}  # keys, not ClassVars
     hints = {k: v for k, v in typing.get_type_hints(cls).items() if k != "options"}
     if name == "sample":
         from textdiff.sampling import all_options

@@ -427,7 +427,8 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "backend": None, "tokenize
 
 def _backend(raw: Any, source: str, legacy: bool):
     """The `backend:` section as the named back-end's Options. `legacy`: a run's config.json written before each
-    back-end owned its options held every back-end's keys; the ones this back-end does not read are dropped."""
+    back-end owned its options held every back-end's keys; the ones this back-end does not read are dropped, and keys
+    written after the run take the values of the back-end's `Options.before` (the behaviour it was trained with)."""
     if not isinstance(raw, dict):
         raise TextdiffError(f"{source}: section 'backend' must be a mapping, got {type(raw).__name__}")
     name = convert(raw.get("name", "masked"), str, "backend.name", source)
@@ -436,7 +437,7 @@ def _backend(raw: Any, source: str, legacy: bool):
     cls = BACKENDS[name].Options
     keys = {k: v for k, v in raw.items() if k != "name"}
     if legacy:
-        keys = {k: v for k, v in keys.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        keys = {k: v for k, v in {**cls.before, **keys}.items() if k in {f.name for f in dataclasses.fields(cls)}}
     return build(cls, keys, "backend", source, owner=f"the {name} back-end", name=name)
 
 

@@ -65,7 +65,7 @@ class TextdiffLM(LM):
         self.max_gen_toks = int(max_gen_toks)
         self.sample_opts = {k: v for k, v in sample_opts.items() if v is not None}
         self.pipe.options(**{k: v for k, v in self.sample_opts.items() if k != "length"})  # bad options fail now
-        self.limit = self.pipe.model.max_len - (1 if self.pipe.backend.causal else 0)
+        self.limit = self.pipe.model.max_len - len(self.start())
 
     # --- helpers -----------------------------------------------------------------------------------------------
 
@@ -97,9 +97,14 @@ class TextdiffLM(LM):
             raise TextdiffError(f"lm-eval loglikelihood: the {bk.name} back-end has no likelihood bound, so this run "
                                 f"cannot score continuations; use generate_until tasks, or a run of {bounded}")
 
+    def start(self) -> list[int]:
+        """[EOS] for an AR run from before `backend.start_token` (its bound leaves the first position out), else
+        nothing (a diffusion bound scores every position; AR's own bound reads an [EOS] start before the row)."""
+        return [] if self.pipe.backend.scores_every_token else [self.pipe.backend.special.eos]
+
     def rows(self, pairs: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L) ids [EOS-start for AR] + context + continuation, and the (B, L) mask of the continuation."""
-        start = [self.pipe.backend.special.eos] if self.pipe.backend.causal else []
+        """(B, L) ids [start] + context + continuation, and the (B, L) mask of the continuation."""
+        start = self.start()
         ids = [start + c + t for c, t in pairs]
         mask = [[False] * (len(start) + len(c)) + [True] * len(t) for c, t in pairs]
         return torch.tensor(ids, device=self.pipe.device), torch.tensor(mask, device=self.pipe.device)

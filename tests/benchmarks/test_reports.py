@@ -334,3 +334,20 @@ def test_kjv_ratio_resumes_an_interrupted_run_and_reuses_a_finished_one(tmp_path
     assert all(torch.allclose(resumed[k], finished[k], atol=1e-6) for k in finished)
     kjv_ratio.train_one("masked", 8, tmp_path / "runs", "cpu", [])
     assert f"reusing {run}" in capsys.readouterr().out
+
+
+def test_kjv_ratio_rows_name_the_common_token_count_and_refuse_unequal_ones():
+    import math
+
+    import pytest
+
+    import kjv_ratio
+    from textdiff.evaluation.perplexity import PerplexityResult
+
+    def result(ppl, n_tokens):
+        return PerplexityResult("test", math.log(ppl), 0.0, ppl, 1.0, n_tokens, 10, 100, 1, True)
+
+    rows = kjv_ratio.ratio_rows(800, {"masked": result(150.0, 1280), "ar": result(50.0, 1280)})
+    assert rows == ["| 800 steps | **ratio masked ÷ AR** | both over the same 1,280 test tokens | | **3.00** | | | |"]
+    with pytest.raises(SystemExit, match="not like for like"):
+        kjv_ratio.ratio_rows(800, {"masked": result(150.0, 1280), "ar": result(50.0, 1270)})

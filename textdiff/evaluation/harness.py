@@ -71,7 +71,11 @@ def _ppl_rows(p: dict) -> list[str]:
     kind = "exact" if p["exact"] else f"ELBO bound, {p['time_draws']} time draws, ± Monte Carlo SE"
     se = "" if p["exact"] else f" ± {p['stderr']:.4f}"
     return [f"| ppl ({p['split']}) | {p['ppl']:.2f} | {p['nats_per_token']:.4f}{se} nats/token ({kind}); "
-            f"{p['n_tokens']:,} run tokens in {p['n_sequences']} sequences; {p['nats_per_word']:.3f} nats/word |"]
+            f"{p['n_tokens']:,} run tokens in {p['n_sequences']} sequences{_first(p)}; {p['nats_per_word']:.3f} nats/word |"]
+
+
+def _first(p: dict) -> str:
+    return "" if p.get("every_token", True) else " (first tokens not scored: an AR run from before backend.start_token)"
 
 
 def _genppl_rows(g: dict) -> list[str]:

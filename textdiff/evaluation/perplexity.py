@@ -1,5 +1,7 @@
 """Likelihood on a held-out split: the ELBO bound for diffusion back-ends (with its Monte Carlo standard error),
-exact perplexity for the AR baseline. Both in nats per token of the run's own tokenizer, and per word."""
+exact perplexity for the AR baseline. Both in nats per token of the run's own tokenizer, and per word, over the
+same positions: every counted token of every full sequence, the first included (the AR baseline predicts it after
+an [EOS] start token; an AR run from before `backend.start_token` cannot, and its line says so)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ class PerplexityResult:
     n_words: int
     time_draws: int
     exact: bool
+    every_token: bool = True
+    """Every counted position is scored (False: an AR run from before `backend.start_token`, first tokens left out)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,8 +36,10 @@ class PerplexityResult:
     def line(self) -> str:
         kind = "exact" if self.exact else f"ELBO bound, {self.time_draws} time draws"
         se = "" if self.exact else f" ± {self.stderr:.4f}"
+        which = "every token scored" if self.every_token else \
+            "each sequence's first token not scored: an AR run from before backend.start_token, retrain to compare"
         return (f"{self.split}: {self.nats_per_token:.4f}{se} nats/token, PPL {self.ppl:.2f} ({kind}; "
-                f"{self.n_tokens:,} tokens in {self.n_sequences} sequences; {self.nats_per_word:.3f} nats/word)")
+                f"{self.n_tokens:,} tokens in {self.n_sequences} sequences, {which}; {self.nats_per_word:.3f} nats/word)")
 
 
 @torch.no_grad()
@@ -64,4 +70,4 @@ def perplexity(pipe, split: str = "test", time_draws: int = 32, batch_size: int 
     return PerplexityResult(split=split, nats_per_token=per_token, stderr=math.sqrt(var) / tokens,
                             ppl=math.exp(per_token), nats_per_word=per_token * tokens_per_word,
                             n_tokens=tokens, n_sequences=n, n_words=words, time_draws=1 if exact else time_draws,
-                            exact=exact)
+                            exact=exact, every_token=pipe.backend.scores_every_token)

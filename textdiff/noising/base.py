@@ -43,6 +43,10 @@ class Options:
     """A back-end's section of a recipe: `name` plus the keys of the back-end's own subclass, validated in
     `__post_init__` (ValueError naming the key and the allowed values)."""
 
+    before: ClassVar[dict] = {}
+    """Values for keys absent from a run's config.json because it was written before they existed (the behaviour
+    such a run was trained with); a key not listed here takes its default."""
+
     name: str
     """Registered back-end (`textdiff.registry.BACKENDS`): the recipe's `backend.name`."""
 
@@ -256,6 +260,9 @@ class Backend:
     block_diffusion = False
     """The back-end trains and bounds a block model (model.block_size): its loss and bound pass the clean sequence
     as the model's `context` and draw the noise of each block on its own."""
+    scores_every_token = True
+    """The loss and `bound()` count every position of the loss mask (an AR run from before `backend.start_token`
+    leaves each sequence's first token out)."""
     time_free = False
     """`predict` depends on t only through the model: an unchanged state under a model without time conditioning
     gives the same prediction, so the sampling loop may reuse it (MDLM's cache)."""
