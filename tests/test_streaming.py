@@ -40,3 +40,14 @@ def test_streamed_training_resumes_exactly(write_recipe, tmp_path):
     train_recipe(load_recipe(recipe, [f"out_dir={again}"]), resume=True, progress=False)
     a, b = final_state(run), final_state(again)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_streamed_tokenizer_trains_on_data_max_examples_texts_at_most(write_recipe, monkeypatch):
+    import textdiff.rundir as rundir
+
+    seen, real = [], rundir.tokenizer_for
+    monkeypatch.setattr(rundir, "tokenizer_for", lambda recipe, run_dir, texts, *a: seen.append(len(texts)) or
+                        real(recipe, run_dir, texts, *a))
+    recipe = write_recipe(data={"streaming": True, "max_examples": 40}, train={"steps": 2, "eval_every": 0})
+    train_recipe(load_recipe(recipe), progress=False)
+    assert seen == [40]  # data.tokenizer_examples is 100,000

@@ -127,6 +127,9 @@ class DataConfig:
     path: str = ""
     """Local file (.txt, .jsonl, .json, .csv, .parquet), relative to $TEXTDIFF_DATA_DIR when not absolute,
     or a hub id such as `wikitext` (online users)."""
+    splits: Optional[dict] = None
+    """One local file per split instead of `path`: `{train: a.txt, validation: b.txt, test: c.txt}`; every row of a
+    file belongs to its split. Common names (dev, val, valid, eval, ...) mean validation (SPLIT_NAMES)."""
     hub_config: Optional[str] = None
     """Hub dataset configuration name (e.g. `wikitext-2-raw-v1`)."""
     text_field: str = "text"
@@ -155,10 +158,25 @@ class DataConfig:
     checkpoint left off. The tokenizer then trains on the first `tokenizer_examples` texts."""
     tokenizer_examples: int = 100_000
     """With `streaming`, how many leading training texts the tokenizer is trained on."""
+    example: str = "line"
+    """What one example of a .txt file is: `line` (each non-empty line), `paragraph` (text between blank lines) or
+    `document` (the whole file). In other formats one row is one example."""
+    holdout: float = 0.05
+    """When the data names neither a validation nor a test split (a .txt file, `split_field: null`, `splits` with a
+    train file only), this fraction of the examples goes to each of them, by example (see `example`), spread
+    through the file by a seeded rule (docs/data.md); 0 holds nothing out (then training has no validation bound)."""
+    holdout_seed: int = 0
+    """Seed of the held-out choice (the same seed picks the same examples, streamed or not)."""
 
     def __post_init__(self):
-        if not self.path:
-            raise ValueError("data.path is required: a local file or a hub dataset id")
+        if not self.path and not self.splits:
+            raise ValueError("data.path is required: a local file or a hub dataset id (or data.splits: a file per split)")
+        if self.splits is not None:
+            check_splits(self)
+        check_choice("data.example", self.example, ("line", "paragraph", "document"))
+        if not 0.0 <= self.holdout < 0.5:
+            raise ValueError(f"data.holdout={self.holdout} must be in [0, 0.5): the fraction held out for each of "
+                             f"validation and test")
         check_positive("data.max_length", self.max_length)
         if self.max_length < 2:
             raise ValueError(f"data.max_length={self.max_length} must be >= 2")
@@ -174,6 +192,30 @@ class DataConfig:
             check_choice("data.mode (with data.source_field)", self.mode, ("pad",))
             if self.source_field == self.text_field:
                 raise ValueError(f"data.source_field={self.source_field!r} must differ from data.text_field")
+
+
+SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+               "val": "validation", "dev": "validation", "development": "validation", "eval": "validation",
+               "test": "test", "testing": "test"}
+"""Split names read from a split column, a hub dataset or `data.splits`, and the split each one means."""
+
+
+def check_splits(cfg: DataConfig) -> None:
+    """data.splits: a mapping of known split names to file paths, a train file among them, and no data.path."""
+    if cfg.path:
+        raise ValueError("data.path and data.splits are both given; name the files either way, not both")
+    if not cfg.splits or not all(isinstance(v, str) and v for v in cfg.splits.values()):
+        raise ValueError("data.splits must map split names to file paths, e.g. {train: a.txt, validation: b.txt}")
+    unknown = [k for k in cfg.splits if k not in SPLIT_NAMES]
+    if unknown:
+        raise ValueError(f"data.splits: {unknown[0]!r} is not a split name; allowed: {', '.join(SPLIT_NAMES)}")
+    meant = [SPLIT_NAMES[k] for k in cfg.splits]
+    twice = next((m for m in meant if meant.count(m) > 1), None)
+    if twice:
+        raise ValueError(f"data.splits: {', '.join(k for k in cfg.splits if SPLIT_NAMES[k] == twice)} all name the "
+                         f"{twice} split; keep one")
+    if "train" not in meant:
+        raise ValueError("data.splits has no train file; add one, e.g. {train: a.txt}")
 
 
 @dataclass(frozen=True)

@@ -17,24 +17,24 @@ EOS / PAD, explicitly:
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from textdiff.config import DataConfig
-from textdiff.errors import TextdiffError
+from textdiff.config import SPLIT_NAMES, DataConfig
+from textdiff.errors import TextdiffError, warn
 from textdiff.noising.base import Batch
 
 FORMATS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 SPLITS = ("train", "validation", "test")
 
 
-def resolve_path(cfg: DataConfig) -> Path | str:
-    """A local file path, or the hub id unchanged."""
-    path = Path(cfg.path).expanduser()
+def resolve_path(cfg: DataConfig, name: str | None = None) -> Path | str:
+    """A local file path, or the hub id unchanged. `name`: one file of data.splits instead of data.path."""
+    key, name = ("data.path", cfg.path) if name is None else ("data.splits", name)
+    path = Path(name).expanduser()
     if path.is_absolute():
         return path
     data_dir = os.environ.get("TEXTDIFF_DATA_DIR")
@@ -42,14 +42,36 @@ def resolve_path(cfg: DataConfig) -> Path | str:
         return Path(data_dir) / path
     if path.is_file():
         return path
-    if cfg.prepare:
-        from textdiff.corpora import prepared_path
+    if cfg.prepare and key == "data.path":
+        from textdiff.corpora import PREPARERS, prepared_path
 
-        return prepared_path(cfg.prepare)
-    if path.suffix.lower() in FORMATS:
+        if path == Path(PREPARERS[cfg.prepare][0]):  # another file (a recipe whose data.path changed) is not built
+            return prepared_path(cfg.prepare)
+    if path.suffix.lower() in FORMATS or key == "data.splits":
         where = f"$TEXTDIFF_DATA_DIR ({data_dir})" if data_dir else "the current directory ($TEXTDIFF_DATA_DIR is not set)"
-        raise TextdiffError(f"data.path: file {cfg.path} not found under {where}")
-    return cfg.path  # a hub id
+        raise TextdiffError(f"{key}: file {name} not found under {where}")
+    return name  # a hub id
+
+
+def source_name(cfg: DataConfig) -> str:
+    """The corpus as messages name it: data.path, or data.splits' train file."""
+    return cfg.path or next(f for k, f in cfg.splits.items() if SPLIT_NAMES[k] == "train")
+
+
+def held_out_split(i: int, fraction: float, seed: int) -> str:
+    """The split of example i under data.holdout: u_i = frac((i + 1) / phi + seed * 0.7549) (a Weyl sequence: every
+    stretch of the file gives each held-out split close to `fraction` of its examples); validation if u_i < fraction,
+    test if u_i < 2 * fraction, else train. A function of i alone, so streamed and loaded corpora agree."""
+    u = ((i + 1) * 0.6180339887498949 + seed * 0.7548776662466927) % 1.0
+    return "validation" if u < fraction else "test" if u < 2 * fraction else "train"
+
+
+def hold_out(texts: list, fraction: float, seed: int) -> dict[str, list]:
+    """{'train', 'validation', 'test'} from one list of examples, by held_out_split."""
+    out: dict[str, list] = {s: [] for s in SPLITS}
+    for i, text in enumerate(texts):
+        out[held_out_split(i, fraction, seed)].append(text)
+    return out
 
 
 def check_text_file(path: Path) -> None:
@@ -76,19 +98,34 @@ def check_text_file(path: Path) -> None:
             offset += len(chunk)
 
 
-def _load_local(path: Path, cfg: DataConfig) -> dict[str, list[str]]:
-    import datasets
-
+def file_format(path: Path, cfg: DataConfig) -> str:
+    """The `datasets` builder for a local file; data.example other than `line` only for .txt files."""
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise TextdiffError(f"data.path: {path} has an unknown extension; allowed: {', '.join(FORMATS)}")
+    if fmt != "text" and cfg.example != "line":
+        raise TextdiffError(f"data.example={cfg.example} is for .txt files; in {path.name} one row is one example "
+                            f"(remove data.example)")
+    return fmt
+
+
+def builder_options(fmt: str, cfg: DataConfig) -> dict:
+    """A .txt file's example unit for `datasets`' text builder (line, paragraph or document)."""
+    return {"sample_by": cfg.example} if fmt == "text" else {}
+
+
+def _load_local(path: Path, cfg: DataConfig, split_field: str | None) -> dict[str, list[str]]:
+    """A local file's splits: by `split_field` (ignored for .txt files, which have no columns), else all train."""
+    import datasets
+
+    fmt = file_format(path, cfg)
     check_text_file(path)
     # a local file loads fast: no progress bars, and no log lines of its own beside our one-line error
     bars, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
-        ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+        ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **builder_options(fmt, cfg))
     except Exception as e:  # datasets raises many types for malformed files; the innermost one says why
         while e.__cause__ is not None:
             e = e.__cause__
@@ -98,11 +135,11 @@ def _load_local(path: Path, cfg: DataConfig) -> dict[str, list[str]]:
         datasets.logging.set_verbosity(verbosity)
         if bars:
             datasets.enable_progress_bars()
+    split_field = None if fmt == "text" else split_field
     if cfg.source_field:
-        return _pairs_by_split(ds, cfg, path)
-    if fmt == "text":
-        return {"train": _column(ds, "text", path)} if not cfg.split_field else _by_split(ds, cfg, path)
-    return _by_split(ds, cfg, path) if cfg.split_field else {"train": _column(ds, cfg.text_field, path)}
+        return _pairs_by_split(ds, cfg, split_field, path)
+    field = "text" if fmt == "text" else cfg.text_field
+    return _by_split(ds, field, split_field, path) if split_field else {"train": _column(ds, field, path)}
 
 
 def _require(ds, field: str, key: str, where) -> None:
@@ -115,21 +152,37 @@ def _column(ds, field: str, where) -> list[str]:
     return [t for t in ds[field] if isinstance(t, str) and t.strip()]
 
 
-def _by_split(ds, cfg: DataConfig, where) -> dict[str, list[str]]:
-    _require(ds, cfg.text_field, "data.text_field", where)
-    _require(ds, cfg.split_field, "data.split_field", where)
-    rows = [(s, t) for s, t in zip(ds[cfg.split_field], ds[cfg.text_field]) if isinstance(t, str) and t.strip()]
+def _split_labels(ds, split_field: str, where) -> list[str]:
+    """Each row's split (train / validation / test) from its label; a label naming no split is an error."""
+    if split_field not in ds.column_names:
+        raise TextdiffError(f"data.split_field: column '{split_field}' is not in {where} (columns: "
+                            f"{', '.join(ds.column_names)}); name the column that holds each row's split, or set "
+                            f"data.split_field: null to hold out validation and test rows (data.holdout)")
+    labels = ds[split_field]
+    return [split_of(label, f"rows of {where}", labels) for label in labels]
+
+
+def split_of(label, where: str, labels=()) -> str:
+    """The split a label means (SPLIT_NAMES); an unknown label is refused, never dropped."""
+    if label not in SPLIT_NAMES:
+        count = f" ({sum(1 for x in labels if x == label):,} rows)" if labels else ""
+        raise TextdiffError(f"data.split_field: {where} labelled {label!r}{count} are in no split; label them "
+                            f"train, validation or test (or one of {', '.join(k for k in SPLIT_NAMES if k not in SPLITS)})")
+    return SPLIT_NAMES[label]
+
+
+def _by_split(ds, field: str, split_field: str, where) -> dict[str, list[str]]:
+    _require(ds, field, "data.text_field", where)
+    rows = [(s, t) for s, t in zip(_split_labels(ds, split_field, where), ds[field]) if isinstance(t, str) and t.strip()]
     return {name: [t for s, t in rows if s == name] for name in SPLITS}
 
 
-def _pairs_by_split(ds, cfg: DataConfig, where) -> dict[str, list[tuple[str, str]]]:
+def _pairs_by_split(ds, cfg: DataConfig, split_field: str | None, where) -> dict[str, list[tuple[str, str]]]:
     """Seq2seq rows as (source, target) pairs per split; rows missing either side are dropped."""
     _require(ds, cfg.text_field, "data.text_field", where)
     _require(ds, cfg.source_field, "data.source_field", where)
     ok = lambda v: isinstance(v, str) and v.strip()  # noqa: E731
-    splits = ds[cfg.split_field] if cfg.split_field else ["train"] * len(ds)
-    if cfg.split_field:
-        _require(ds, cfg.split_field, "data.split_field", where)
+    splits = _split_labels(ds, split_field, where) if split_field else ["train"] * len(ds)
     rows = [(sp, (src, tgt)) for sp, src, tgt in zip(splits, ds[cfg.source_field], ds[cfg.text_field])
             if ok(src) and ok(tgt)]
     return {name: [p for sp, p in rows if sp == name] for name in SPLITS}
@@ -148,21 +201,46 @@ def _load_hub(name: str, cfg: DataConfig) -> dict[str, list[str]]:
     except Exception as e:
         raise TextdiffError(f"data.path: '{name}' is neither a local file nor a loadable hub dataset "
                             f"({str(e).splitlines()[0][:160]})") from None
-    if cfg.source_field:
-        return {split: _pairs_by_split(dd[split], dataclasses.replace(cfg, split_field=None), f"{name}[{split}]")["train"]
-                for split in SPLITS if split in dd}
-    return {split: _column(dd[split], cfg.text_field, f"{name}[{split}]") for split in SPLITS if split in dd}
+    out: dict[str, list] = {}
+    for hub_split in dd:
+        if hub_split not in SPLIT_NAMES:
+            warn(f"data.path: the hub split '{hub_split}' of {name} is not read (not a train, validation or test name)")
+            continue
+        where, split = f"{name}[{hub_split}]", SPLIT_NAMES[hub_split]
+        if split in out:
+            raise TextdiffError(f"data.path: {name} has two {split} splits ({hub_split} and another); cannot choose")
+        out[split] = _pairs_by_split(dd[hub_split], cfg, None, where)["train"] if cfg.source_field else \
+            _column(dd[hub_split], cfg.text_field, where)
+    return out
+
+
+def _load_files(cfg: DataConfig) -> dict[str, list]:
+    """data.splits: every row of each file belongs to its split."""
+    out = {}
+    for key, name in cfg.splits.items():
+        path = resolve_path(cfg, name)
+        if not isinstance(path, Path):
+            raise TextdiffError(f"data.splits: file {name} not found")
+        out[SPLIT_NAMES[key]] = _load_local(path, cfg, None)["train"]
+    return out
 
 
 def load_texts(cfg: DataConfig) -> dict[str, list[str]]:
-    """{'train': [...], 'validation': [...], 'test': [...]} of raw strings (missing splits are empty)."""
-    source = resolve_path(cfg)
-    splits = _load_local(source, cfg) if isinstance(source, Path) else _load_hub(source, cfg)
-    if not splits.get("train"):
-        raise TextdiffError(f"data.path: {cfg.path} has no training text (field '{cfg.text_field}', split 'train')")
+    """{'train': [...], 'validation': [...], 'test': [...]} of raw strings (missing splits are empty). Data that
+    names neither a validation nor a test split gives each data.holdout of its examples (hold_out)."""
+    if cfg.splits:
+        splits = _load_files(cfg)
+    else:
+        source = resolve_path(cfg)
+        splits = _load_local(source, cfg, cfg.split_field) if isinstance(source, Path) else _load_hub(source, cfg)
+    splits = {s: splits.get(s, []) for s in SPLITS}
+    if not splits["train"]:
+        raise TextdiffError(f"data.path: {source_name(cfg)} has no training text (field '{cfg.text_field}', split 'train')")
+    if cfg.holdout and not splits["validation"] and not splits["test"]:
+        splits = hold_out(splits["train"], cfg.holdout, cfg.holdout_seed)
     if cfg.max_examples:
         splits["train"] = splits["train"][:cfg.max_examples]
-    return {s: splits.get(s, []) for s in SPLITS}
+    return splits
 
 
 @dataclass

@@ -8,3 +8,10 @@ class TextdiffError(Exception):
 
     def __str__(self) -> str:
         return " ".join(super().__str__().split())  # always one line
+
+
+def warn(message: str) -> None:
+    """One line on stderr, `textdiff: warning: ...`: something the user should know that does not stop the run."""
+    import sys
+
+    print(f"textdiff: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)

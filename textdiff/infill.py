@@ -39,6 +39,17 @@ def parse_template(template: str) -> Template:
     return Template(tuple(texts), tuple(holes))
 
 
+def foreign_words(template: str, texts) -> list[str]:
+    """The words of the template's given text (case aside) that occur in none of `texts`: a template kept from another
+    corpus's recipe gives words this corpus never uses."""
+    wanted = {w for piece in parse_template(template).texts for w in re.findall(r"\w+", piece.lower())}
+    for text in texts:
+        if not wanted:
+            break
+        wanted -= set(re.findall(r"\w+", text.lower()))
+    return sorted(wanted)
+
+
 def _hole_size(arg: str | None, hole: str) -> int:
     if arg is None:
         return 1

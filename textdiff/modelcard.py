@@ -120,7 +120,8 @@ def data_section(data: dict) -> list[str]:
     """Where the data came from and its licence: the project's data card when it has one for the corpus."""
     path = str(data.get("path", ""))
     card = data_card(data)
-    out = ["## Data", "", f"`data.path: {path}`, field `{data.get('text_field')}`"
+    where = f"`data.path: {path}`" if path else f"`data.splits: {data.get('splits')}`"
+    out = ["## Data", "", f"{where}, field `{data.get('text_field')}`"
            + (f" (source `{data['source_field']}`)" if data.get("source_field") else "")
            + (f", splits from `{data['split_field']}`" if data.get("split_field") else "") + ".", ""]
     if card is not None:

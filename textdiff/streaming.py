@@ -15,33 +15,50 @@ from typing import Iterator
 
 import torch
 
-from textdiff.config import DataConfig, Recipe
-from textdiff.data import FORMATS, build_sequences, check_text_file, resolve_path
+from textdiff.config import SPLIT_NAMES, DataConfig, Recipe
+from textdiff.data import (FORMATS, build_sequences, builder_options, check_text_file, file_format, held_out_split,
+                           resolve_path, split_of)
 from textdiff.errors import TextdiffError
 from textdiff.noising.base import Batch
 
 
 def stream_texts(cfg: DataConfig, split: str) -> Iterator[str]:
-    """The non-empty texts of one split of a local file, in file order, without loading the file."""
+    """The non-empty texts of one split of a local file, in file order, without loading the file. Data naming no
+    held-out split (a .txt file, no split_field, data.splits with a train file only) gives each data.holdout of its
+    examples by the rule load_texts uses; a labelled file that lacks a split gives none."""
+    files = {SPLIT_NAMES[k]: f for k, f in (cfg.splits or {"train": cfg.path}).items()}
+    labelled = not cfg.splits and bool(cfg.split_field) and FORMATS.get(Path(cfg.path).suffix.lower()) != "text"
+    held = cfg.holdout > 0 and not labelled and "validation" not in files and "test" not in files
+    if split in files and not held:
+        yield from _rows(cfg, files[split], split)
+    elif held:
+        for i, text in enumerate(_rows(cfg, files["train"], None)):
+            if held_out_split(i, cfg.holdout, cfg.holdout_seed) == split:
+                yield text
+
+
+def _rows(cfg: DataConfig, name: str, split: str | None) -> Iterator[str]:
+    """The non-empty texts of one local file: those labelled `split` when it has a split_field and split is given,
+    else every row (None: the file holds no labels, or they are not asked for)."""
     import datasets
 
-    path = resolve_path(cfg)
+    path = resolve_path(cfg, name if cfg.splits else None)
     if not isinstance(path, Path):
         raise TextdiffError(f"data.streaming reads local files; {cfg.path} is not one (set data.streaming: false)")
     check_text_file(path)
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise TextdiffError(f"data.path: {path} has an unknown extension; allowed: {', '.join(FORMATS)}")
+    fmt = file_format(path, cfg)
     field = "text" if fmt == "text" else cfg.text_field
-    split_field = None if fmt == "text" else cfg.split_field
-    if split_field is None and split != "train":
+    split_field = None if fmt == "text" or cfg.splits else cfg.split_field
+    if split_field is None and split not in (None, "train"):
         return
-    for i, row in enumerate(datasets.load_dataset(fmt, data_files=str(path), split="train", streaming=True)):
+    rows = datasets.load_dataset(fmt, data_files=str(path), split="train", streaming=True, **builder_options(fmt, cfg))
+    for i, row in enumerate(rows):
         if i == 0 and (field not in row or (split_field and split_field not in row)):
             missing = field if field not in row else split_field
             raise TextdiffError(f"data: column '{missing}' is not in {path}; columns: {', '.join(row)}")
         text = row[field]
-        if isinstance(text, str) and text.strip() and (split_field is None or row[split_field] == split):
+        if isinstance(text, str) and text.strip() and (not split_field or split is None or
+                                                       split_of(row[split_field], f"rows of {path}") == split):
             yield text
 
 
@@ -119,13 +136,15 @@ def _validation(recipe: Recipe, tokenizer):
 
 
 def prepare_streaming(recipe: Recipe, run_dir: Path, resume: bool, world):
-    """Tokenizer (trained on the first data.tokenizer_examples texts), the training stream, validation sequences."""
+    """Tokenizer (trained on the first data.tokenizer_examples texts, data.max_examples at most), the training stream,
+    validation sequences."""
     from itertools import islice
 
     from textdiff.rundir import tokenizer_for, write_run_files
 
+    n = min(recipe.data.tokenizer_examples, recipe.data.max_examples or recipe.data.tokenizer_examples)
     head = [] if resume or not world.is_main or recipe.tokenizer.path else \
-        list(islice(stream_texts(recipe.data, "train"), recipe.data.tokenizer_examples))
+        list(islice(stream_texts(recipe.data, "train"), n))
     tokenizer = tokenizer_for(recipe, run_dir, head, resume or not world.is_main)
     train = StreamedSequences(recipe.data, tokenizer, recipe.train.batch_size)
     val = _validation(recipe, tokenizer)

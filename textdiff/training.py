@@ -451,6 +451,23 @@ def train_recipe(recipe: Recipe, resume: bool = False, progress: bool = True, de
     return run_dir
 
 
+def _data_warnings(recipe: Recipe, val, texts) -> None:
+    """One line each: a run without validation data; an infill template whose words the training `texts` never use."""
+    from textdiff.data import source_name
+    from textdiff.errors import warn
+    from textdiff.infill import foreign_words
+
+    data = recipe.data
+    if val is None:
+        warn(f"no validation data: {source_name(data)} names no validation split and data.holdout holds none out, so "
+             f"training reports no validation bound; set data.holdout, data.splits or a split column (docs/data.md)")
+    if recipe.sample.infill:
+        missing = foreign_words(recipe.sample.infill, texts)
+        if missing:
+            warn(f"sample.infill {recipe.sample.infill!r}: the word(s) {', '.join(missing[:4])} occur nowhere in the "
+                 f"training text of {source_name(data)}; a template from another corpus? set sample.infill (or null)")
+
+
 def _describe(train) -> str:
     return f"{len(train):,} training sequences" if isinstance(train, Sequences) else "streamed training sequences"
 
@@ -460,9 +477,14 @@ def _prepare_data(recipe: Recipe, run_dir: Path, resume: bool, world: dist.World
     from textdiff.data import build_sequences, load_texts
 
     if recipe.data.streaming:
-        from textdiff.streaming import prepare_streaming
+        from itertools import islice
 
-        return prepare_streaming(recipe, run_dir, resume, world)
+        from textdiff.streaming import prepare_streaming, stream_texts
+
+        tokenizer, train, val = prepare_streaming(recipe, run_dir, resume, world)
+        if world.is_main and not resume:
+            _data_warnings(recipe, val, islice(stream_texts(recipe.data, "train"), recipe.data.tokenizer_examples))
+        return tokenizer, train, val
     texts = load_texts(recipe.data)
     tokenizer = rundir.tokenizer_for(recipe, run_dir, flat_texts(texts["train"]), resume or not world.is_main)
     train = build_sequences(recipe.data, tokenizer, texts["train"])
@@ -472,5 +494,7 @@ def _prepare_data(recipe: Recipe, run_dir: Path, resume: bool, world: dist.World
                             f"train.batch_size={recipe.train.batch_size}; use more data or a smaller batch")
     if world.is_main:
         rundir.write_run_files(recipe, run_dir, tokenizer, resume)
+        if not resume:
+            _data_warnings(recipe, val, flat_texts(texts["train"]))
     return tokenizer, train, val
 

@@ -40,13 +40,13 @@ def length_report(pipe, num_samples: int = 64, split: str = "validation", seed: 
                   **opts) -> dict:
     """Tokens per sequence (the counted non-[PAD] ones, [EOS] included) of `split` against those of num_samples
     unconditional samples of the run; `opts` go to `pipe.generate`."""
-    from textdiff.data import build_sequences, load_texts
+    from textdiff.data import build_sequences, load_texts, source_name
 
     if pipe.recipe.data.source_field:
         raise TextdiffError("length report: this run is seq2seq; it compares unconditional samples with the data")
     seqs = build_sequences(pipe.recipe.data, pipe.tokenizer, load_texts(pipe.recipe.data)[split])
     if not len(seqs):
-        raise TextdiffError(f"length report: split '{split}' of {pipe.recipe.data.path} is empty")
+        raise TextdiffError(f"length report: split '{split}' of {source_name(pipe.recipe.data)} is empty")
     data = (seqs.loss_mask & (seqs.ids != pipe.backend.special.pad)).sum(1).tolist()
     gen = pipe.generate(num_samples, seed=seed, **opts)
     samples = (gen.ids != pipe.backend.special.pad).sum(1).tolist()

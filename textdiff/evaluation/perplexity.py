@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from textdiff.data import build_sequences, load_texts, segment_ids
+from textdiff.data import build_sequences, load_texts, segment_ids, source_name
 from textdiff.errors import TextdiffError
 
 
@@ -50,7 +50,7 @@ def perplexity(pipe, split: str = "test", time_draws: int = 32, batch_size: int 
 
     texts = load_texts(pipe.recipe.data)[split]
     if not texts:
-        raise TextdiffError(f"split '{split}' of {pipe.recipe.data.path} is empty; choose one of "
+        raise TextdiffError(f"split '{split}' of {source_name(pipe.recipe.data)} is empty; choose one of "
                             f"{', '.join(s for s, t in load_texts(pipe.recipe.data).items() if t)}")
     seqs = build_sequences(pipe.recipe.data, pipe.tokenizer, texts)
     n = min(len(seqs), max_sequences) if max_sequences else len(seqs)

@@ -38,13 +38,13 @@ def unchanged(predictions: list[str], sources: list[str]) -> float:
 def seq2seq_eval(pipe, metrics: list[str], split: str = "test", max_sources: int = 0, seed: int = 0,
                  guidance_scales: tuple[float, ...] = (), copy_baseline: bool = False, sample_opts=None,
                  batch_size: int = 64, echo=print, progress: bool = True) -> dict:
-    from textdiff.data import load_texts
+    from textdiff.data import load_texts, source_name
 
     if not pipe.recipe.data.source_field:
         raise TextdiffError(f"--metrics {','.join(metrics)}: this run is not seq2seq (no data.source_field)")
     groups = grouped_references(load_texts(pipe.recipe.data)[split])
     if not groups:
-        raise TextdiffError(f"split '{split}' of {pipe.recipe.data.path} has no (source, target) pairs")
+        raise TextdiffError(f"split '{split}' of {source_name(pipe.recipe.data)} has no (source, target) pairs")
     sources = list(groups)[:max_sources] if max_sources else list(groups)
     refs = [groups[s] for s in sources]
     out = {"split": split, "n_sources": len(sources), "n_references": sum(map(len, refs)), "rows": []}
