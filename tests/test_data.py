@@ -181,3 +181,16 @@ def test_hub_split_names_are_mapped_and_others_named_in_a_warning(monkeypatch, c
     texts = load_texts(DataConfig(path="some-org/some-dataset"))
     assert texts == {"train": ["train text"], "validation": ["dev text"], "test": []}
     assert "hub split 'unsupervised' of some-org/some-dataset is not read" in capsys.readouterr().err
+
+
+def test_runs_from_before_data_holdout_keep_their_splits():
+    from textdiff.config import recipe_from_dict
+
+    def data(section, legacy=True):
+        return recipe_from_dict({"data": section}, legacy=legacy).data
+
+    assert data({"path": "my.txt"}).holdout == 0  # trained on every line: no test split drawn from its training text
+    assert data({"path": "c.jsonl", "split_field": None}).holdout == 0
+    assert data({"path": "bible/kjv_asv.jsonl", "split_field": "split"}).holdout == 0.05  # labelled: the same recipe
+    assert data({"path": "my.txt", "holdout": 0.1}).holdout == 0.1
+    assert data({"path": "my.txt"}, legacy=False).holdout == 0.05

@@ -505,6 +505,13 @@ def _sample(raw: Any, source: str, legacy: bool, backend) -> SampleConfig:
     return build(SampleConfig, section, "sample", source, options=options)
 
 
+def _legacy_data(section: dict) -> dict:
+    """A run's data section from before data.holdout: unlabelled data (a .txt file, or split_field null) held nothing
+    out, so its test split is not drawn from what it trained on; labelled data reads the default (nothing changes)."""
+    unlabelled = str(section.get("path", "")).lower().endswith((".txt", ".text")) or not section.get("split_field", "split")
+    return {"holdout": 0.0, **section} if unlabelled else section
+
+
 def recipe_from_dict(raw: Any, source: str = "<recipe>", legacy: bool = False) -> Recipe:
     """Build a Recipe from a plain mapping (as read from YAML, or from a run's config.json with `legacy`)."""
     if not isinstance(raw, dict):
@@ -517,6 +524,8 @@ def recipe_from_dict(raw: Any, source: str = "<recipe>", legacy: bool = False) -
     if "data" not in raw:
         raise TextdiffError(f"{source}: the 'data' section is required (data.path names the corpus)")
     backend = _backend(raw.get("backend") or {}, source, legacy)
+    if legacy and isinstance(raw["data"], dict):
+        raw = {**raw, "data": _legacy_data(raw["data"])}
     sections = {name: build(cls, raw.get(name) or {}, name, source) for name, cls in SECTIONS.items()
                 if cls is not None and name != "sample"}
     sample = _sample(raw.get("sample") or {}, source, legacy, backend)

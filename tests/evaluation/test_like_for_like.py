@@ -62,3 +62,22 @@ def test_an_old_ar_run_is_not_resumed_under_the_new_convention(old_ar_run):
     raw["backend"]["start_token"] = True
     with pytest.raises(TextdiffError, match="backend.start_token"):
         check(recipe_from_dict(raw), old_ar_run, resume=True)
+
+
+def test_benchmarks_reuse_old_diffusion_runs_and_retrain_only_old_ar_runs(masked_run, old_ar_run, tmp_path):
+    """kjv_ratio.py / run_all.py reuse a run whose recipe is unchanged (rundir.same_recipe): a run written before
+    backend.start_token and data.holdout existed still matches its recipe unless it is an AR run."""
+    from textdiff.config import recipe_from_dict
+    from textdiff.rundir import same_recipe
+
+    old_masked = tmp_path / "old-masked"
+    shutil.copytree(masked_run, old_masked)
+    cfg = json.loads((old_masked / "config.json").read_text())
+    for key in ("splits", "example", "holdout", "holdout_seed"):
+        del cfg["recipe"]["data"][key]
+    (old_masked / "config.json").write_text(json.dumps(cfg))
+    for run, reused in ((old_masked, True), (old_ar_run, False)):
+        raw = json.loads((run / "config.json").read_text())["recipe"]
+        fresh = {k: v for k, v in raw.items() if k != "backend"} | {"backend": {"name": raw["backend"]["name"]}}
+        fresh["data"] = {k: v for k, v in raw["data"].items() if k not in ("splits", "example", "holdout", "holdout_seed")}
+        assert same_recipe(run, recipe_from_dict(fresh)) == reused
