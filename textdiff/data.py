@@ -1,7 +1,10 @@
 """Text corpora -> fixed-length token sequences.
 
 Sources: a local .txt / .jsonl / .json / .csv / .parquet file (relative paths resolve under
-$TEXTDIFF_DATA_DIR) read with `datasets`, or a hub dataset id for users who are online.
+$TEXTDIFF_DATA_DIR) read with `datasets`, or a hub dataset id for users who are online; or one file per split
+(`data.splits`). Split labels go through config.SPLIT_NAMES (dev, val, ... mean validation; others are refused).
+Data naming no validation and no test split gets `data.holdout` of its examples held out for each (hold_out);
+what one example of a .txt file is, is `data.example` (docs/data.md).
 
 EOS / PAD, explicitly:
 - `pack` mode: every example is followed by [EOS]; the stream is cut into max_length chunks (the last
