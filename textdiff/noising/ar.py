@@ -10,13 +10,13 @@ A run written before `backend.start_token` existed reads `x_0 ... x_{L-2}` and s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
 from textdiff.noising import register
-from dataclasses import dataclass
-from typing import ClassVar
-
 from textdiff.noising.base import Backend, Batch, BoundOutput, LossOutput, Options
 
 
