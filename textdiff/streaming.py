@@ -36,13 +36,30 @@ def stream_texts(cfg: DataConfig, split: str) -> Iterator[str]:
     split_field = None if fmt == "text" else cfg.split_field
     if split_field is None and split != "train":
         return
-    for i, row in enumerate(datasets.load_dataset(fmt, data_files=str(path), split="train", streaming=True)):
+    for i, row in enumerate(_rows(datasets.load_dataset(fmt, data_files=str(path), split="train", streaming=True),
+                                  path, fmt)):
         if i == 0 and (field not in row or (split_field and split_field not in row)):
             missing = field if field not in row else split_field
             raise TextdiffError(f"data: column '{missing}' is not in {path}; columns: {', '.join(row)}")
         text = row[field]
         if isinstance(text, str) and text.strip() and (split_field is None or row[split_field] == split):
             yield text
+
+
+def _rows(stream, path: Path, fmt: str) -> Iterator[dict]:
+    """The rows of a datasets stream; a malformed file is a one-line error, as in non-streaming mode (data.py)."""
+    rows = iter(stream)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:  # datasets / pyarrow raise many types for malformed files; the innermost says why
+            while e.__cause__ is not None:
+                e = e.__cause__
+            why = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise TextdiffError(f"data.path: could not read {path} as {fmt}: {why}") from None
+        yield row
 
 
 class StreamedSequences:
