@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -78,6 +79,12 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except SafetensorError as e:  # a full disk reaches us as "I/O error: ... (os error 28)": an OSError it is
+        Path(tmp).unlink(missing_ok=True)
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -87,3 +87,30 @@ def threads_beside_others() -> tuple[int, str] | None:
         return None
     return free, (f"{cores - free} of {cores} cores are busy (load average {os.getloadavg()[0]:.1f}); training on "
                   f"{free} thread{'s' * (free > 1)} (set train.threads to choose)")
+
+
+class Pace:
+    """Watches the seconds per training step and says, once, when steps run far slower than the run's own early
+    steps: the usual cause is another process competing for the cores (torch's threads then wait on each other)."""
+
+    def __init__(self, early: int = 5, window: int = 10, factor: float = 4.0):
+        self.early_n, self.window, self.factor = early, window, factor
+        self.early: list[float] = []
+        self.recent: list[float] = []
+        self.warned = False
+
+    def add(self, seconds: float) -> str | None:
+        """Record one step; the warning line the first time the last `window` steps' median exceeds `factor` times
+        the early steps' median (the very first step, which warms caches up, is not counted)."""
+        if len(self.early) <= self.early_n:
+            self.early.append(seconds)
+            return None
+        self.recent = (self.recent + [seconds])[-self.window:]
+        base = sorted(self.early[1:])[len(self.early[1:]) // 2]
+        now = sorted(self.recent)[len(self.recent) // 2]
+        if self.warned or len(self.recent) < self.window or now <= self.factor * base:
+            return None
+        self.warned = True
+        return (f"steps now take {now:.2f} s, {now / base:.0f}x this run's first steps ({base:.2f} s): another "
+                f"process is probably competing for the cores; set train.threads to the free cores (see "
+                f"docs/performance.md)")

@@ -364,10 +364,14 @@ class Trainer:
     def _loop(self, bar, metrics: "Metrics | None") -> None:
         """Train to cfg.steps; `metrics` is None on every process but rank 0."""
         busy, tokens = 0.0, 0  # seconds spent in training steps (not evaluation or checkpoints)
+        pace = resources.Pace()
         while self.step < self.cfg.steps:
             t0 = time.perf_counter()
             stats = self.train_step(self.step)
             busy += time.perf_counter() - t0
+            slow = pace.add(time.perf_counter() - t0)
+            if slow is not None and metrics is not None:
+                bar.write(f"textdiff: {slow}")
             self.step += 1
             tokens += stats.tokens
             tok_s = tokens / max(busy, 1e-9)
