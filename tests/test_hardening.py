@@ -191,13 +191,20 @@ def test_threads_beside_busy_cores(monkeypatch):
     from textdiff import resources
 
     monkeypatch.setattr(resources, "usable_cores", lambda: 4)
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+    monkeypatch.setattr(resources, "busy_cores", lambda: 1)
     threads, why = resources.threads_beside_others()
     assert threads == 3 and "1 of 4 cores are busy" in why
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    monkeypatch.setattr(resources, "busy_cores", lambda: 0)
     assert resources.threads_beside_others() is None
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+    monkeypatch.setattr(resources, "busy_cores", lambda: 9)
     assert resources.threads_beside_others()[0] == 1
+
+
+def test_busy_cores_reads_the_load_and_the_running_processes(monkeypatch):
+    from textdiff import resources
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 1.0, 1.0))
+    assert resources.busy_cores() >= 2  # 1.6 rounds to 2, whatever runs right now
 
 
 def test_pace_warns_once_when_steps_slow_down():

@@ -100,7 +100,7 @@ class Classifier:
         `target` with strength `scale` (0: unchanged)."""
         backend, model = pipe.backend, pipe.model
         vocab = self.info.get("vocab_size")
-        if vocab != pipe.backend.vocab_size:
+        if vocab is not None and vocab != pipe.backend.vocab_size:  # None: built in Python, not loaded
             raise TextdiffError(f"--classifier: trained on a run with a {vocab}-token vocabulary, this run has "
                                 f"{pipe.backend.vocab_size}; train a classifier on this run (`textdiff classifier RUN "
                                 "--label ...`)")

@@ -232,7 +232,8 @@ class TrainConfig:
     seed: int = 0
     """Seeds data order, noise and initialisation."""
     threads: int = 0
-    """torch threads (0: leave torch's default)."""
+    """torch threads (0: torch's default on an idle machine, the free cores beside busy processes; one process only,
+    see docs/performance.md)."""
     log_every: int = 10
     """Steps between metric lines in metrics.jsonl."""
     eval_every: int = 200

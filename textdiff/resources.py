@@ -69,14 +69,25 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def free_cores() -> int:
-    """Usable cores minus the load of other processes (the 1-minute load average, rounded), at least 1."""
-    cores = usable_cores()
+def busy_cores() -> int:
+    """Cores other processes keep busy: the larger of the 1-minute load average (rounded) and the processes
+    running right now besides this one (/proc/loadavg's fourth field; the average lags a new competitor by a
+    minute)."""
     try:
-        load = os.getloadavg()[0]
+        load = int(os.getloadavg()[0] + 0.5)
     except (AttributeError, OSError):
-        return cores
-    return max(1, min(cores, cores - int(load + 0.5)))
+        load = 0
+    try:
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1
+    except (OSError, ValueError, IndexError):
+        running = 0
+    return max(load, running, 0)
+
+
+def free_cores() -> int:
+    """Usable cores minus the busy ones, at least 1."""
+    cores = usable_cores()
+    return max(1, min(cores, cores - busy_cores()))
 
 
 def threads_beside_others() -> tuple[int, str] | None:
@@ -85,8 +96,8 @@ def threads_beside_others() -> tuple[int, str] | None:
     cores, free = usable_cores(), free_cores()
     if free >= cores:
         return None
-    return free, (f"{cores - free} of {cores} cores are busy (load average {os.getloadavg()[0]:.1f}); training on "
-                  f"{free} thread{'s' * (free > 1)} (set train.threads to choose)")
+    return free, (f"{cores - free} of {cores} cores are busy with other processes; training on {free} "
+                  f"thread{'s' * (free > 1)} (set train.threads to choose)")
 
 
 class Pace:

@@ -48,8 +48,11 @@ def stream_texts(cfg: DataConfig, split: str) -> Iterator[str]:
 
 def _rows(stream, path: Path, fmt: str) -> Iterator[dict]:
     """The rows of a datasets stream; a malformed file is a one-line error, as in non-streaming mode (data.py)."""
-    rows = iter(stream)
+    import datasets
+
+    rows, verbosity = iter(stream), datasets.logging.get_verbosity()
     while True:
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own log line beside our one-line error
         try:
             row = next(rows)
         except StopIteration:
@@ -59,6 +62,8 @@ def _rows(stream, path: Path, fmt: str) -> Iterator[dict]:
                 e = e.__cause__
             why = (str(e).splitlines() or [type(e).__name__])[0][:200]
             raise TextdiffError(f"data.path: could not read {path} as {fmt}: {why}") from None
+        finally:
+            datasets.logging.set_verbosity(verbosity)
         yield row
 
 
