@@ -321,6 +321,10 @@ def _fork_cli(argv: list[str], log: Path) -> int:
             from textdiff.cli import main as cli
 
             rc = cli(argv)
+        except BaseException:  # a bug, not a refusal: show it in the child's log
+            import traceback
+
+            traceback.print_exc()
         finally:
             os._exit(rc)
     return pid

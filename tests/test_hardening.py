@@ -173,6 +173,18 @@ def test_full_disk_while_writing_the_tokenizer_leaves_nothing(write_recipe, tmp_
     assert not out.exists()
 
 
+def test_rows_whose_text_is_not_a_string_are_counted_and_reported(tmp_path, capsys):
+    from textdiff.config import DataConfig
+    from textdiff.data import load_texts
+
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"text": "the old king", "split": "train"}, {"text": 7, "split": "train"},
+            {"text": "a river", "split": "train"}, {"text": None, "split": "train"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert load_texts(DataConfig(path=str(path)))["train"] == ["the old king", "a river"]
+    assert "skipped 1 of 4 rows" in capsys.readouterr().out
+
+
 # --- accelerate, threads and pace ------------------------------------------------------------------------------------
 
 

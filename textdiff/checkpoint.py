@@ -79,15 +79,21 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except SafetensorError as e:  # a full disk reaches us as "I/O error: ... (os error 28)": an OSError it is
+    except SafetensorError as e:
         Path(tmp).unlink(missing_ok=True)
-        code = re.search(r"os error (\d+)", str(e))
-        if code is None:
-            raise
-        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+        raise_os_error(e, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def raise_os_error(e: Exception, path: Path) -> None:
+    """Rust writers (safetensors, tokenizers) report a full disk as "... (os error 28)" in an exception of their own:
+    raise it as the OSError it is (the CLI prints those in one line), else re-raise `e`."""
+    code = re.search(r"os error (\d+)", str(e))
+    if code is None:
+        raise e
+    raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

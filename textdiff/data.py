@@ -49,6 +49,9 @@ def resolve_path(cfg: DataConfig) -> Path | str:
     if path.suffix.lower() in FORMATS:
         where = f"$TEXTDIFF_DATA_DIR ({data_dir})" if data_dir else "the current directory ($TEXTDIFF_DATA_DIR is not set)"
         raise TextdiffError(f"data.path: file {cfg.path} not found under {where}")
+    if path.is_dir() or (data_dir and (Path(data_dir) / path).is_dir()):  # datasets would read it as a folder
+        raise TextdiffError(f"data.path: {cfg.path} is a directory; name one data file in it "
+                            f"({', '.join(FORMATS)})")
     return cfg.path  # a hub id
 
 
@@ -112,12 +115,23 @@ def _require(ds, field: str, key: str, where) -> None:
 
 def _column(ds, field: str, where) -> list[str]:
     _require(ds, field, "data.text_field", where)
-    return [t for t in ds[field] if isinstance(t, str) and t.strip()]
+    values = ds[field]
+    _report_non_text(values, field, where)
+    return [t for t in values if isinstance(t, str) and t.strip()]
+
+
+def _report_non_text(values: list, field: str, where) -> None:
+    """Rows whose text is a number, a list or an object are skipped, and said so (empty or missing text is not)."""
+    odd = sum(v is not None and not isinstance(v, str) for v in values)
+    if odd:
+        print(f"textdiff: data: skipped {odd:,} of {len(values):,} rows of {where} whose '{field}' is not text "
+              "(a number, list or object)")
 
 
 def _by_split(ds, cfg: DataConfig, where) -> dict[str, list[str]]:
     _require(ds, cfg.text_field, "data.text_field", where)
     _require(ds, cfg.split_field, "data.split_field", where)
+    _report_non_text(ds[cfg.text_field], cfg.text_field, where)
     rows = [(s, t) for s, t in zip(ds[cfg.split_field], ds[cfg.text_field]) if isinstance(t, str) and t.strip()]
     return {name: [t for s, t in rows if s == name] for name in SPLITS}
 

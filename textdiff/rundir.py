@@ -324,7 +324,12 @@ def save_tokenizer(tokenizer, run_dir: Path) -> None:
     run_dir = Path(run_dir)
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tmp_tokenizer_"))
     try:
-        tokenizer.save_pretrained(str(tmp))
+        try:
+            tokenizer.save_pretrained(str(tmp))
+        except OSError:
+            raise
+        except Exception as e:  # tokenizers' Rust writer: "No space left on device (os error 28)"
+            ckpt.raise_os_error(e, run_dir / "tokenizer.json")
         for f in tmp.iterdir():
             os.replace(f, run_dir / f.name)
     finally:
