@@ -403,6 +403,50 @@ def _equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(a[k] == b[k] if k == "step" else torch.equal(a[k], b[k]) for k in a)
 
 
+# --- kills during a new run's first write -------------------------------------------------------------------------
+
+
+def first_write_rounds(rounds: int, work: Path, corpus: Path, rng: random.Random, log=print) -> dict:
+    """`rounds` new run directories, each killed during its first write (before or after one of the renames of its
+    tokenizer files and config.json); the directory is then either no run yet (trained afresh) or a run without a
+    checkpoint (resumed from step 0); either way it ends bit-equal to an uninterrupted run."""
+    import torch
+    import yaml
+
+    from textdiff.config import recipe_from_dict
+    from textdiff.training import train_recipe
+
+    raw = tiny_recipe(corpus, work / "first-reference", kills=1)
+    raw["train"].update(steps=8, checkpoint_every=4)
+    threads = torch.get_num_threads()
+    try:
+        reference = final_state(train_recipe(recipe_from_dict(raw), progress=False))
+    finally:
+        torch.set_num_threads(threads)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = {"rounds": 0, "no_run": 0, "run_without_checkpoint": 0, "equal": 0}
+    for r in range(rounds):
+        run, recipe = work / f"first{r}", work / f"first{r}.yaml"
+        recipe.write_text(yaml.safe_dump({**raw, "out_dir": str(run)}))
+        plan = {**_plan(rng, "first", 4), "note": str(work / f"first{r}.spots")}
+        argv = ["train", str(recipe), "--no-samples", "--device", "cpu"]
+        _child(plan, argv, run, True, env, 0.0)
+        if run.exists():
+            check_run_readable(run)
+        resume = (run / "config.json").exists()
+        assert resume or not list(run.glob("checkpoints/step_*")), run
+        rc = _exit_code(_fork_cli([*argv, *(["--resume"] if resume else [])], work / f"first{r}.log"))
+        equal = rc == 0 and _equal(reference, final_state(run))
+        if not equal:
+            raise RuntimeError(f"first-write round {r}: exit {rc}, equal {equal}; see {work}/first{r}.log")
+        out["rounds"] += 1
+        out["run_without_checkpoint" if resume else "no_run"] += 1
+        out["equal"] += equal
+        log(f"first write {r + 1}/{rounds}: {json.dumps({k: v for k, v in plan.items() if k != 'note'})}; left "
+            f"{'a run without checkpoint (resumed)' if resume else 'no run (trained afresh)'}; bit-equal: {equal}")
+    return out
+
+
 # --- a full disk ---------------------------------------------------------------------------------------------------
 
 
@@ -508,6 +552,7 @@ def main() -> None:
     parser.add_argument("--keep", help="keep the run directories in this folder")
     parser.add_argument("--spawn", action="store_true", help="start each child as a fresh interpreter instead of a "
                         "fork of this process (slower: every child imports torch again)")
+    parser.add_argument("--first", type=int, default=8, help="new runs killed during their first write (0: none)")
     parser.add_argument("--rounds", type=int, default=20, help="concurrency rounds (2-4 writers at once; 0: none)")
     parser.add_argument("--disk", type=int, default=6, help="full-disk rounds (0: none)")
     if len(sys.argv) > 2 and sys.argv[1] == "--child":  # a training child: python soak.py --child PLAN ARGV...
@@ -520,6 +565,12 @@ def main() -> None:
     result = soak(args.kills, args.seed, work / "kills", fork=not args.spawn)
     print("\n".join(result.lines()))
     rng, corpus = random.Random(args.seed), synthetic_corpus(work / "corpus.jsonl")
+    t = time.perf_counter()
+    first = first_write_rounds(args.first, work, corpus, random.Random(args.seed + 1)) if args.first else {}
+    if args.first:
+        print(f"first write: {first['rounds']} new runs killed during their first write: {first['no_run']} left no "
+              f"run (trained afresh), {first['run_without_checkpoint']} a run without a checkpoint (resumed); "
+              f"{first['equal']} of {first['rounds']} bit-equal to an uninterrupted run ({time.perf_counter() - t:.0f} s)")
     t = time.perf_counter()
     race = race_rounds(args.rounds, work, corpus, rng) if args.rounds else {"rounds": 0}
     if args.rounds:

@@ -154,14 +154,18 @@ def test_atomic_files_honour_the_umask(tmp_path, umask):
     assert modes == {"a.json": 0o666 & ~umask, "w.safetensors": 0o666 & ~umask, "plain": 0o666 & ~umask}
 
 
-def test_full_disk_while_writing_the_tokenizer_leaves_nothing(write_recipe, tmp_path, monkeypatch, capsys):
-    """ENOSPC in the first write of a new run: one line, exit 2, and no half-written (0-byte) file left."""
+@pytest.mark.parametrize("how", ["oserror", "rust"])
+def test_full_disk_while_writing_the_tokenizer_leaves_nothing(how, write_recipe, tmp_path, monkeypatch, capsys):
+    """ENOSPC in the first write of a new run (as Python's OSError, or as tokenizers' Rust writer says it): one
+    line, exit 2, and no half-written (0-byte) file left."""
     import errno
 
     from textdiff.cli import main
 
     def full(self, path, *a, **k):
         (__import__("pathlib").Path(path) / "tokenizer_config.json").write_bytes(b"")
+        if how == "rust":
+            raise Exception("No space left on device (os error 28)")
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr("transformers.PreTrainedTokenizerFast.save_pretrained", full)
