@@ -318,6 +318,7 @@ def _fork_cli(argv: list[str], log: Path) -> int:
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
+            sys.stdout, sys.stderr = open(1, "w", buffering=1, closefd=False), open(2, "w", buffering=1, closefd=False)
             from textdiff.cli import main as cli
 
             rc = cli(argv)
@@ -406,7 +407,7 @@ def _equal(a: dict, b: dict) -> bool:
 # --- kills during a new run's first write -------------------------------------------------------------------------
 
 
-def first_write_rounds(rounds: int, work: Path, corpus: Path, rng: random.Random, log=print) -> dict:
+def first_write_rounds(rounds: int, work: Path, corpus: Path, log=print) -> dict:
     """`rounds` new run directories, each killed during its first write (before or after one of the renames of its
     tokenizer files and config.json); the directory is then either no run yet (trained afresh) or a run without a
     checkpoint (resumed from step 0); either way it ends bit-equal to an uninterrupted run."""
@@ -428,7 +429,8 @@ def first_write_rounds(rounds: int, work: Path, corpus: Path, rng: random.Random
     for r in range(rounds):
         run, recipe = work / f"first{r}", work / f"first{r}.yaml"
         recipe.write_text(yaml.safe_dump({**raw, "out_dir": str(run)}))
-        plan = {**_plan(rng, "first", 4), "note": str(work / f"first{r}.spots")}
+        plan = {"mode": "first", "save": 0, "call": 1 + r % 3, "before": (r // 3) % 2 == 0,  # every rename, both sides
+                "note": str(work / f"first{r}.spots")}
         argv = ["train", str(recipe), "--no-samples", "--device", "cpu"]
         _child(plan, argv, run, True, env, 0.0)
         if run.exists():
@@ -566,7 +568,7 @@ def main() -> None:
     print("\n".join(result.lines()))
     rng, corpus = random.Random(args.seed), synthetic_corpus(work / "corpus.jsonl")
     t = time.perf_counter()
-    first = first_write_rounds(args.first, work, corpus, random.Random(args.seed + 1)) if args.first else {}
+    first = first_write_rounds(args.first, work, corpus) if args.first else {}
     if args.first:
         print(f"first write: {first['rounds']} new runs killed during their first write: {first['no_run']} left no "
               f"run (trained afresh), {first['run_without_checkpoint']} a run without a checkpoint (resumed); "

@@ -290,3 +290,36 @@ def test_fuzz_config_json_nesting_and_sizes(depth, sizes, tmp_path_factory):
     (run / "config.json").write_text(json.dumps({"type": "textdiff", "recipe": {}, **sizes})[:-1]
                                      + ', "x": ' + "[" * depth + "]" * depth + "}")
     _only_clean(rundir.read_config, run)
+
+
+# --- the soak's new parts, at test size (benchmarks/soak.py runs them at 8 / 20 / 6) -----------------------------
+
+
+def _soak():
+    from tests.test_training import _soak_module
+
+    return _soak_module()
+
+
+def test_soak_concurrent_writers_first_write_kills_and_a_full_disk(tmp_path):
+    import random
+
+    soak = _soak()
+    corpus = soak.synthetic_corpus(tmp_path / "corpus.jsonl")
+    race = soak.race_rounds(2, tmp_path, corpus, random.Random(0), log=lambda line: None)
+    assert race["rounds"] == race["equal"] == 2 and race["refused"] >= 2
+    first = soak.first_write_rounds(6, tmp_path, corpus, log=lambda line: None)  # every rename, both sides
+    assert first["equal"] == 6 and first["no_run"] >= 1 and first["run_without_checkpoint"] >= 1
+    disk = soak.disk_rounds(2, tmp_path, corpus, random.Random(1), log=lambda line: None)
+    assert disk["equal"] == 2 and disk["full"] >= 1
+
+
+def test_soak_patched_enospc_writer(tmp_path, monkeypatch):
+    """Where tmpfs cannot be mounted, a writer raising ENOSPC after a random number of writes stands in."""
+    import random
+
+    soak = _soak()
+    monkeypatch.setattr(soak, "can_mount_tmpfs", lambda where: False)
+    corpus = soak.synthetic_corpus(tmp_path / "corpus.jsonl")
+    disk = soak.disk_rounds(3, tmp_path, corpus, random.Random(2), log=lambda line: None)
+    assert disk["equal"] == 3 and disk["how"].startswith("patched")
