@@ -623,6 +623,8 @@ CASES += [
         ("model.safetensors", "not a readable")),
     Case("resume-data-changed", lambda c: c.train("--resume", out_dir=str(c.watch(_config(c.run_copy(), lambda d: d[
         "data_fingerprint"].update(sha256="0" * 64))))), ("--resume", "not the data")),
+    Case("sentencepiece-at-its-minimum-vocab", lambda c: c.train(tokenizer={"kind": "sentencepiece", "vocab_size": 16}),
+         ("tokenizer.vocab_size=16", "sentencepiece")),
     Case("data-path-a-bare-directory-name", lambda c: c.train(data={"path": (_mkdir(c.tmp / "corpusdir"), "corpusdir")[1]}),
          ("data.path: corpusdir is a directory",)),
     Case("run-dir-locked", lambda c: c.train("--resume", out_dir=str(_locked(c, c.run_copy()))),
