@@ -556,6 +556,8 @@ CASES += [
     Case("sample-steps-huge", lambda c: ["sample", str(c.run()), "--steps", "10000000000000"], ("--steps", "limit")),
     Case("eval-draws-huge", lambda c: ["eval", str(c.run()), "--draws", "1000000000000"], ("--draws", "limit")),
     Case("eval-mbr-huge", lambda c: ["eval", str(c.run()), "--mbr", "1000000000"], ("--mbr", "limit")),
+    Case("frontier-steps-huge", lambda c: ["bench", "frontier", str(c.run()), "--steps", "4,100000000000000",
+                                           "--judge", "none", "--out-dir", str(c.tmp / "fr")], ("--steps", "limit")),
     Case("bench-threads-huge", lambda c: ["bench", "throughput", "--threads", str(10 ** 20)], ("--threads", "limit")),
     Case("config-huge-vocab", lambda c: ["sample", str(c.watch(_config(c.run_copy(), lambda d: d.update(
         vocab_size=10 ** 12))))], ("'vocab_size'", "limit")),

@@ -540,9 +540,13 @@ def cmd_bench(args) -> None:
     from textdiff.bench.frontier import frontier
     from textdiff.sampling import SAMPLERS
 
+    from textdiff.options import LIMITS
+
     steps = tuple(_csv(args.steps, "--steps", kind=int))
     if min(steps) < 1:
         raise TextdiffError(f"--steps {args.steps!r}: step counts must be > 0")
+    if max(steps) > LIMITS["sample_steps"]:
+        raise TextdiffError(f"--steps {args.steps!r}: step counts are at most the limit of {LIMITS['sample_steps']:,}")
     samplers = _csv(args.samplers, "--samplers", list(SAMPLERS)) if args.samplers else None
     _check_device(args.device)
     out = Path(args.out_dir)
