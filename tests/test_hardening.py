@@ -323,3 +323,20 @@ def test_soak_patched_enospc_writer(tmp_path, monkeypatch):
     corpus = soak.synthetic_corpus(tmp_path / "corpus.jsonl")
     disk = soak.disk_rounds(3, tmp_path, corpus, random.Random(2), log=lambda line: None)
     assert disk["equal"] == 3 and disk["how"].startswith("patched")
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_cli_sets_the_wait_policy_before_torch_is_imported(given, expected):
+    code = ("import builtins, os\n"
+            "real = builtins.__import__\n"
+            "def guard(name, *a, **k):\n"
+            "    if name.split('.')[0] == 'torch' and 'OMP_WAIT_POLICY' not in os.environ:\n"
+            "        raise SystemExit('torch imported before OMP_WAIT_POLICY was set')\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = guard\n"
+            "import textdiff.cli, torch\n"
+            "print(os.environ['OMP_WAIT_POLICY'])\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update({"PYTHONPATH": str(ROOT), **({"OMP_WAIT_POLICY": given} if given else {})})
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == expected, proc.stderr[-500:]

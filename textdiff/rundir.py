@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -191,9 +192,15 @@ def data_fingerprint(data) -> dict:
     source = resolve_path(data)
     if not isinstance(source, Path) or not source.is_file():
         return {"hub": str(source), "config": data.hub_config}
-    size = source.stat().st_size
+    stat = source.stat()
+    return dict(_file_fingerprint(str(source.resolve()), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _file_fingerprint(path: str, size: int, mtime_ns: int) -> tuple:
+    """(("bytes", size), ("sha256", hex)) of a file, hashed once per (path, size, mtime) in a process."""
     digest = hashlib.sha256()
-    with open(source, "rb") as f:
+    with open(path, "rb") as f:
         if size <= HASHED_WHOLE:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 digest.update(chunk)
@@ -201,7 +208,7 @@ def data_fingerprint(data) -> dict:
             digest.update(f.read(1 << 26))
             f.seek(size - (1 << 26))
             digest.update(f.read())
-    return {"bytes": size, "sha256": digest.hexdigest()}
+    return ("bytes", size), ("sha256", digest.hexdigest())
 
 
 def _fingerprint_diff(saved: dict, now: dict) -> str:
