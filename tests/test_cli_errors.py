@@ -30,7 +30,8 @@ from textdiff.cli import main
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
-    """{path: sha256} of every file under the roots (a missing root is recorded as missing)."""
+    """{path: sha256} of every file under the roots (a missing root is recorded as missing). The run directory's
+    lock file is left out: its content is, by design, the pid of the last process that held it."""
     out = {}
     for root in roots:
         root = Path(root)
@@ -38,6 +39,8 @@ def snapshot(*roots: Path) -> dict[str, str]:
             out[str(root)] = hashlib.sha256(root.read_bytes()).hexdigest()
         elif root.is_dir():
             for p in sorted(root.rglob("*")):
+                if p.name == ".textdiff.lock":
+                    continue
                 if p.is_file():
                     out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
                 else:
@@ -474,6 +477,160 @@ CASES = [
     Case("planted-pickle-in-checkpoint", lambda c: c.train("--resume", out_dir=str(_plant_pickle(
         c, _last_checkpoint(c.run_copy()), "optimizer.pt").parents[1])), ("optimizer.pt", "pickle")),
     Case("planted-pt-file", lambda c: ["eval", str(_plant_pickle(c, c.run_copy(), "weights.pt"))], ("weights.pt", "pickle")),
+]
+
+
+# --- issue 31, second round: sizes, structure, values, output paths, foreign artefacts, writers ---------------------
+
+DEEP = "[" * 5000 + "]" * 5000
+
+
+def _tiny_recipe_text(c: Ctx, **top) -> dict:
+    raw = tiny_recipe_dict(c.corpus, c.tmp / "run-masked")
+    raw.update(top)
+    return raw
+
+
+def _yaml_with(c: Ctx, name: str, extra: str) -> list[str]:
+    """A tiny recipe file with `extra` YAML appended (a duplicate section, an alias, deep nesting)."""
+    text = yaml.safe_dump(tiny_recipe_dict(c.corpus, c.tmp / "run-masked")) + extra
+    return ["train", str(c.raw_recipe(name, text)), "--no-samples"]
+
+
+def _retype_weights(run: Path, dtype: str) -> Path:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(run / "model.safetensors"))
+    save_file({k: v.to(getattr(torch, dtype)) for k, v in tensors.items()}, str(run / "model.safetensors"),
+              metadata={"textdiff.backend": "masked"})
+    return run
+
+
+def _deep_state(run: Path) -> Path:
+    (_last_checkpoint(run) / "state.json").write_text(DEEP)
+    return run
+
+
+def _fake_classifier(c: Ctx, **info) -> Path:
+    """A classifier directory whose classifier.json holds `info` (an absurd size, or another run's vocabulary)."""
+    from textdiff.classifier import Classifier, LabelSpec, NoisyClassifier
+    from textdiff.config import ModelConfig
+
+    cfg = json.loads((c.run() / "config.json").read_text())
+    sizes = {"vocab_size": cfg["vocab_size"] + 7, "max_len": cfg["max_len"], "in_dim": 0, **info}
+    out = c.tmp / "classifier"
+    net = NoisyClassifier(ModelConfig(n_layer=1, n_embd=32, n_head=1), min(sizes["vocab_size"], 100), sizes["max_len"], 2)
+    Classifier(net, ["a", "b"], LabelSpec.parse("split"), sizes).save(out)
+    return c.watch(out)
+
+
+def _locked(c: Ctx, run: Path) -> Path:
+    """Hold the run directory's lock from this (test) process, as a second writer would find it."""
+    import fcntl
+
+    fd = os.open(run / ".textdiff.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, b"424242\n")
+    c.request.addfinalizer(lambda: os.close(fd))
+    return c.watch(run)
+
+
+def _pickle_judge(c: Ctx) -> Path:
+    judge = c.tmp / "judge"
+    judge.mkdir()
+    (judge / "config.json").write_text('{"model_type": "gpt2"}')
+    _plant_pickle(c, judge, "pytorch_model.bin")
+    return c.watch(judge)
+
+
+CASES += [
+    # sizes and counts: refused against a limit (or the machine's memory) before anything is allocated
+    Case("huge-n-embd", lambda c: c.train(model={"n_embd": 4_000_000, "n_head": 2}), ("model.n_embd", "limit")),
+    Case("model-larger-than-memory", lambda c: c.train(model={"n_embd": 60_000, "n_head": 2, "n_layer": 20}),
+         ("parameters", "GiB", "available")),
+    Case("huge-train-threads", lambda c: c.train(train={"threads": 10 ** 20}), ("train.threads", "limit")),
+    Case("huge-vocab", lambda c: c.train(tokenizer={"vocab_size": 10 ** 20}), ("tokenizer.vocab_size", "limit")),
+    Case("huge-train-steps", lambda c: c.train(train={"steps": 10 ** 13}), ("train.steps", "limit")),
+    Case("sample-n-huge", lambda c: ["sample", str(c.run()), "-n", "100000000000"], ("-n", "limit")),
+    Case("sample-steps-huge", lambda c: ["sample", str(c.run()), "--steps", "10000000000000"], ("--steps", "limit")),
+    Case("eval-draws-huge", lambda c: ["eval", str(c.run()), "--draws", "1000000000000"], ("--draws", "limit")),
+    Case("eval-mbr-huge", lambda c: ["eval", str(c.run()), "--mbr", "1000000000"], ("--mbr", "limit")),
+    Case("frontier-steps-huge", lambda c: ["bench", "frontier", str(c.run()), "--steps", "4,100000000000000",
+                                           "--judge", "none", "--out-dir", str(c.tmp / "fr")], ("--steps", "limit")),
+    Case("bench-threads-huge", lambda c: ["bench", "throughput", "--threads", str(10 ** 20)], ("--threads", "limit")),
+    Case("config-huge-vocab", lambda c: ["sample", str(c.watch(_config(c.run_copy(), lambda d: d.update(
+        vocab_size=10 ** 12))))], ("'vocab_size'", "limit")),
+    Case("config-huge-model", lambda c: ["sample", str(c.watch(_config(c.run_copy(), lambda d: d["recipe"]["model"].update(
+        n_embd=4_000_000, n_head=2))))], ("model.n_embd", "limit")),
+    Case("classifier-json-huge-vocab", lambda c: ["sample", str(c.run()), "--classifier", str(_fake_classifier(
+        c, vocab_size=10 ** 12)), "--target", "a"], ("classifier.json", "vocab_size")),
+    # pathological structure
+    Case("recipe-duplicate-section", lambda c: _yaml_with(c, "dup.yaml", "train: {lr: 0.001}\n"),
+         ("duplicate key 'train'", "line")),
+    Case("recipe-anchor-bomb", lambda c: _yaml_with(c, "bomb.yaml", "a: &a [x, x, x, x, x, x, x, x, x]\n"
+                                                    "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                                                    "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"), ("alias",)),
+    Case("recipe-deeply-nested", lambda c: _yaml_with(c, "deep.yaml", f"extra: {DEEP}\n"), ("nested more than",)),
+    Case("set-deeply-nested", lambda c: c.train("--set", f"train.lr={DEEP}"), ("--set", "nested more than")),
+    Case("config-deeply-nested", lambda c: ["sample", str(c.fake_run(DEEP))], ("config.json", "nested too deeply")),
+    Case("resume-state-deeply-nested", lambda c: c.train("--resume", out_dir=str(c.watch(_deep_state(c.run_copy())))),
+         ("state.json", "not readable JSON")),
+    Case("argument-not-utf8", lambda c: ["sample", str(c.run()), "--sampler", "\udcff"], ("not valid UTF-8",)),
+    Case("infill-literal-eos", lambda c: ["infill", str(c.run()), "the [MASK] king [EOS] said"], ("[EOS]", "special token")),
+    Case("infill-literal-pad", lambda c: ["infill", str(c.run()), "[PAD] the [MASK] king"], ("[PAD]", "special token")),
+    # values that pass a type check but cannot work
+    Case("classifier-scale-nan", lambda c: ["sample", str(c.run()), "--classifier-scale", "nan"],
+         ("--classifier-scale nan", "finite")),
+    Case("eval-classifier-scale-inf", lambda c: ["eval", str(c.run()), "--classifier-scale", "0,inf"],
+         ("--classifier-scale", "finite")),
+    Case("device-meta", lambda c: ["sample", str(c.run()), "--device", "meta"], ("--device 'meta'",)),
+    Case("train-device-meta", lambda c: c.train("--device", "meta"), ("--device 'meta'",)),
+    Case("lr-infinite", lambda c: c.train("--set", "train.lr=.inf"), ("train.lr=inf", "finite")),
+    Case("empty-name-without-out-dir", lambda c: ["train", str(c.raw_recipe("r.yaml", yaml.safe_dump(
+        {k: v for k, v in _tiny_recipe_text(c, name="").items() if k != "out_dir"}))), "--no-samples"],
+        ("name is empty", "out_dir")),
+    Case("recipe-sample-length-over-model", lambda c: c.train(sample={"length": 100_000}),
+         ("sample.length=100000", "more than this model")),
+    # output paths checked before the work
+    Case("out-dir-under-a-file", lambda c: c.train(out_dir=str(c.data_file("plain", "x") / "run")),
+         ("out_dir", "cannot be written")),
+    Case("out-dir-under-proc", lambda c: c.train(out_dir="/proc/textdiff-run"), ("out_dir", "cannot be written")),
+    Case("eval-out-unwritable", lambda c: ["eval", str(c.run()), "--out", "/proc/self/result.json"],
+         ("--out", "cannot be written")),
+    Case("frontier-out-dir-under-a-file", lambda c: ["bench", "frontier", str(c.run()), "--out-dir",
+                                                     str(c.data_file("plain2", "x") / "f")], ("--out-dir",)),
+    # foreign or damaged artefacts
+    Case("weights-int64", lambda c: ["sample", str(c.watch(_retype_weights(c.run_copy(), "int64")))],
+         ("is int64", "float32")),
+    Case("weights-float16", lambda c: ["sample", str(c.watch(_retype_weights(c.run_copy(), "float16")))],
+         ("is float16",)),
+    Case("classifier-of-another-vocabulary", lambda c: ["sample", str(c.run()), "--classifier",
+                                                        str(_fake_classifier(c)), "--target", "a"],
+         ("--classifier", "vocabulary")),
+    Case("frontier-json-malformed", lambda c: ["bench", "judge", str(c.data_file("frontier.json",
+                                                                                 '{"points": [1], "references": {}}'))],
+         ("not a frontier.json",)),
+    Case("frontier-json-a-list", lambda c: ["bench", "judge", str(c.data_file("frontier.json", "[1, 2]"))],
+         ("not a frontier.json",)),
+    Case("judge-dir-with-only-a-pickle", lambda c: ["eval", str(c.run()), "--metrics", "genppl", "--num-samples", "1",
+                                                    "--no-reference", "--judge", str(_pickle_judge(c))],
+         ("--judge", "safetensors")),
+    Case("streaming-malformed-jsonl", lambda c: c.train(data={"streaming": True, "path": str(c.data_file(
+        "bad-stream.jsonl", _jsonl({"text": "the old king", "split": "train"} for _ in range(5)) + "not json\n"))}),
+        ("bad-stream.jsonl", "could not read")),
+    # a failing command changes nothing; one writer per run directory
+    Case("resume-failing-keeps-config", lambda c: c.train("--resume", out_dir=str(c.watch(_damage_checkpoint(
+        "model.safetensors", lambda p: p.read_bytes()[:100])(c.run_copy()))), train={"steps": 99}),
+        ("model.safetensors", "not a readable")),
+    Case("resume-data-changed", lambda c: c.train("--resume", out_dir=str(c.watch(_config(c.run_copy(), lambda d: d[
+        "data_fingerprint"].update(sha256="0" * 64))))), ("--resume", "not the data")),
+    Case("sentencepiece-at-its-minimum-vocab", lambda c: c.train(tokenizer={"kind": "sentencepiece", "vocab_size": 16}),
+         ("tokenizer.vocab_size=16", "sentencepiece")),
+    Case("data-path-a-bare-directory-name", lambda c: c.train(data={"path": (_mkdir(c.tmp / "corpusdir"), "corpusdir")[1]}),
+         ("data.path: corpusdir is a directory",)),
+    Case("run-dir-locked", lambda c: c.train("--resume", out_dir=str(_locked(c, c.run_copy()))),
+         ("being written by another textdiff process", "pid 424242")),
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,11 +25,29 @@ BACKEND_KEY = "textdiff.backend"
 """safetensors metadata key naming the back-end that trained the weights."""
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain open() would give a new file (0o666 less the umask): temporary files (mkstemp: 0600) are
+    given it before their rename, so every file of a run has the same permissions."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    return 0o777 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`data` to a unique temporary name beside `path`, flushed, then renamed over `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), file_mode())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -36,6 +55,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_figure(path: Path, fig, dpi: int) -> None:
+    """A matplotlib figure as a PNG, written atomically (a unique temporary name: two writers never collide)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -49,10 +77,23 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except SafetensorError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise_os_error(e, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def raise_os_error(e: Exception, path: Path) -> None:
+    """Rust writers (safetensors, tokenizers) report a full disk as "... (os error 28)" in an exception of their own:
+    raise it as the OSError it is (the CLI prints those in one line), else re-raise `e`."""
+    code = re.search(r"os error (\d+)", str(e))
+    if code is None:
+        raise e
+    raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -114,6 +155,10 @@ def check_fits(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tenso
         if t.shape != expected[name].shape:
             raise TextdiffError(f"{where}: shape mismatch for '{name}': file {tuple(t.shape)}, model "
                                 f"{tuple(expected[name].shape)} (is config.json from another run?)")
+        if t.dtype != expected[name].dtype:  # copy_ would cast silently: int64 or float16 weights are not ours
+            raise TextdiffError(f"{where}: tensor '{name}' is {str(t.dtype).replace('torch.', '')}, the model's is "
+                                f"{str(expected[name].dtype).replace('torch.', '')}; these weights were re-saved or "
+                                "come from elsewhere")
     check_finite(tensors, where)
 
 
@@ -145,6 +190,7 @@ def write_checkpoint(run_dir: Path, step: int, files: dict[str, tuple[dict, dict
         for name, (tensors, meta) in files.items():
             save_tensors(tmp / f"{name}.safetensors", tensors, meta)
         atomic_write_json(tmp / "state.json", state)
+        os.chmod(tmp, dir_mode())
         if final.exists():
             _discard(final)
         os.replace(tmp, final)
@@ -203,7 +249,7 @@ def read_optimizer_state(path: Path) -> dict:
                 continue  # e.g. rng.torch, stored beside the optimizer
             _, i, name = key.split(".", 2)
             state.setdefault(int(i), {})[name] = v
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
         raise TextdiffError(f"{path}: not an optimizer state written by this model's training "
                             f"({type(e).__name__}: {str(e)[:100]})") from None
     return {"state": state, "param_groups": groups}
@@ -214,7 +260,7 @@ def read_state(checkpoint: Path) -> dict:
     path = Path(checkpoint) / "state.json"
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise TextdiffError(f"{path}: not readable JSON") from None
     step = state.get("step") if isinstance(state, dict) else None
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:

@@ -99,6 +99,11 @@ class Classifier:
         """The samplers' guidance hook for `pipe` (the run this classifier was trained on), steering toward class
         `target` with strength `scale` (0: unchanged)."""
         backend, model = pipe.backend, pipe.model
+        vocab = self.info.get("vocab_size")
+        if vocab is not None and vocab != pipe.backend.vocab_size:  # None: built in Python, not loaded
+            raise TextdiffError(f"--classifier: trained on a run with a {vocab}-token vocabulary, this run has "
+                                f"{pipe.backend.vocab_size}; train a classifier on this run (`textdiff classifier RUN "
+                                "--label ...`)")
         c = self.index(target)
 
         def hook(out, x_t, t):
@@ -127,12 +132,26 @@ class Classifier:
                                 "classifier.safetensors; `textdiff classifier RUN --label ... --out DIR` writes them)")
         try:
             info = json.loads(meta.read_text())
+            _check_sizes(info, meta)
             net = NoisyClassifier(ModelConfig(**info["model"]), info["vocab_size"], info["max_len"],
                                   len(info["classes"]), info["in_dim"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise TextdiffError(f"{meta}: damaged ({type(e).__name__}: {e})") from None
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            raise TextdiffError(f"{meta}: damaged ({type(e).__name__}: {str(e)[:160]})") from None
         ckpt.load_model_tensors(net, ckpt.load_tensors(path / "classifier.safetensors"), path / "classifier.safetensors")
         return cls(net.to(device), info["classes"], LabelSpec.parse(info["label"]), info)
+
+
+def _check_sizes(info: dict, meta: Path) -> None:
+    """classifier.json's sizes are whole numbers within options.LIMITS (checked before anything is allocated)."""
+    from textdiff.options import LIMITS
+
+    for key, kind in (("vocab_size", "vocab"), ("max_len", "length"), ("in_dim", "vocab")):
+        value = info[key]
+        low = 0 if key == "in_dim" else 1  # in_dim 0: the classifier reads token ids
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= LIMITS[kind]:
+            raise ValueError(f"'{key}' must be a whole number in [{low}, {LIMITS[kind]:,}], got {str(value)[:40]}")
+    if not isinstance(info["classes"], list) or not 2 <= len(info["classes"]) <= LIMITS["samples"]:
+        raise ValueError("'classes' must be a list of at least two class names")
 
 
 # --- training ----------------------------------------------------------------------------------------------------

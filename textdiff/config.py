@@ -17,7 +17,7 @@ from typing import Any, Optional
 import yaml
 
 from textdiff.errors import TextdiffError
-from textdiff.options import build, check_choice, check_positive, check_unit, convert
+from textdiff.options import build, check_choice, check_limit, check_positive, check_unit, convert
 from textdiff.registry import BACKENDS, SAMPLERS
 
 
@@ -99,6 +99,9 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("n_layer", "n_embd", "n_head", "mlp_ratio"):
             check_positive(f"model.{name}", getattr(self, name))
+        for name, kind in (("n_layer", "layers"), ("n_embd", "width"), ("n_head", "heads"), ("mlp_ratio", "layers"),
+                           ("block_size", "length"), ("anneal_steps", "train_steps")):
+            check_limit(f"model.{name}", getattr(self, name), kind)
         if self.n_embd % self.n_head:
             raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}")
         if (self.n_embd // self.n_head) % 2 and self.positions == "rotary":
@@ -178,6 +181,7 @@ class DataConfig:
             raise ValueError(f"data.holdout={self.holdout} must be in [0, 0.5): the fraction held out for each of "
                              f"validation and test")
         check_positive("data.max_length", self.max_length)
+        check_limit("data.max_length", self.max_length, "length")
         if self.max_length < 2:
             raise ValueError(f"data.max_length={self.max_length} must be >= 2")
         check_choice("data.mode", self.mode, ("pack", "pad"))
@@ -235,6 +239,7 @@ class TokenizerConfig:
         check_choice("tokenizer.kind", self.kind, ("bpe", "wordpiece", "wordlevel", "sentencepiece"))
         if self.vocab_size < 16:
             raise ValueError(f"tokenizer.vocab_size={self.vocab_size} must be >= 16")
+        check_limit("tokenizer.vocab_size", self.vocab_size, "vocab")
         check_positive("tokenizer.min_frequency", self.min_frequency)
 
 
@@ -269,7 +274,8 @@ class TrainConfig:
     seed: int = 0
     """Seeds data order, noise and initialisation."""
     threads: int = 0
-    """torch threads (0: leave torch's default)."""
+    """torch threads (0: torch's default on an idle machine, the free cores beside busy processes; one process only,
+    see docs/performance.md)."""
     log_every: int = 10
     """Steps between metric lines in metrics.jsonl."""
     eval_every: int = 200
@@ -304,6 +310,9 @@ class TrainConfig:
             check_positive(f"train.{name}", getattr(self, name))
         for name in ("warmup_steps", "weight_decay", "grad_clip", "log_every", "eval_every", "threads"):
             check_positive(f"train.{name}", getattr(self, name), allow_zero=True)
+        for name, kind in (("steps", "train_steps"), ("batch_size", "batch"), ("grad_accum", "batch"),
+                           ("warmup_steps", "train_steps"), ("threads", "threads"), ("eval_batches", "batch")):
+            check_limit(f"train.{name}", getattr(self, name), kind)
         check_positive("train.checkpoint_every", self.checkpoint_every)
         check_positive("train.keep_checkpoints", self.keep_checkpoints)
         check_positive("train.eval_batches", self.eval_batches)
@@ -355,8 +364,12 @@ class SampleConfig:
         if self.sampler is not None:
             check_choice("sample.sampler", self.sampler, tuple(sorted(SAMPLERS)))
         check_positive("sample.steps", self.steps)
+        check_limit("sample.steps", self.steps, "sample_steps")
         if self.length is not None:
             check_positive("sample.length", self.length)
+            check_limit("sample.length", self.length, "length")
+        check_limit("sample.num_samples", self.num_samples, "samples")
+        check_limit("sample.mbr", self.mbr, "mbr")
         check_positive("sample.num_samples", self.num_samples, allow_zero=True)
         check_positive("sample.guidance_scale", self.guidance_scale, allow_zero=True)
         check_positive("sample.mbr", self.mbr)
@@ -420,6 +433,12 @@ class Recipe:
     def __post_init__(self):
         backend = BACKENDS[self.backend.name]
         seq2seq = self.data.source_field is not None
+        if not self.out_dir and not self.name:
+            raise ValueError("name is empty and out_dir is not set: give a run name (name=NAME) or out_dir=PATH")
+        reach = self.data.max_length * (1 if self.model.positions == "learned" else 4)  # as the pipeline allows
+        if self.sample.length is not None and self.sample.length > reach:
+            raise ValueError(f"sample.length={self.sample.length} is more than this model handles ({reach} tokens for "
+                             f"data.max_length={self.data.max_length} and {self.model.positions} positions)")
         if self.model.segments and not seq2seq:
             raise ValueError("model.segments=true needs a seq2seq recipe: set data.source_field")
         if self.train.cond_dropout > 0 and not seq2seq:
@@ -536,8 +555,51 @@ def recipe_from_dict(raw: Any, source: str = "<recipe>", legacy: bool = False) -
         raise TextdiffError(f"{source}: {e}") from None
 
 
+MAX_YAML_DEPTH = 32
+"""Recipes nest two levels; deeper structures are refused before PyYAML's recursive composer overflows."""
+
+
+class YAMLRefused(ValueError):
+    """A YAML structure a recipe may not hold (duplicate keys, aliases, deep nesting); the message says which."""
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `3e-4` and `1.0e3` as floats, as YAML 1.2 does (PyYAML's YAML 1.1 needs `3.0e-4`)."""
+    """SafeLoader that also reads `3e-4` and `1.0e3` as floats, as YAML 1.2 does (PyYAML's YAML 1.1 needs `3.0e-4`),
+    and refuses duplicate keys (a second `train:` would silently replace the first), aliases (an anchor bomb
+    expands to gigabytes) and nesting deeper than MAX_YAML_DEPTH."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise YAMLRefused(f"an alias (*name) at line {mark.line + 1}: recipes may not use YAML anchors and "
+                              "aliases; write the value out")
+        self.depth += 1
+        try:
+            if self.depth > MAX_YAML_DEPTH:
+                raise YAMLRefused(f"nested more than {MAX_YAML_DEPTH} levels deep at line "
+                                  f"{self.peek_event().start_mark.line + 1}")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # PyYAML refuses unhashable keys itself
+            if key in seen:
+                raise YAMLRefused(f"duplicate key {_short_repr(key)} at line {key_node.start_mark.line + 1} (the "
+                                  "second would silently replace the first: merge them)")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -555,8 +617,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, value = text.split("=", 1)
     try:
         parsed = _yaml(value) if value.strip() else None
+    except YAMLRefused as e:
+        raise TextdiffError(f"--set {_short_repr(text)}: the value is refused ({e})") from None
     except (yaml.YAMLError, ValueError):  # ValueError: an integer of more than 4300 digits
-        raise TextdiffError(f"--set {text!r}: the value is not valid YAML") from None
+        raise TextdiffError(f"--set {_short_repr(text)}: the value is not valid YAML") from None
     return key.strip().split("."), parsed
 
 
@@ -583,8 +647,8 @@ def read_yaml(path: str | Path) -> Any:
         return _yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise TextdiffError(f"{path}: not a UTF-8 text file") from None
-    except ValueError as e:  # a YAML constructor's own error, e.g. an integer of more than 4300 digits
-        raise TextdiffError(f"{path}: invalid YAML ({str(e).splitlines()[0][:120]})") from None
+    except ValueError as e:  # YAMLRefused, or a constructor's own error (an integer of more than 4300 digits)
+        raise TextdiffError(f"{path}: invalid YAML ({str(e).splitlines()[0][:160]})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -53,6 +53,8 @@ def resolve_path(cfg: DataConfig, name: str | None = None) -> Path | str:
     if path.suffix.lower() in FORMATS or key == "data.splits":
         where = f"$TEXTDIFF_DATA_DIR ({data_dir})" if data_dir else "the current directory ($TEXTDIFF_DATA_DIR is not set)"
         raise TextdiffError(f"{key}: file {name} not found under {where}")
+    if path.is_dir() or (data_dir and (Path(data_dir) / path).is_dir()):  # datasets would read it as a folder
+        raise TextdiffError(f"{key}: {name} is a directory; name one data file in it ({', '.join(FORMATS)})")
     return name  # a hub id
 
 
@@ -152,7 +154,17 @@ def _require(ds, field: str, key: str, where) -> None:
 
 def _column(ds, field: str, where) -> list[str]:
     _require(ds, field, "data.text_field", where)
-    return [t for t in ds[field] if isinstance(t, str) and t.strip()]
+    values = ds[field]
+    _report_non_text(values, field, where)
+    return [t for t in values if isinstance(t, str) and t.strip()]
+
+
+def _report_non_text(values: list, field: str, where) -> None:
+    """Rows whose text is a number, a list or an object are skipped, and said so (empty or missing text is not)."""
+    odd = sum(v is not None and not isinstance(v, str) for v in values)
+    if odd:
+        print(f"textdiff: data: skipped {odd:,} of {len(values):,} rows of {where} whose '{field}' is not text "
+              "(a number, list or object)")
 
 
 def _split_labels(ds, split_field: str, where) -> list[str]:
@@ -176,6 +188,7 @@ def split_of(label, where: str, labels=()) -> str:
 
 def _by_split(ds, field: str, split_field: str, where) -> dict[str, list[str]]:
     _require(ds, field, "data.text_field", where)
+    _report_non_text(ds[field], field, where)
     rows = [(s, t) for s, t in zip(_split_labels(ds, split_field, where), ds[field]) if isinstance(t, str) and t.strip()]
     return {name: [t for s, t in rows if s == name] for name in SPLITS}
 

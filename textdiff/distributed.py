@@ -62,8 +62,20 @@ def _collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
 
+def check_launch(env=os.environ) -> None:
+    """`accelerate launch --num_processes N` without --multi_gpu on a machine without several GPUs starts ONE
+    process: its simple launcher sets MASTER_ADDR (asked for more than one process) but no WORLD_SIZE. Refused in
+    one line rather than silently training on one process."""
+    asked_many = "MASTER_ADDR" in env and any(k.startswith("ACCELERATE_") for k in env)
+    if asked_many and int(env.get("WORLD_SIZE", "1") or 1) <= 1:
+        raise TextdiffError("accelerate launch started a single process although more were asked (WORLD_SIZE is not "
+                            "set): add --multi_gpu, which starts --num_processes processes on CPUs too (gloo), or "
+                            "use torchrun --nproc_per_node N")
+
+
 def init_world(device: str | None = None) -> World:
     """The World from the launcher's environment; initialises the process group (nccl on cuda, else gloo) once."""
+    check_launch()
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()

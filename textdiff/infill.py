@@ -10,6 +10,8 @@ from textdiff.errors import TextdiffError
 
 HOLE = re.compile(r"\[MASK(?::([^\]]*))?\]|\[\.\.\.\]")
 MAX_HOLE = 4096
+CONTROL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[UNK]", "[SEP]", "[CLS]")
+"""The special tokens of textdiff's tokenizers (tokenization.SPECIAL_TOKENS, [MASK] aside) and BERT's [CLS]."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ def parse_template(template: str) -> Template:
     stray = next((t for t in texts if "[MASK" in t), None)
     if stray is not None:
         raise TextdiffError(f"infill template: malformed hole in {stray!r}; write [MASK] or [MASK:n] with n >= 1")
+    special = next((tok for tok in CONTROL_TOKENS for t in texts if tok in t), None)
+    if special is not None:  # the tokenizer reads it as a control token, which decoding then drops from the text
+        raise TextdiffError(f"infill template: {special} is a special token, not text (it would vanish from the "
+                            "output); remove it, or spell it differently")
     return Template(tuple(texts), tuple(holes))
 
 

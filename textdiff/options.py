@@ -22,6 +22,8 @@ def check_choice(name: str, value: Any, allowed: tuple) -> None:
 def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
     if not (value > 0 or (allow_zero and value == 0)):  # also refuses NaN
         raise ValueError(f"{name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+    if value == float("inf"):
+        raise ValueError(f"{name}={value!r} must be a finite number")
 
 
 def check_unit(name: str, value: float) -> None:
@@ -32,6 +34,18 @@ def check_unit(name: str, value: float) -> None:
 def check_at_most(name: str, value: float, limit: float, why: str) -> None:
     if value > limit:
         raise ValueError(f"{name}={value!r} is more than the limit of {limit:,} ({why})")
+
+
+LIMITS = {"layers": 1024, "width": 65_536, "heads": 1024, "vocab": 2 ** 24, "length": 1_048_576,
+          "batch": 1_000_000, "train_steps": 10 ** 9, "sample_steps": 100_000, "samples": 100_000,
+          "draws": 10_000, "mbr": 10_000, "threads": 4096}
+"""Upper bounds of sizes and counts, far above any sensible value and below what makes torch or Python overflow
+or allocate without end; memory is checked separately (textdiff.resources) once a model's size is known."""
+
+
+def check_limit(name: str, value: int, kind: str) -> None:
+    """`value` (a size or count) at most LIMITS[kind]; a ValueError naming the limit otherwise."""
+    check_at_most(name, value, LIMITS[kind], "a sanity bound on sizes and counts")
 
 
 def convert(value: Any, hint: Any, key: str, source: str) -> Any:

@@ -8,6 +8,7 @@ runs only through here.
     tokenizer.json, tokenizer_config.json
     checkpoints/step_00000200/{model,ema,trainer}.safetensors + state.json   (last K kept; textdiff.checkpoint)
     metrics.jsonl, loss.png
+    .textdiff.lock         held (flock) by the one process writing the run; it names that process's pid
 
 Every file is written to a temporary name and renamed into place, so a kill at any moment leaves the previous
 version readable; loading reads JSON and safetensors only and refuses a directory holding pickle files.
@@ -15,6 +16,10 @@ version readable; loading reads JSON and safetensors only and refuses a director
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -24,8 +29,12 @@ from typing import Optional
 
 from textdiff import checkpoint as ckpt
 from textdiff.errors import TextdiffError
+from textdiff.options import LIMITS
+
+LIMIT_OF = {"vocab_size": "vocab", "max_len": "length"}
 
 CONFIG_TYPE = "textdiff"
+LOCK_NAME = ".textdiff.lock"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 RESUME_MAY_CHANGE = ("steps", "grad_accum", "threads", "strategy", "compile", "activation_checkpointing",
@@ -63,12 +72,16 @@ def read_config(run_dir: Path) -> dict:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise TextdiffError(f"{path}: not valid JSON") from None
+    except RecursionError:
+        raise TextdiffError(f"{path}: nested too deeply to be a textdiff config") from None
     if not isinstance(cfg, dict) or cfg.get("type") != CONFIG_TYPE or "recipe" not in cfg:
         raise TextdiffError(f"{path}: not a textdiff config (expected \"type\": \"{CONFIG_TYPE}\" and a recipe)")
     for key in ("vocab_size", "max_len"):
         value = cfg.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise TextdiffError(f"{path}: '{key}' must be a positive integer, got {value!r}")
+            raise TextdiffError(f"{path}: '{key}' must be a positive integer, got {str(value)[:40]!r}")
+        if value > LIMITS[LIMIT_OF[key]]:
+            raise TextdiffError(f"{path}: '{key}'={value:,} is more than the limit of {LIMITS[LIMIT_OF[key]]:,}")
     return cfg
 
 
@@ -76,7 +89,7 @@ def is_run(path: Path) -> bool:
     """The directory holds a textdiff config.json (a quick look; `read_config` checks it)."""
     try:
         return json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("type") == CONFIG_TYPE
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return False
 
 
@@ -154,11 +167,154 @@ def check(recipe, run_dir: Path, resume: bool) -> None:
             raise TextdiffError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
                                 f"directory with --set out_dir=PATH")
         return
-    diff = recipe_changes(read_recipe(run_dir).to_dict(), recipe.to_dict())
+    cfg = read_config(run_dir)
+    diff = recipe_changes(read_recipe(run_dir, cfg).to_dict(), recipe.to_dict())
     if diff:
         raise TextdiffError(f"--resume: the recipe differs from the one {run_dir} was trained with "
                             f"({', '.join(diff)}); only "
                             f"{', '.join('train.' + k for k in RESUME_MAY_CHANGE)} may change")
+    saved, now = cfg.get("data_fingerprint"), data_fingerprint(recipe.data)
+    if saved is not None and saved != now:
+        raise TextdiffError(f"--resume: data.path={recipe.data.path} is not the data {run_dir} was trained on "
+                            f"({_fingerprint_diff(saved, now)}); restore that file, or train a new run")
+
+
+# --- the data a run was trained on ------------------------------------------------------------------------------
+
+HASHED_WHOLE = 1 << 30
+"""Files up to 1 GiB are hashed whole; larger ones by their size and first and last 64 MiB."""
+
+
+def data_fingerprint(data) -> dict:
+    """What identifies the training data (a DataConfig): a local file's size and SHA-256, or the hub id."""
+    from textdiff.data import resolve_path
+
+    source = resolve_path(data)
+    if not isinstance(source, Path) or not source.is_file():
+        return {"hub": str(source), "config": data.hub_config}
+    stat = source.stat()
+    return dict(_file_fingerprint(str(source.resolve()), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _file_fingerprint(path: str, size: int, mtime_ns: int) -> tuple:
+    """(("bytes", size), ("sha256", hex)) of a file, hashed once per (path, size, mtime) in a process."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= HASHED_WHOLE:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        else:
+            digest.update(f.read(1 << 26))
+            f.seek(size - (1 << 26))
+            digest.update(f.read())
+    return ("bytes", size), ("sha256", digest.hexdigest())
+
+
+def _fingerprint_diff(saved: dict, now: dict) -> str:
+    if "bytes" in saved and "bytes" in now and saved["bytes"] != now["bytes"]:
+        return f"{saved['bytes']:,} bytes then, {now['bytes']:,} now"
+    return "its content changed" if "sha256" in saved and "sha256" in now else "another source"
+
+
+# --- one writer per run directory ------------------------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive flock on RUN/.textdiff.lock, held while one process writes the run. The kernel drops it when
+    that process exits in any way (SIGKILL included), so a lock left by a killed process is never stale: the next
+    writer simply gets it. The file is never deleted while held (a waiting process would lock a dead inode)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        for _ in range(3):  # the directory (and its lock file) may be removed by the holder as it fails
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                raise TextdiffError(f"{self.path.parent} is being written by another textdiff process (pid "
+                                    f"{holder}); wait for it to finish, or choose another directory with "
+                                    f"--set out_dir=PATH") from None
+            if _same_file(fd, self.path):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self.fd = fd
+                return
+            os.close(fd)
+        raise TextdiffError(f"{self.path.parent}: the run directory keeps disappearing; is another process removing it?")
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode().strip() or "unknown"
+    except (OSError, UnicodeDecodeError):
+        return "unknown"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except OSError:
+        return False
+
+
+def make_dir(run_dir: Path, what: str = "out_dir", create: bool = True) -> None:
+    """Create the directory (its parents too; or with `create` False, require it), probing that it can be written
+    before any work is done."""
+    try:
+        if create:
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=run_dir, prefix=".probe_")
+        probe.close()
+    except OSError as e:
+        hint = "choose another directory with --set out_dir=PATH" if what == "out_dir" else "give another path"
+        raise TextdiffError(f"{what} {run_dir}: cannot be written ({e.strerror or type(e).__name__}); {hint}") from None
+
+
+@contextlib.contextmanager
+def claim(recipe, run_dir: Path, resume: bool):
+    """The run directory, checked, created and locked for this process while the block runs. A new run that
+    fails before its first checkpoint leaves the directory as it found it (what it wrote is removed, and the
+    directory itself when it created it), so the corrected command can run at once."""
+    run_dir = Path(run_dir)
+    check(recipe, run_dir, resume)
+    created = not run_dir.exists()
+    before = set(os.listdir(run_dir)) if run_dir.is_dir() else set()
+    make_dir(run_dir)
+    lock = RunLock(run_dir)
+    lock.acquire()
+    try:
+        check(recipe, run_dir, resume)  # again, under the lock: another writer may have finished meanwhile
+        yield run_dir
+    except BaseException:
+        if not resume and not ckpt.list_checkpoints(run_dir):
+            _remove_new(run_dir, before, created)
+        raise
+    finally:
+        lock.release()
+
+
+def _remove_new(run_dir: Path, before: set, created: bool) -> None:
+    """Remove what a failed new run wrote (everything, with the directory, when it created the directory)."""
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for name in set(os.listdir(run_dir)) - before - {LOCK_NAME}:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 # --- writing -------------------------------------------------------------------------------------------------------
@@ -175,7 +331,12 @@ def save_tokenizer(tokenizer, run_dir: Path) -> None:
     run_dir = Path(run_dir)
     tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tmp_tokenizer_"))
     try:
-        tokenizer.save_pretrained(str(tmp))
+        try:
+            tokenizer.save_pretrained(str(tmp))
+        except OSError:
+            raise
+        except Exception as e:  # tokenizers' Rust writer: "No space left on device (os error 28)"
+            ckpt.raise_os_error(e, run_dir / "tokenizer.json")
         for f in tmp.iterdir():
             os.replace(f, run_dir / f.name)
     finally:
@@ -221,11 +382,11 @@ def tokenizer_for(recipe, run_dir: Path, texts: list[str], resume: bool):
 
 
 def write_run_files(recipe, run_dir: Path, tokenizer, resume: bool) -> None:
-    """A new run's tokenizer and config.json; on resume, config.json again when the recipe changed."""
+    """A new run's tokenizer and config.json (with the data's fingerprint); nothing on resume (`update_recipe`
+    runs once the checkpoint has loaded, so a failing --resume changes nothing)."""
     if resume:
-        update_recipe(run_dir, recipe)
         return
-    extra = {}
+    extra = {"data_fingerprint": data_fingerprint(recipe.data)}
     if recipe.model.backbone is not None:
         from textdiff.models import backbones
 

@@ -51,8 +51,8 @@ def _rows(cfg: DataConfig, name: str, split: str | None) -> Iterator[str]:
     split_field = None if fmt == "text" or cfg.splits else cfg.split_field
     if split_field is None and split not in (None, "train"):
         return
-    rows = datasets.load_dataset(fmt, data_files=str(path), split="train", streaming=True, **builder_options(fmt, cfg))
-    for i, row in enumerate(rows):
+    stream = datasets.load_dataset(fmt, data_files=str(path), split="train", streaming=True, **builder_options(fmt, cfg))
+    for i, row in enumerate(_stream_rows(stream, path, fmt)):
         if i == 0 and (field not in row or (split_field and split_field not in row)):
             missing = field if field not in row else split_field
             raise TextdiffError(f"data: column '{missing}' is not in {path}; columns: {', '.join(row)}")
@@ -60,6 +60,27 @@ def _rows(cfg: DataConfig, name: str, split: str | None) -> Iterator[str]:
         if isinstance(text, str) and text.strip() and (not split_field or split is None or
                                                        split_of(row[split_field], f"rows of {path}") == split):
             yield text
+
+
+def _stream_rows(stream, path: Path, fmt: str) -> Iterator[dict]:
+    """The rows of a datasets stream; a malformed file is a one-line error, as in non-streaming mode (data.py)."""
+    import datasets
+
+    rows, verbosity = iter(stream), datasets.logging.get_verbosity()
+    while True:
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own log line beside our one-line error
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:  # datasets / pyarrow raise many types for malformed files; the innermost says why
+            while e.__cause__ is not None:
+                e = e.__cause__
+            why = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise TextdiffError(f"data.path: could not read {path} as {fmt}: {why}") from None
+        finally:
+            datasets.logging.set_verbosity(verbosity)
+        yield row
 
 
 class StreamedSequences:

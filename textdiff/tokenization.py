@@ -60,11 +60,16 @@ def _sentencepiece(cfg, texts: Iterable[str]):
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"
         corpus.write_text("\n".join(t.replace("\n", " ") for t in texts), encoding="utf-8")
-        spm.SentencePieceTrainer.train(
-            input=str(corpus), model_prefix=f"{tmp}/sp", model_type="unigram", vocab_size=cfg.vocab_size,
-            pad_id=0, unk_id=4, bos_id=2, eos_id=3, pad_piece="[PAD]", unk_piece="[UNK]", bos_piece="[BOS]",
-            eos_piece="[EOS]", user_defined_symbols=["[MASK]", "[SEP]"], hard_vocab_limit=False,
-            character_coverage=1.0, minloglevel=2)
+        try:
+            spm.SentencePieceTrainer.train(
+                input=str(corpus), model_prefix=f"{tmp}/sp", model_type="unigram", vocab_size=cfg.vocab_size,
+                pad_id=0, unk_id=4, bos_id=2, eos_id=3, pad_piece="[PAD]", unk_piece="[UNK]", bos_piece="[BOS]",
+                eos_piece="[EOS]", user_defined_symbols=["[MASK]", "[SEP]"], hard_vocab_limit=False,
+                character_coverage=1.0, minloglevel=2)
+        except RuntimeError as e:  # e.g. "Vocabulary size is smaller than required_chars. 16 vs 67."
+            why = str(e).split("] ")[-1].split(". Increase")[0][:160]
+            raise TextdiffError(f"tokenizer.vocab_size={cfg.vocab_size}: sentencepiece cannot build it on this data "
+                                f"({why}); raise tokenizer.vocab_size") from None
         sp = spm.SentencePieceProcessor(model_file=f"{tmp}/sp.model")
     vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
     tok = Tokenizer(models.Unigram(vocab, unk_id=sp.unk_id()))

@@ -26,7 +26,7 @@ import torch
 
 from textdiff import checkpoint as ckpt
 from textdiff import distributed as dist
-from textdiff import rundir
+from textdiff import resources, rundir
 from textdiff.config import Recipe, TrainConfig
 from textdiff.data import Sequences, batch_indices, drop_condition, flat_texts, segment_ids
 from textdiff.errors import TextdiffError
@@ -181,9 +181,21 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         self.opt.step()
+        self._check_weights(step)
         if self.ema is not None:
             self.ema.update(self.module)
         return StepStats(total, grad_norm, tokens)
+
+    def _check_weights(self, step: int) -> None:
+        """A finite loss and gradient can still give non-finite weights (an infinite learning rate, an overflowing
+        moment): stop before such weights reach the EMA, a checkpoint or model.safetensors."""
+        bad = sum(not bool(torch.isfinite(getattr(p, "to_local", lambda: p)()).all()) for p in self.module.parameters())
+        if self.world.sum([float(bad)])[0] == 0:
+            return
+        last = ckpt.list_checkpoints(self.run_dir)
+        kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+        raise TextdiffError(f"step {step + 1}: the optimizer step left NaN or inf in the weights (train.lr="
+                            f"{lr_at(step, self.cfg)} at this step); training stopped and {kept} (lower train.lr)")
 
     def _nonfinite(self, step: int, loss: float, grad_norm: float) -> None:
         what = f"step {step + 1}: loss={loss} grad_norm={grad_norm} is not finite"
@@ -263,6 +275,7 @@ class Trainer:
         weights, opt_state = self._full_model(), self._full_optimizer()
         ema = {k: dist.full_tensor(v) for k, v in self.ema.shadow.items()} if self.ema is not None else None
         if self.world.is_main:
+            ckpt.check_finite(ema if ema is not None else weights, self.run_dir / "model.safetensors")
             opt_tensors, opt_meta = ckpt.optimizer_state_tensors(opt_state)
             opt_tensors["rng.torch"] = torch.get_rng_state()
             tag = {ckpt.BACKEND_KEY: self.recipe.backend.name}
@@ -320,12 +333,16 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------------------------
 
-    def fit(self, resume: bool = False, progress: bool = True) -> None:
+    def fit(self, resume: bool = False, progress: bool = True, ready=None) -> None:
+        """Train to cfg.steps; `ready()` runs on rank 0 once the checkpoint (if any) has loaded, before anything is
+        written (a failing --resume changes nothing)."""
         from tqdm.auto import tqdm
 
         main = self.world.is_main
         if resume and self.restore() and main:
             print(f"textdiff: resumed from step {self.step}")
+        if ready is not None and main:
+            ready()
         if hasattr(self.train_seq, "seek"):
             self.train_seq.seek(self.step)
         metrics = Metrics(MetricsLog(self.run_dir / "metrics.jsonl", self.step), self.cfg.log_to, self.run_dir,
@@ -347,10 +364,14 @@ class Trainer:
     def _loop(self, bar, metrics: "Metrics | None") -> None:
         """Train to cfg.steps; `metrics` is None on every process but rank 0."""
         busy, tokens = 0.0, 0  # seconds spent in training steps (not evaluation or checkpoints)
+        pace = resources.Pace()
         while self.step < self.cfg.steps:
             t0 = time.perf_counter()
             stats = self.train_step(self.step)
             busy += time.perf_counter() - t0
+            slow = pace.add(time.perf_counter() - t0)
+            if slow is not None and metrics is not None:
+                bar.write(f"textdiff: {slow}")
             self.step += 1
             tokens += stats.tokens
             tok_s = tokens / max(busy, 1e-9)
@@ -413,10 +434,8 @@ def plot_losses(metrics: Path, out: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    ckpt.atomic_write_figure(out, fig, dpi=100)
     plt.close(fig)
-    tmp.replace(out)
 
 
 # --- from a recipe to a trained run directory ---------------------------------------------------------------------
@@ -426,29 +445,47 @@ def train_recipe(recipe: Recipe, resume: bool = False, progress: bool = True, de
     """Tokenizer, data, model, training: everything `textdiff train` does. Returns the run directory.
 
     Under torchrun / accelerate launch every process runs this: rank 0 prepares the data and writes the tokenizer
-    and config first, the others then load them; only rank 0 writes files."""
+    and config first, the others then load them; only rank 0 writes files, holding the run directory's lock."""
+    world = dist.init_world(device)
+    run_dir = recipe.run_dir()
+    rundir.check(recipe, run_dir, resume)
+    where = dist.device_for(world, device)
+    resources.check_training_fits(recipe, recipe.tokenizer.vocab_size, str(where))
+    with rundir.claim(recipe, run_dir, resume) if world.is_main else contextlib.nullcontext():
+        world.barrier()  # every process has checked the run directory before rank 0 writes into it
+        _set_threads(recipe.train.threads, world)
+        _train(recipe, run_dir, resume, progress, where, world)
+    return run_dir
+
+
+def _set_threads(threads: int, world: dist.World) -> None:
+    """train.threads, or with 0 on one process: torch's default on an idle machine, the free cores beside others."""
+    if not threads and not world.distributed:
+        chosen = resources.threads_beside_others()
+        if chosen is not None:
+            threads, why = chosen
+            print(f"textdiff: {why}")
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _train(recipe: Recipe, run_dir: Path, resume: bool, progress: bool, where: torch.device, world: dist.World):
     from textdiff.models import build_model
     from textdiff.noising import get_backend
     from textdiff.tokenization import special_tokens
 
-    world = dist.init_world(device)
-    run_dir = recipe.run_dir()
-    rundir.check(recipe, run_dir, resume)
-    world.barrier()  # every process has checked the run directory before rank 0 writes into it
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
     with world.main_first():
         tokenizer, train, val = _prepare_data(recipe, run_dir, resume, world)
     torch.manual_seed(recipe.train.seed)
     model = build_model(recipe, len(tokenizer), recipe.data.max_length)
     backend = get_backend(recipe.backend, special_tokens(tokenizer), len(tokenizer))
-    where = dist.device_for(world, device)
     if world.is_main:
         procs = f" on {world.size} processes ({recipe.train.strategy})" if world.distributed else ""
         print(f"textdiff: {recipe.backend.name} model, {model.num_params() / 1e6:.1f}M parameters; "
               f"{_describe(train)} of {recipe.data.max_length} tokens; run directory {run_dir}{procs}")
-    Trainer(recipe, run_dir, model, backend, train, val, where, world).fit(resume=resume, progress=progress)
-    return run_dir
+    ready = (lambda: rundir.update_recipe(run_dir, recipe)) if resume else None
+    Trainer(recipe, run_dir, model, backend, train, val, where, world).fit(resume=resume, progress=progress,
+                                                                           ready=ready)
 
 
 def _data_warnings(recipe: Recipe, val, texts) -> None:

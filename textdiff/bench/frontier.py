@@ -121,6 +121,20 @@ def _echo_point(echo, p: dict) -> None:
     echo(f"{p['run']} {p['sampler']} {p['steps']} steps: {scored}{p['wall_s']:.2f} s, {p['tokens_per_s']:,.0f} tok/s")
 
 
+def check_frontier(res, where) -> dict:
+    """A frontier.json's shape (a mapping with a list of point mappings and a mapping of reference mappings, texts
+    as lists of strings), so that a damaged file is a one-line error rather than an AttributeError mid-way."""
+    ok = isinstance(res, dict) and isinstance(res.get("points"), list) and isinstance(res.get("references"), dict)
+    entries = [*res["points"], *res["references"].values()] if ok else []
+    ok = ok and all(isinstance(e, dict) for e in entries)
+    ok = ok and all(isinstance(e.get("texts", []), list) and isinstance(e.get("ids", []), list)
+                    and all(isinstance(t, str) for t in e.get("texts", [])) for e in entries)
+    if not ok:
+        raise TextdiffError(f"{where}: not a frontier.json written by `textdiff bench frontier` (expected \"points\": "
+                            "a list and \"references\": a mapping, each entry a mapping with lists of texts and ids)")
+    return res
+
+
 def judge_frontier(res: dict, judge: Optional[str] = None, device: str = "cpu", echo=print) -> dict:
     """Score a frontier drawn with judge "none": every point and reference that still holds its texts gets the
     judge's perplexity and the diversity statistics (its texts and ids are then dropped); the rest is kept."""
@@ -202,7 +216,7 @@ def plot(res: dict, out: Path) -> None:
     fig.suptitle(f"Sampling frontier (numbers: steps) — {res['machine']}", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from textdiff.checkpoint import atomic_write_figure
+
+    atomic_write_figure(out, fig, dpi=110)
     plt.close(fig)
-    tmp.replace(out)

@@ -91,9 +91,10 @@ def _hf_judge(folder: Path, gguf_file: Optional[str], device) -> Judge:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw = {"gguf_file": gguf_file} if gguf_file else {}
+    weights = {} if gguf_file else {"use_safetensors": True}  # never a pickled pytorch_model.bin
     try:
         tok = AutoTokenizer.from_pretrained(str(folder), **kw)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), **kw).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **kw, **weights).to(device).eval()
     except (OSError, ValueError) as e:
         raise TextdiffError(f"judge {folder / (gguf_file or '')}: cannot load a causal LM there "
                             f"({str(e).splitlines()[0][:160]})") from None
@@ -137,4 +138,7 @@ def load_judge(spec: Optional[str] = None, device: str = "cpu") -> Judge:
 
     if is_run(path):
         return _run_judge(path, device)
+    if not any(path.glob("*.safetensors")):
+        raise TextdiffError(f"--judge {spec}: no *.safetensors weights in this directory; textdiff loads judges from "
+                            "safetensors (or .gguf) only, never from pickles such as pytorch_model.bin: convert them")
     return _hf_judge(path, None, device)
