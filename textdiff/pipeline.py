@@ -240,7 +240,12 @@ class TextDiffusionPipeline:
         ids = template_ids(tpl, lambda s: encode(self.tokenizer, [s])[0], bk.special.mask, tuple(bk.open_hole(1)))
         self._check_length(len(ids))
         if None in tpl.holes:  # room for the spans to grow into
-            ids += [bk.special.pad] * max(0, self.recipe.data.max_length - len(ids))
+            fixed, L = len(ids) - tpl.holes.count(None), self.recipe.data.max_length
+            if fixed >= L:
+                raise TextdiffError(f"infill template: its given text and [MASK] holes take {fixed} tokens, this run's "
+                                    f"whole length (data.max_length={L}), leaving no room for its [...] spans; "
+                                    "shorten the template")
+            ids += [bk.special.pad] * max(0, L - len(ids))
         return ids
 
     def translate(self, sources: str | list[str], num_samples: int = 1, steps: Optional[int] = None,
