@@ -4,7 +4,9 @@ exact perplexity for the AR baseline. Both in nats per token of the run's own to
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
 
@@ -12,12 +14,30 @@ from textdiff.data import build_sequences, load_texts, segment_ids
 from textdiff.errors import TextdiffError
 
 
+def exp_nats(nats: float) -> float:
+    """exp(nats) as a perplexity: inf past float's range (a diverged model's bound), never an OverflowError."""
+    return math.exp(nats) if nats < math.log(sys.float_info.max) else math.inf
+
+
+def ppl_text(ppl: float) -> str:
+    """A perplexity for a report: two decimals, or three significant digits past a million (not 96 digits)."""
+    return f"{ppl:.2f}" if ppl < 1e6 else f"{ppl:.3g}"
+
+
+def stderr_text(exact: bool, stderr: Optional[float]) -> str:
+    """' ± SE' beside a bound's nats/token; nothing for an exact likelihood; what one time draw cannot give."""
+    if exact:
+        return ""
+    return " (± not estimated: one time draw; use --draws 2 or more)" if stderr is None else f" ± {stderr:.4f}"
+
+
 @dataclass
 class PerplexityResult:
     split: str
     nats_per_token: float
-    stderr: float
-    """Monte Carlo standard error of nats_per_token from the time draws (0 for exact likelihoods)."""
+    stderr: Optional[float]
+    """Monte Carlo standard error of nats_per_token from the time draws (0 for exact likelihoods; None from one
+    time draw, which cannot estimate it)."""
     ppl: float
     nats_per_word: float
     n_tokens: int
@@ -31,8 +51,8 @@ class PerplexityResult:
 
     def line(self) -> str:
         kind = "exact" if self.exact else f"ELBO bound, {self.time_draws} time draws"
-        se = "" if self.exact else f" ± {self.stderr:.4f}"
-        return (f"{self.split}: {self.nats_per_token:.4f}{se} nats/token, PPL {self.ppl:.2f} ({kind}; "
+        return (f"{self.split}: {self.nats_per_token:.4f}{stderr_text(self.exact, self.stderr)} nats/token, PPL "
+                f"{ppl_text(self.ppl)} ({kind}; "
                 f"{self.n_tokens:,} tokens in {self.n_sequences} sequences; {self.nats_per_word:.3f} nats/word)")
 
 
@@ -61,7 +81,7 @@ def perplexity(pipe, split: str = "test", time_draws: int = 32, batch_size: int 
     words = sum(len((t[1] if isinstance(t, tuple) else t).split()) for t in texts)  # seq2seq: the targets
     per_token = nll / tokens
     tokens_per_word = int(seqs.loss_mask.sum()) / words  # over the whole split
-    return PerplexityResult(split=split, nats_per_token=per_token, stderr=math.sqrt(var) / tokens,
-                            ppl=math.exp(per_token), nats_per_word=per_token * tokens_per_word,
+    stderr = None if not exact and time_draws < 2 else math.sqrt(var) / tokens
+    return PerplexityResult(split=split, nats_per_token=per_token, stderr=stderr, ppl=exp_nats(per_token), nats_per_word=per_token * tokens_per_word,
                             n_tokens=tokens, n_sequences=n, n_words=words, time_draws=1 if exact else time_draws,
                             exact=exact)
