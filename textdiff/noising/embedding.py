@@ -344,6 +344,18 @@ class EmbeddingDiffusion(Backend):
         (filtered) rounding distribution."""
         return StepOutput(self.ddim(pred, z, t, s, 1.0, generator), draw(probs, generator))
 
+    def steer(self, pred: GaussianPrediction, probs: torch.Tensor) -> GaussianPrediction:
+        """The x0 estimate a step moves toward, shaped by the sampler's temperature / top-k / top-p: with
+        x0_from=logits the estimate is the expected embedding (CDCD's score interpolation), so it moves by what the
+        filters change in it, (probs - softmax(logits)) @ E (nothing at the defaults; temperature 0 the argmax's
+        embedding). Near t = 0 the rounding distribution is one-hot, so filters on the last step's tokens alone
+        would change nothing. A vector head's estimate is its own: there the filters act on the tokens read off."""
+        if self.cfg.x0_from != "logits":
+            return pred
+        table = pred.table
+        shift = (probs.to(table.dtype) - torch.softmax(pred.logits.float(), dim=-1).to(table.dtype)) @ table
+        return dataclasses.replace(pred, x0=pred.x0 + shift)
+
     def snap(self, pred: GaussianPrediction) -> GaussianPrediction:
         """The clamping trick (Diffusion-LM): the x0 estimate replaced by its nearest (most likely) embedding."""
         return dataclasses.replace(pred, x0=pred.table[pred.logits.argmax(-1)])
