@@ -37,3 +37,19 @@ def test_one_time_draw_says_the_error_cannot_be_estimated(masked_run, capsys, tm
     assert "± 0.0000" not in line and "not estimated: one time draw" in line
     assert json.loads(out.read_text())["ppl"]["stderr"] is None
     assert "not estimated" in out.with_suffix(".md").read_text()
+
+
+def test_eval_announces_its_size_and_time_up_front_and_takes_threads(masked_run, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["eval", str(masked_run), "--metrics", "ppl", "--draws", "3", "--max-sequences", "5",
+                     "--batch-size", "2", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    captured = capsys.readouterr()
+    first = captured.err.splitlines()[0]
+    assert first.startswith("textdiff: eval test: 5 sequences x 3 time draws in 3 batches, about ") and " s " in first
+    assert "3/3" in captured.err  # the progress bar over the batches

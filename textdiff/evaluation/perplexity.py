@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -56,6 +57,28 @@ class PerplexityResult:
                 f"{self.n_tokens:,} tokens in {self.n_sequences} sequences; {self.nats_per_word:.3f} nats/word)")
 
 
+def _bound(pipe, batch, time_draws: int, gen):
+    with pipe.model.segmented(segment_ids(batch.ids, pipe.backend.special.sep)):
+        return pipe.backend.bound(pipe.model, batch, time_draws, gen)
+
+
+@torch.no_grad()
+def estimate(pipe, seqs, batches: tuple, time_draws: int, split: str) -> str:
+    """A line announcing the evaluation's size and its time, from one timed time draw of the first batch (with a
+    generator of its own, so the result does not depend on it)."""
+    start = time.perf_counter()
+    _bound(pipe, seqs.batch(batches[0]).to(pipe.device), 1, torch.Generator(pipe.device).manual_seed(0))
+    per_draw = time.perf_counter() - start
+    draws = 1 if pipe.backend.causal else time_draws  # the AR baseline's likelihood is one exact pass
+    what = "one exact pass" if pipe.backend.causal else f"{time_draws} time draws"
+    return (f"textdiff: eval {split}: {sum(len(b) for b in batches):,} sequences x {what} in {len(batches)} batches, "
+            f"about {_duration(per_draw * draws * len(batches))} (fewer: --max-sequences, --draws)")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 @torch.no_grad()
 def perplexity(pipe, split: str = "test", time_draws: int = 32, batch_size: int = 32, max_sequences: int = 0,
                seed: int = 0, progress: bool = True) -> PerplexityResult:
@@ -70,10 +93,11 @@ def perplexity(pipe, split: str = "test", time_draws: int = 32, batch_size: int 
     n = min(len(seqs), max_sequences) if max_sequences else len(seqs)
     gen = torch.Generator(pipe.device).manual_seed(seed)
     nll, var, tokens, exact = 0.0, 0.0, 0, True
-    for idx in tqdm(torch.arange(n).split(batch_size), desc=f"eval {split}", disable=not progress, unit="batch"):
-        batch = seqs.batch(idx).to(pipe.device)
-        with pipe.model.segmented(segment_ids(batch.ids, pipe.backend.special.sep)):
-            out = pipe.backend.bound(pipe.model, batch, time_draws, gen)
+    batches = torch.arange(n).split(batch_size)
+    if progress:
+        print(estimate(pipe, seqs, batches, time_draws, split), file=sys.stderr)
+    for idx in tqdm(batches, desc=f"eval {split}", disable=not progress, unit="batch"):
+        out = _bound(pipe, seqs.batch(idx).to(pipe.device), time_draws, gen)
         nll += float(out.nll.sum())
         var += float(out.mc_var.sum())
         tokens += int(out.n_tokens.sum())
