@@ -202,21 +202,37 @@ class TextDiffusionPipeline:
                sampler: Optional[str] = None, seed: int = 0, callback: Optional[Callable] = None, **opts) -> Generation:
         """Fill the [MASK] / [MASK:n] holes of `template` (and, on a variable-length back-end, the [...] spans of
         unknown length); the given text stays fixed at every step. A template ending in a hole is prefix-conditioned
-        generation, one starting with a hole suffix-conditioned. A list of templates of one token length is filled
-        in one sampler call, num_samples rows each, template-major (what `textdiff serve` batches)."""
+        generation, one starting with a hole suffix-conditioned. A list of templates gives num_samples rows each,
+        template-major: the templates of one token length are filled in one sampler call (what `textdiff serve`
+        batches), one call per length (`callback` sees each call's rows; ids are [PAD]-padded to the longest)."""
         templates = [template] if isinstance(template, str) else list(template)
         if num_samples < 1:
             raise TextdiffError(f"n={num_samples}: the number of samples must be at least 1")
-        if not templates:
-            raise TextdiffError("infill: no template given")
+        if not templates or not all(isinstance(t, str) for t in templates):
+            raise TextdiffError("infill: give a template or a list of templates (strings)")
         rows = [self.template_row(t) for t in templates]
-        if len({len(r) for r in rows}) > 1:
-            raise TextdiffError(f"infill templates of {sorted({len(r) for r in rows})} tokens: one sampler call fills "
-                                "templates of one length")
         self._check_block_template(rows)
-        holes = max(sum(1 for i in r if i == self.backend.special.mask) for r in rows)
         o = self.options(steps=steps, sampler=sampler, **opts)
-        if steps is None and SAMPLERS[o.sampler].reveals_per_step:  # at least one token per step
+        by_length: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_length.setdefault(len(row), []).append(i)
+        done: dict[int, tuple[list[str], torch.Tensor]] = {}
+        for group in by_length.values():
+            out = self._infill_rows([rows[i] for i in group], num_samples, o, steps is None, seed, callback)
+            for k, i in enumerate(group):
+                lo = k * num_samples
+                done[i] = (out.texts[lo:lo + num_samples], out.ids[lo:lo + num_samples])
+        width = max(len(r) for r in rows)
+        pad = self.backend.special.pad
+        ids = torch.cat([torch.nn.functional.pad(done[i][1], (0, width - done[i][1].shape[1]), value=pad)
+                         for i in range(len(rows))])
+        return Generation([t for i in range(len(rows)) for t in done[i][0]], ids)
+
+    def _infill_rows(self, rows: list[list[int]], num_samples: int, o: SampleConfig, default_steps: bool, seed: int,
+                     callback: Optional[Callable]) -> Generation:
+        """One sampler call over templates of one length, num_samples rows each."""
+        holes = max(sum(1 for i in r if i == self.backend.special.mask) for r in rows)
+        if default_steps and SAMPLERS[o.sampler].reveals_per_step:  # at least one token per step
             o = dataclasses.replace(o, steps=min(o.steps, holes))
         x = torch.tensor([r for r in rows for _ in range(num_samples)], dtype=torch.long)
         return self._run(x, o, seed, callback)
