@@ -393,30 +393,41 @@ def _line_step(line: str) -> int | None:
 
 
 def plot_losses(metrics: Path, out: Path) -> None:
-    """Training loss and validation bound against step, as a PNG."""
+    """Training loss and validation bound against step, as a PNG (written atomically)."""
+    import matplotlib.pyplot as plt
+
+    fig = loss_figure([json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()])
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+
+
+def loss_figure(rows: list[dict]):
+    """The figure of metrics.jsonl rows: the training loss as a line and the validation numbers as marked points,
+    on a log axis (a large early loss would flatten the rest on a linear one; symlog where a value is <= 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     key = "val_nll" if any("val_nll" in r for r in rows) else "val_loss"
     val = [(r["step"], r[key]) for r in rows if key in r]
     fig, ax = plt.subplots(figsize=(6, 4))
     if train:
-        ax.plot(*zip(*train), label="train loss")
+        ax.plot(*zip(*train), label="train loss", alpha=0.8)
     if val:
-        ax.plot(*zip(*val), "o-", label="validation (nats/token)" if key == "val_nll" else "validation loss")
+        ax.plot(*zip(*val), "o--", markersize=5, label="validation (nats/token)" if key == "val_nll" else
+                "validation loss")
+    values = [v for _, v in train + val]
+    ax.set_yscale("log" if values and min(values) > 0 else "symlog")
     ax.set_xlabel("step")
-    ax.set_ylabel("nats / token")
+    ax.set_ylabel("nats / token (log scale)")
     ax.legend()
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
+    return fig
 
 
 # --- from a recipe to a trained run directory ---------------------------------------------------------------------
