@@ -30,6 +30,10 @@ from textdiff.sampling import all_options, hole_blocks
 from textdiff.tokenization import encode, special_tokens
 
 OWN_KEYS = tuple(f.name for f in dataclasses.fields(SampleConfig) if f.name != "options")
+USED_BY = {"length": "generate (the length of unconditional samples; a template or a seq2seq layout sets its own)",
+           "guidance_scale": "translate (classifier-free guidance of a seq2seq run)",
+           "mbr": "translate (minimum Bayes risk over a seq2seq run's candidates)"}
+"""The sample keys only one call uses; any other call refuses them instead of ignoring them."""
 """The sample section's own keys; every other sampling keyword is a sampler option."""
 
 
@@ -187,6 +191,7 @@ class TextDiffusionPipeline:
         guidance, textdiff.classifier)."""
         if num_samples < 1:
             raise TextdiffError(f"n={num_samples}: the number of samples must be at least 1")
+        _refuse_unused("generate", opts)
         o = self.options(steps=steps, length=length, sampler=sampler, **opts)
         L = o.length or self.recipe.data.max_length
         self._check_length(L)
@@ -196,6 +201,7 @@ class TextDiffusionPipeline:
     def denoise(self, x: torch.Tensor, seed: int = 0, callback: Optional[Callable] = None, **opts) -> Generation:
         """One sampler call from a start of your own: x (B, L) token ids, [MASK] wherever text is to be generated
         (what generate and infill build from a length or a template; lm-evaluation-harness builds it from ids)."""
+        _refuse_unused("denoise", opts)
         return self._run(x, self.options(**opts), seed, callback)
 
     def infill(self, template: str | list[str], num_samples: int = 1, steps: Optional[int] = None,
@@ -210,6 +216,7 @@ class TextDiffusionPipeline:
             raise TextdiffError(f"n={num_samples}: the number of samples must be at least 1")
         if not templates or not all(isinstance(t, str) for t in templates):
             raise TextdiffError("infill: give a template or a list of templates (strings)")
+        _refuse_unused("infill", opts)
         rows = [self.template_row(t) for t in templates]
         self._check_block_template(rows)
         o = self.options(steps=steps, sampler=sampler, **opts)
@@ -274,6 +281,7 @@ class TextDiffusionPipeline:
         `progress` shows a bar over the generation batches."""
         if not self.recipe.data.source_field:
             raise TextdiffError("this run is not seq2seq (its recipe has no data.source_field); use sample or infill")
+        _refuse_unused("translate", opts)
         sources = [sources] if isinstance(sources, str) else list(sources)
         if num_samples < 1 or not sources:
             raise TextdiffError(f"n={num_samples}, {len(sources)} sources: need at least one of each")
@@ -321,6 +329,13 @@ class TextDiffusionPipeline:
         limit = self.model.max_len if self.model.pos is not None else 4 * self.model.max_len
         if length > limit:
             raise TextdiffError(f"length {length} tokens is more than this model handles ({limit})")
+
+
+def _refuse_unused(call: str, opts: dict) -> None:
+    """A sample key given to a call that does not use it is refused in one line naming the call that does."""
+    for key, value in opts.items():
+        if value is not None and key in USED_BY and not USED_BY[key].startswith(call + " "):
+            raise TextdiffError(f"{key}={value!r}: {call} does not use it; it is an option of {USED_BY[key]}")
 
 
 def _by_length(encoded: list[list[int]], size: int, exact: bool = True) -> list[list[int]]:
