@@ -57,6 +57,13 @@ def test_the_masked_model_learns_the_toy_language(masked_run, ar_run):
     assert ar.nats_per_token < 0.6 * math.log(vocab)
 
 
+def test_an_ar_runs_end_of_training_banner_names_no_step_count(write_recipe, capsys):
+    recipe = write_recipe("ar", sample={"steps": 128, "num_samples": 1})
+    assert main(["train", str(recipe), "--set", "train.steps=2", "--set", "train.eval_every=2"]) == 0
+    out = capsys.readouterr().out
+    assert "=== 1 samples (ar, one model call per token) ===" in out and "128 steps" not in out
+
+
 def test_ar_run_samples_and_continues_a_prefix(ar_run, capsys):
     assert main(["sample", str(ar_run), "-n", "2"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
