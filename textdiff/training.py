@@ -30,6 +30,7 @@ from textdiff import rundir
 from textdiff.config import Recipe, TrainConfig
 from textdiff.data import Sequences, batch_indices, drop_condition, flat_texts, segment_ids
 from textdiff.errors import TextdiffError
+from textdiff.evaluation.perplexity import exp_nats, ppl_text
 from textdiff.noising.base import Batch, LossOutput
 from textdiff.tensorboard_log import Metrics
 
@@ -229,7 +230,7 @@ class Trainer:
             bar.write(f"step {self.step}: validation loss {val:.4f} (no likelihood bound for this back-end)")
             return
         metrics.write(step=self.step, val_nll=val, val_ppl=math.exp(min(val, 50)))
-        bar.write(f"step {self.step}: validation {val:.4f} nats/token (ppl {math.exp(min(val, 50)):.1f})")
+        bar.write(f"step {self.step}: validation {val:.4f} nats/token (ppl {ppl_text(exp_nats(val))})")
 
     # --- checkpoints -----------------------------------------------------------------------------------------
 
