@@ -70,6 +70,9 @@ class EmbeddingOptions(GaussianOptions):
         check_positive("backend.ce_weight", self.ce_weight, allow_zero=True)
         if self.schedule == "learned" and self.loss != "elbo":
             raise ValueError("backend.schedule=learned is trained by the bound; it needs backend.loss: elbo")
+        if self.x0_from == "vector" and not self.output_prior:
+            raise ValueError("backend.output_prior=false: the output prior is added to the vocab head's logits "
+                             "(x0_from: logits); a vector head has none to switch off, leave the key out")
 
 
 class TimeWarp(nn.Module):
