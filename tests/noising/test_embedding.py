@@ -288,3 +288,13 @@ def test_steering_leaves_the_estimate_alone_at_the_default_filters():
     assert torch.equal(backend.steer(pred, filter_probs(pred.logits)).x0, pred.x0)
     greedy = backend.steer(pred, filter_probs(pred.logits, temperature=0.0)).x0
     assert torch.allclose(greedy, pred.table[pred.logits.argmax(-1)], atol=1e-4)
+
+
+def test_a_flattening_temperature_acts_on_a_vector_head_too():
+    model, backend = make("embedding", model={"time_conditioning": True}, x0_from="vector", target="eps")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = backend.prior((B, L))
+    plain = sample("ddim", model, backend, x.clone(), steps=4)
+    assert not torch.equal(sample("ddim", model, backend, x.clone(), steps=4, temperature=5.0), plain)

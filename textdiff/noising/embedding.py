@@ -348,13 +348,11 @@ class EmbeddingDiffusion(Backend):
         return StepOutput(self.ddim(pred, z, t, s, 1.0, generator), draw(probs, generator))
 
     def steer(self, pred: GaussianPrediction, probs: torch.Tensor) -> GaussianPrediction:
-        """The x0 estimate a step moves toward, shaped by the sampler's temperature / top-k / top-p: with
-        x0_from=logits the estimate is the expected embedding (CDCD's score interpolation), so it moves by what the
-        filters change in it, (probs - softmax(logits)) @ E (nothing at the defaults; temperature 0 the argmax's
-        embedding). Near t = 0 the rounding distribution is one-hot, so filters on the last step's tokens alone
-        would change nothing. A vector head's estimate is its own: there the filters act on the tokens read off."""
-        if self.cfg.x0_from != "logits":
-            return pred
+        """The x0 estimate a step moves toward, shaped by the sampler's temperature / top-k / top-p: it moves by what
+        the filters change in the expected embedding under the rounding distribution, (probs - softmax(logits)) @ E
+        (nothing at the defaults; with x0_from=logits the estimate is that expectation, CDCD's score interpolation,
+        so temperature 0 gives the argmax's embedding). Near t = 0 the rounding distribution is one-hot, so filters
+        on the last step's tokens alone would change nothing."""
         table = pred.table
         shift = (probs.to(table.dtype) - torch.softmax(pred.logits.float(), dim=-1).to(table.dtype)) @ table
         return dataclasses.replace(pred, x0=pred.x0 + shift)
