@@ -94,7 +94,7 @@ def perplexity(pipe, split: str = "test", time_draws: int = 32, batch_size: int 
     gen = torch.Generator(pipe.device).manual_seed(seed)
     nll, var, tokens, exact = 0.0, 0.0, 0, True
     batches = torch.arange(n).split(batch_size)
-    if progress:
+    if progress and batches:
         print(estimate(pipe, seqs, batches, time_draws, split), file=sys.stderr)
     for idx in tqdm(batches, desc=f"eval {split}", disable=not progress, unit="batch"):
         out = _bound(pipe, seqs.batch(idx).to(pipe.device), time_draws, gen)
