@@ -70,8 +70,9 @@ def estimate(pipe, seqs, batches: tuple, time_draws: int, split: str) -> str:
     _bound(pipe, seqs.batch(batches[0]).to(pipe.device), 1, torch.Generator(pipe.device).manual_seed(0))
     per_draw = time.perf_counter() - start
     draws = 1 if pipe.backend.causal else time_draws  # the AR baseline's likelihood is one exact pass
-    what = "one exact pass" if pipe.backend.causal else f"{time_draws} time draws"
-    return (f"textdiff: eval {split}: {sum(len(b) for b in batches):,} sequences x {what} in {len(batches)} batches, "
+    what = "one exact pass" if pipe.backend.causal else f"{time_draws} time draw{'s' * (time_draws > 1)}"
+    return (f"textdiff: eval {split}: {sum(len(b) for b in batches):,} sequences x {what} in {len(batches)} "
+            f"batch{'es' * (len(batches) > 1)}, "
             f"about {_duration(per_draw * draws * len(batches))} (fewer: --max-sequences, --draws)")
 
 
