@@ -34,6 +34,7 @@ from textdiff.bench.frontier import markdown as frontier_markdown, plot  # noqa:
 from textdiff.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
 from textdiff.cli import main as textdiff  # noqa: E402
 from textdiff.config import load_recipe  # noqa: E402
+from textdiff.evaluation.perplexity import ppl_text, stderr_text  # noqa: E402
 from textdiff.evaluation.report import env_lines  # noqa: E402
 from textdiff.noising import BACKENDS  # noqa: E402
 
@@ -97,8 +98,8 @@ def headline(results: dict[str, dict], steps_list) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         p = r.get("ppl")
-        ppl = "no bound" if p is None else f"{p['ppl']:.1f}" + ("" if p["exact"] else
-                                                               f" (± {p['stderr']:.4f} nats/token, {p['time_draws']} draws)")
+        ppl = "no bound" if p is None else f"{ppl_text(p['ppl'])}" + ("" if p["exact"] else
+                                                                 f" ({stderr_text(False, p['stderr']).strip()} nats/token, {p['time_draws']} draws)")
         ratio = f"{p['ppl'] / ar['ppl']['ppl']:.2f}" if p and ar and not r["causal"] else ""
         to_masked = f"{p['ppl'] / masked['ppl']['ppl']:.2f}" if p and masked and masked.get("ppl") else ""
         points = r["frontier"]["points"]

@@ -97,3 +97,9 @@ def masked_run(tmp_path_factory, corpus) -> Path:
 @pytest.fixture(scope="session")
 def ar_run(tmp_path_factory, corpus) -> Path:
     return _train(corpus, tmp_path_factory.mktemp("runs") / "ar", "ar", 60)
+
+
+@pytest.fixture(scope="session")
+def edit_run(tmp_path_factory, corpus) -> Path:
+    """A tiny edit-diffusion run (variable length: infill templates take [...] spans)."""
+    return _train(corpus, tmp_path_factory.mktemp("runs") / "edit", "edit", 12)

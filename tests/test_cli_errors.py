@@ -364,6 +364,7 @@ CASES = [
     Case("eval-unknown-metric", lambda c: ["eval", str(c.run()), "--metrics", "ppl,meteor"], ("meteor", "available: ppl")),
     Case("eval-bleu-on-an-unconditional-run", lambda c: ["eval", str(c.run()), "--metrics", "ppl,bleu"],
          ("bleu", "not seq2seq", "source_field")),
+    Case("eval-zero-threads", lambda c: ["eval", str(c.run()), "--threads", "0"], ("--threads",)),
     Case("eval-negative-max-sequences", lambda c: ["eval", str(c.run()), "--max-sequences", "-1"], ("--max-sequences -1",)),
     Case("eval-out-folder-missing", lambda c: ["eval", str(c.run()), "--out", str(c.tmp / "no" / "r.json")], ("--out",)),
     Case("eval-out-is-a-directory", lambda c: ["eval", str(c.run()), "--out", str(c.watch(c.tmp))], ("--out",)),

@@ -26,9 +26,14 @@ def test_sample_infill_and_eval_on_a_trained_run(masked_run, capsys, tmp_path):
     assert [r["index"] for r in rows] == [0, 1, 2] and all(r["text"] for r in rows)
 
     assert main(["infill", str(masked_run), "the old [MASK:2] the [MASK].", "-n", "2", "--sampler", "confidence"]) == 0
-    for line in capsys.readouterr().out.splitlines():
-        words = line.split()
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == ["[0]", "[1]"]  # -n 2: each filling on its own numbered line
+    for line in lines:
+        words = line.split()[1:]
         assert words[:2] == ["the", "old"] and words[4] == "the" and len(words) == 6
+    assert main(["infill", str(masked_run), "the old [MASK:2] the [MASK].", "-n", "2", "--json"]) == 0
+    rows = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [r["index"] for r in rows] == [0, 1] and all(r["text"].startswith("the old") for r in rows)
 
     out_json = tmp_path / "ppl.json"
     assert main(["eval", str(masked_run), "--metrics", "ppl", "--draws", "4", "--out", str(out_json)]) == 0
@@ -50,6 +55,13 @@ def test_the_masked_model_learns_the_toy_language(masked_run, ar_run):
     assert ar.exact and not masked.exact
     assert masked.nats_per_token < 0.85 * math.log(vocab)  # a uniform guess scores log(vocab)
     assert ar.nats_per_token < 0.6 * math.log(vocab)
+
+
+def test_an_ar_runs_end_of_training_banner_names_no_step_count(write_recipe, capsys):
+    recipe = write_recipe("ar", sample={"steps": 128, "num_samples": 1})
+    assert main(["train", str(recipe), "--set", "train.steps=2", "--set", "train.eval_every=2"]) == 0
+    out = capsys.readouterr().out
+    assert "=== 1 samples (ar, one model call per token) ===" in out and "128 steps" not in out
 
 
 def test_ar_run_samples_and_continues_a_prefix(ar_run, capsys):

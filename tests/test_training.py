@@ -246,3 +246,25 @@ def test_nonfinite_skip_continues_with_finite_weights(kind, write_recipe, monkey
     assert json.loads((ckpt.list_checkpoints(run)[-1] / "state.json").read_text())["step"] == 8
     for path in (run / "model.safetensors", ckpt.list_checkpoints(run)[-1] / "model.safetensors"):
         assert all(torch.isfinite(v).all() for v in ckpt.load_tensors(path).values())
+
+
+def test_the_loss_plot_is_on_a_log_axis_with_the_validation_points_marked(tmp_path):
+    """A large early loss must not flatten the rest of the curve: a log axis, validation as marked points."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from textdiff.training import loss_figure, plot_losses
+
+    rows = [{"step": s, "loss": 500.0 / s} for s in range(1, 201)] + [{"step": s, "val_nll": 3.0 + 40.0 / s}
+                                                                       for s in (50, 100, 150, 200)]
+    fig = loss_figure(rows)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    marked = [ln for ln in ax.get_lines() if ln.get_marker() not in (None, "None", "")]
+    assert len(marked) == 1 and list(marked[0].get_xdata()) == [50, 100, 150, 200]
+    plt.close(fig)
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows + [{"step": 201, "loss": -0.5}]))
+    plot_losses(metrics, tmp_path / "loss.png")  # a loss <= 0 (a continuous bound can go below 0): symlog
+    assert (tmp_path / "loss.png").stat().st_size > 1000

@@ -140,7 +140,8 @@ def _sampling_parsers(sub) -> None:
     p = sub.add_parser("infill", help="fill [MASK] / [MASK:n] holes (and [...] spans on edit runs) in a text")
     p.add_argument("run", help="run directory")
     p.add_argument("text", help='template, e.g. "The [MASK:3] of the LORD [MASK] upon the waters"')
-    p.add_argument("-n", type=_count, default=1, help="number of fillings")
+    p.add_argument("-n", type=_count, default=1, help="number of fillings (more than one: each line starts [i])")
+    p.add_argument("--json", action="store_true", help="print one JSON object per filling")
     _sampling_args(p)
     trajectory.add_flags(p)
 
@@ -179,6 +180,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("--no-reference", action="store_false", dest="reference",
                    help="genppl: do not score real test text beside the samples")
     p.add_argument("--length", type=_positive(int, "length"), help="genppl: tokens per sample (default: the training length)")
+    p.add_argument("--threads", type=_positive(int, "threads"), help="torch threads (default: torch's, one per core)")
     _seed_and_device(p)
     _sampling_args(p, seed_and_device=False)
     _judge_args(p)
@@ -410,8 +412,8 @@ def cmd_infill(args) -> None:
     watch = trajectory.watch(args, pipe, _sample_opts(args), template=args.text)
     out = pipe.infill(args.text, num_samples=args.n, seed=args.seed, callback=watch, **_sample_opts(args))
     watch.finish()
-    for text in out.texts:
-        print(text)
+    for i, text in enumerate(out.texts):
+        print(json.dumps({"index": i, "text": text}) if args.json else f"[{i}] {text}" if args.n > 1 else text)
 
 
 def cmd_generate(args) -> None:
@@ -484,6 +486,10 @@ def cmd_eval(args) -> None:
     for w in scales:
         _check_opts({"guidance_scale": w})
     _check_device(args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     classifier_scales = tuple(_csv(args.classifier_scales, "--classifier-scale", kind=float))
     if not all(0 <= w < float("inf") for w in classifier_scales):
         raise TextdiffError(f"--classifier-scale {args.classifier_scales}: scales must be finite numbers >= 0")

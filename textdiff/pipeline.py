@@ -30,6 +30,10 @@ from textdiff.sampling import all_options, hole_blocks
 from textdiff.tokenization import encode, special_tokens
 
 OWN_KEYS = tuple(f.name for f in dataclasses.fields(SampleConfig) if f.name != "options")
+USED_BY = {"length": "generate (the length of unconditional samples; a template or a seq2seq layout sets its own)",
+           "guidance_scale": "translate (classifier-free guidance of a seq2seq run)",
+           "mbr": "translate (minimum Bayes risk over a seq2seq run's candidates)"}
+"""The sample keys only one call uses; any other call refuses them instead of ignoring them."""
 """The sample section's own keys; every other sampling keyword is a sampler option."""
 
 
@@ -187,6 +191,7 @@ class TextDiffusionPipeline:
         guidance, textdiff.classifier)."""
         if num_samples < 1:
             raise TextdiffError(f"n={num_samples}: the number of samples must be at least 1")
+        _refuse_unused("generate", opts)
         o = self.options(steps=steps, length=length, sampler=sampler, **opts)
         L = o.length or self.recipe.data.max_length
         self._check_length(L)
@@ -196,27 +201,45 @@ class TextDiffusionPipeline:
     def denoise(self, x: torch.Tensor, seed: int = 0, callback: Optional[Callable] = None, **opts) -> Generation:
         """One sampler call from a start of your own: x (B, L) token ids, [MASK] wherever text is to be generated
         (what generate and infill build from a length or a template; lm-evaluation-harness builds it from ids)."""
+        _refuse_unused("denoise", opts)
         return self._run(x, self.options(**opts), seed, callback)
 
     def infill(self, template: str | list[str], num_samples: int = 1, steps: Optional[int] = None,
                sampler: Optional[str] = None, seed: int = 0, callback: Optional[Callable] = None, **opts) -> Generation:
         """Fill the [MASK] / [MASK:n] holes of `template` (and, on a variable-length back-end, the [...] spans of
         unknown length); the given text stays fixed at every step. A template ending in a hole is prefix-conditioned
-        generation, one starting with a hole suffix-conditioned. A list of templates of one token length is filled
-        in one sampler call, num_samples rows each, template-major (what `textdiff serve` batches)."""
+        generation, one starting with a hole suffix-conditioned. A list of templates gives num_samples rows each,
+        template-major: the templates of one token length are filled in one sampler call (what `textdiff serve`
+        batches), one call per length (`callback` sees each call's rows; ids are [PAD]-padded to the longest)."""
         templates = [template] if isinstance(template, str) else list(template)
         if num_samples < 1:
             raise TextdiffError(f"n={num_samples}: the number of samples must be at least 1")
-        if not templates:
-            raise TextdiffError("infill: no template given")
+        if not templates or not all(isinstance(t, str) for t in templates):
+            raise TextdiffError("infill: give a template or a list of templates (strings)")
+        _refuse_unused("infill", opts)
         rows = [self.template_row(t) for t in templates]
-        if len({len(r) for r in rows}) > 1:
-            raise TextdiffError(f"infill templates of {sorted({len(r) for r in rows})} tokens: one sampler call fills "
-                                "templates of one length")
         self._check_block_template(rows)
-        holes = max(sum(1 for i in r if i == self.backend.special.mask) for r in rows)
         o = self.options(steps=steps, sampler=sampler, **opts)
-        if steps is None and SAMPLERS[o.sampler].reveals_per_step:  # at least one token per step
+        by_length: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_length.setdefault(len(row), []).append(i)
+        done: dict[int, tuple[list[str], torch.Tensor]] = {}
+        for group in by_length.values():
+            out = self._infill_rows([rows[i] for i in group], num_samples, o, steps is None, seed, callback)
+            for k, i in enumerate(group):
+                lo = k * num_samples
+                done[i] = (out.texts[lo:lo + num_samples], out.ids[lo:lo + num_samples])
+        width = max(len(r) for r in rows)
+        pad = self.backend.special.pad
+        ids = torch.cat([torch.nn.functional.pad(done[i][1], (0, width - done[i][1].shape[1]), value=pad)
+                         for i in range(len(rows))])
+        return Generation([t for i in range(len(rows)) for t in done[i][0]], ids)
+
+    def _infill_rows(self, rows: list[list[int]], num_samples: int, o: SampleConfig, default_steps: bool, seed: int,
+                     callback: Optional[Callable]) -> Generation:
+        """One sampler call over templates of one length, num_samples rows each."""
+        holes = max(sum(1 for i in r if i == self.backend.special.mask) for r in rows)
+        if default_steps and SAMPLERS[o.sampler].reveals_per_step:  # at least one token per step
             o = dataclasses.replace(o, steps=min(o.steps, holes))
         x = torch.tensor([r for r in rows for _ in range(num_samples)], dtype=torch.long)
         return self._run(x, o, seed, callback)
@@ -240,7 +263,12 @@ class TextDiffusionPipeline:
         ids = template_ids(tpl, lambda s: encode(self.tokenizer, [s])[0], bk.special.mask, tuple(bk.open_hole(1)))
         self._check_length(len(ids))
         if None in tpl.holes:  # room for the spans to grow into
-            ids += [bk.special.pad] * max(0, self.recipe.data.max_length - len(ids))
+            fixed, L = len(ids) - tpl.holes.count(None), self.recipe.data.max_length
+            if fixed >= L:
+                raise TextdiffError(f"infill template: its given text and [MASK] holes take {fixed} tokens, this run's "
+                                    f"whole length (data.max_length={L}), leaving no room for its [...] spans; "
+                                    "shorten the template")
+            ids += [bk.special.pad] * max(0, L - len(ids))
         return ids
 
     def translate(self, sources: str | list[str], num_samples: int = 1, steps: Optional[int] = None,
@@ -253,6 +281,7 @@ class TextDiffusionPipeline:
         `progress` shows a bar over the generation batches."""
         if not self.recipe.data.source_field:
             raise TextdiffError("this run is not seq2seq (its recipe has no data.source_field); use sample or infill")
+        _refuse_unused("translate", opts)
         sources = [sources] if isinstance(sources, str) else list(sources)
         if num_samples < 1 or not sources:
             raise TextdiffError(f"n={num_samples}, {len(sources)} sources: need at least one of each")
@@ -300,6 +329,13 @@ class TextDiffusionPipeline:
         limit = self.model.max_len if self.model.pos is not None else 4 * self.model.max_len
         if length > limit:
             raise TextdiffError(f"length {length} tokens is more than this model handles ({limit})")
+
+
+def _refuse_unused(call: str, opts: dict) -> None:
+    """A sample key given to a call that does not use it is refused in one line naming the call that does."""
+    for key, value in opts.items():
+        if value is not None and key in USED_BY and not USED_BY[key].startswith(call + " "):
+            raise TextdiffError(f"{key}={value!r}: {call} does not use it; it is an option of {USED_BY[key]}")
 
 
 def _by_length(encoded: list[list[int]], size: int, exact: bool = True) -> list[list[int]]:

@@ -30,6 +30,7 @@ from textdiff import resources, rundir
 from textdiff.config import Recipe, TrainConfig
 from textdiff.data import Sequences, batch_indices, drop_condition, flat_texts, segment_ids
 from textdiff.errors import TextdiffError
+from textdiff.evaluation.perplexity import exp_nats, ppl_text
 from textdiff.noising.base import Batch, LossOutput
 from textdiff.tensorboard_log import Metrics
 
@@ -241,7 +242,7 @@ class Trainer:
             bar.write(f"step {self.step}: validation loss {val:.4f} (no likelihood bound for this back-end)")
             return
         metrics.write(step=self.step, val_nll=val, val_ppl=math.exp(min(val, 50)))
-        bar.write(f"step {self.step}: validation {val:.4f} nats/token (ppl {math.exp(min(val, 50)):.1f})")
+        bar.write(f"step {self.step}: validation {val:.4f} nats/token (ppl {ppl_text(exp_nats(val))})")
 
     # --- checkpoints -----------------------------------------------------------------------------------------
 
@@ -414,28 +415,39 @@ def _line_step(line: str) -> int | None:
 
 
 def plot_losses(metrics: Path, out: Path) -> None:
-    """Training loss and validation bound against step, as a PNG."""
+    """Training loss and validation bound against step, as a PNG (written atomically)."""
+    import matplotlib.pyplot as plt
+
+    fig = loss_figure([json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()])
+    ckpt.atomic_write_figure(out, fig, dpi=100)  # a unique temp name, so two writers never collide
+    plt.close(fig)
+
+
+def loss_figure(rows: list[dict]):
+    """The figure of metrics.jsonl rows: the training loss as a line and the validation numbers as marked points,
+    on a log axis (a large early loss would flatten the rest on a linear one; symlog where a value is <= 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     key = "val_nll" if any("val_nll" in r for r in rows) else "val_loss"
     val = [(r["step"], r[key]) for r in rows if key in r]
     fig, ax = plt.subplots(figsize=(6, 4))
     if train:
-        ax.plot(*zip(*train), label="train loss")
+        ax.plot(*zip(*train), label="train loss", alpha=0.8)
     if val:
-        ax.plot(*zip(*val), "o-", label="validation (nats/token)" if key == "val_nll" else "validation loss")
+        ax.plot(*zip(*val), "o--", markersize=5, label="validation (nats/token)" if key == "val_nll" else
+                "validation loss")
+    values = [v for _, v in train + val]
+    ax.set_yscale("log" if values and min(values) > 0 else "symlog")
     ax.set_xlabel("step")
-    ax.set_ylabel("nats / token")
+    ax.set_ylabel("nats / token (log scale)")
     ax.legend()
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    ckpt.atomic_write_figure(out, fig, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 # --- from a recipe to a trained run directory ---------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,3 +165,44 @@ def test_eval_refuses_unknown_metrics_and_judges(masked_run, capsys, tmp_path):
     assert "bleu2" in capsys.readouterr().err
     assert main(["eval", str(masked_run), "--metrics", "genppl", "--judge", str(tmp_path / "nope")]) == 2
     assert "--judge" in capsys.readouterr().err
+
+
+def test_a_gguf_judge_is_converted_once_and_then_read_as_safetensors(tiny_hf_lm, tmp_path, monkeypatch):
+    """The de-quantised weights are cached under $TEXTDIFF_CACHE keyed by the GGUF file's hash: the next process
+    reads them as safetensors and never converts again; a changed file is converted afresh."""
+    import transformers
+
+    from textdiff.evaluation import judge as judge_module
+
+    gguf = tmp_path / "models" / "tiny.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF stand-in")
+    conversions = []
+    real_model, real_tok = transformers.AutoModelForCausalLM.from_pretrained, transformers.AutoTokenizer.from_pretrained
+
+    def fake(real):
+        def load(folder, gguf_file=None, **kw):
+            if gguf_file is None:
+                return real(folder, **kw)
+            assert Path(folder) / gguf_file == gguf
+            conversions.append(gguf_file)
+            return real(str(tiny_hf_lm))  # what transformers' GGUF conversion would give
+        return load
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake(real_model))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake(real_tok))
+    monkeypatch.setenv("TEXTDIFF_CACHE", str(tmp_path / "cache"))
+    first = load_judge(str(gguf))
+    assert conversions == ["tiny.gguf", "tiny.gguf"]  # tokenizer and weights, once
+    cached = judge_module.converted_gguf(gguf)
+    assert cached.parent == tmp_path / "cache" / "judges" and (cached / "model.safetensors").is_file()
+    assert not [p for p in cached.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    load_judge.cache_clear()  # a new process
+    second = load_judge(str(gguf))
+    assert conversions == ["tiny.gguf", "tiny.gguf"] and second.name == first.name == str(gguf)
+    assert second.score(TEXTS).nats == pytest.approx(first.score(TEXTS).nats, rel=1e-6)
+    gguf.write_bytes(b"another GGUF")
+    load_judge.cache_clear()
+    load_judge(str(gguf))
+    assert len(conversions) == 4 and len(list((tmp_path / "cache" / "judges").iterdir())) == 2
+    load_judge.cache_clear()

@@ -266,3 +266,36 @@ def test_an_embedding_run_refuses_masked_samplers(embedding_run):
         pipe.generate(1, steps=4, sampler="confidence")
     a, b = pipe.generate(2, steps=4, seed=3, eta=0.0), pipe.generate(2, steps=4, seed=3, eta=0.0)
     assert torch.equal(a.ids, b.ids)
+
+
+@pytest.mark.parametrize("filters", [{"temperature": 0.0}, {"temperature": 5.0}, {"top_k": 1}, {"top_p": 0.01}])
+def test_decoding_filters_act_at_a_normal_step_count(embedding_run, filters):
+    """Near t = 0 the rounding distribution is one-hot, so filters applied to the last step's tokens alone changed
+    nothing at 8 steps: they shape the x0 estimate every step moves toward."""
+    from textdiff.pipeline import TextDiffusionPipeline
+
+    pipe = TextDiffusionPipeline.from_pretrained(embedding_run)
+    plain = pipe.generate(4, steps=8, seed=0).ids
+    assert not torch.equal(pipe.generate(4, steps=8, seed=0, **filters).ids, plain)
+
+
+def test_steering_leaves_the_estimate_alone_at_the_default_filters():
+    from textdiff.sampling import filter_probs
+
+    model, backend = make("embedding", model={"time_conditioning": True})
+    z = backend.start(model, torch.full((B, L), SPECIAL.mask), torch.Generator().manual_seed(0))
+    pred = backend.predict(model, z, torch.full((B,), 0.5))
+    assert torch.equal(backend.steer(pred, filter_probs(pred.logits)).x0, pred.x0)
+    greedy = backend.steer(pred, filter_probs(pred.logits, temperature=0.0)).x0
+    assert torch.allclose(greedy, pred.table[pred.logits.argmax(-1)], atol=1e-4)
+
+
+def test_a_flattening_temperature_acts_on_a_vector_head_too():
+    model, backend = make("embedding", model={"time_conditioning": True}, x0_from="vector", target="eps")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = backend.prior((B, L))
+    plain = [sample("ddim", model, backend, x.clone(), seed=seed, steps=4) for seed in range(3)]
+    flat = [sample("ddim", model, backend, x.clone(), seed=seed, steps=4, temperature=5.0) for seed in range(3)]
+    assert any(not torch.equal(a, b) for a, b in zip(flat, plain))

@@ -182,7 +182,8 @@ def test_train_sample_infill_and_eval_through_the_cli(write_recipe, tmp_path, ca
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert main(["infill", str(run), "the old [MASK:2] the [MASK].", "-n", "2", "--top-p", "0.9"]) == 0
     lines = capsys.readouterr().out.splitlines()  # an 8-step model may fill a hole with [EOS] (decoded as nothing)
-    assert len(lines) == 2 and all(ln.split()[:2] == ["the", "old"] and "the" in ln.split()[2:] for ln in lines)
+    assert len(lines) == 2 and all(ln.split()[:3] == [f"[{i}]", "the", "old"] and "the" in ln.split()[3:]
+                                    for i, ln in enumerate(lines))
 
     assert main(["eval", str(run), "--metrics", "ppl"]) == 2
     err = capsys.readouterr().err

@@ -339,7 +339,7 @@ def test_train_sample_infill_and_eval_through_the_cli(write_recipe, tmp_path, ca
     assert len(capsys.readouterr().out.splitlines()) == 2
     assert main(["infill", str(run), "the old [MASK:2] the [MASK].", "-n", "2", "--top-p", "0.9"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and all(ln.split()[:2] == ["the", "old"] for ln in lines)
+    assert len(lines) == 2 and all(ln.split()[:3] == [f"[{i}]", "the", "old"] for i, ln in enumerate(lines))
     assert main(["eval", str(run), "--metrics", "ppl", "--draws", "2", "--max-sequences", "8"]) == 0
     assert "ELBO bound" in capsys.readouterr().out
     assert main(["sample", str(run), "--sampler", "ancestral"]) == 2

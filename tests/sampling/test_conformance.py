@@ -1,6 +1,7 @@
 """The conformance suite every (back-end, sampler) pair runs: shapes and dtypes, no [MASK] after the last step,
 infilling keeps the given tokens, seeded determinism, callbacks in order, semi-autoregressive blocks left to right
-over the holes only, and self-conditioning fed the model's own distribution. `SAMPLER_CHECKS` are functions of
+over the holes only, every given token of an infill template in the output in order (spans at their maximum length
+included), and self-conditioning fed the model's own distribution. `SAMPLER_CHECKS` are functions of
 (back-end, sampler) so a back-end registered inside a test runs the same suite. The frozen outputs are in
 test_expected.py."""
 
@@ -44,6 +45,34 @@ def check_sampler_fills_every_mask_and_keeps_given_tokens(name, sampler):
         assert calls and calls == sorted(calls)
 
 
+def _template(backend) -> torch.Tensor:
+    """A template's sampler input of L positions: a given token, a hole, two given tokens. On a variable-length
+    back-end the hole is a span of unknown length (`[...]`) whose room is the rest of the row, so it can reach its
+    maximum length; elsewhere it is [MASK]s. The AR baseline only continues a prefix."""
+    given_after = [] if backend.causal else [8, 9]
+    room = L - 1 - len(given_after)
+    hole = backend.open_hole(room) if backend.variable_length else [SPECIAL.mask] * room
+    return torch.tensor([[7] + hole + given_after] * B)
+
+
+def _in_order(given: list[int], row: list[int]) -> bool:
+    it = iter(row)
+    return all(tok in it for tok in given)
+
+
+def check_every_given_token_is_in_the_output_in_order(name, sampler):
+    """Every given token of an infill template comes out, in order, also when a span reaches its maximum length
+    (it must stop growing rather than push the given text after it out of the row)."""
+    model, backend = make(name)
+    x = _template(backend)
+    holes = torch.isin(x, torch.tensor([SPECIAL.mask, *backend.open_hole(2)]))
+    given = x[0][~holes[0]].tolist()
+    for seed in range(8):
+        out = sample(sampler, model, backend, x.clone(), seed=seed, **_steps(sampler, 4))
+        for row in out.tolist():
+            assert _in_order(given, row), (seed, given, row)
+
+
 def check_sampler_is_seeded(name, sampler):
     model, backend = make(name)
     opts = {**_steps(sampler, 5), "top_p": 0.9, "temperature": 0.8}
@@ -85,7 +114,8 @@ def check_blocks_cover_the_holes_only(name, sampler):
     assert changed == [True, True]
 
 
-SAMPLER_CHECKS = [check_sampler_fills_every_mask_and_keeps_given_tokens, check_sampler_is_seeded]
+SAMPLER_CHECKS = [check_sampler_fills_every_mask_and_keeps_given_tokens, check_every_given_token_is_in_the_output_in_order,
+                  check_sampler_is_seeded]
 """Checks every pair passes; BLOCK_CHECKS concern samplers of fixed-length back-ends."""
 BLOCK_CHECKS = [check_semi_autoregressive_blocks_reveal_left_to_right, check_blocks_cover_the_holes_only]
 

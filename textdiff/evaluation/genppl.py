@@ -8,7 +8,6 @@ many tokens. dist-n and self-BLEU are over whitespace words of the decoded texts
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -17,6 +16,7 @@ import torch
 
 from textdiff.evaluation.diversity import distinct_n, self_bleu, unigram_entropy
 from textdiff.evaluation.judge import Judge, load_judge
+from textdiff.evaluation.perplexity import exp_nats
 
 
 @dataclass
@@ -75,7 +75,7 @@ def text_stats(texts: list[str], token_ids: list[list[int]], judge: Judge, batch
     nats, tokens, words = sum(score.nats), sum(score.tokens), sum(len(t.split()) for t in texts)
     per_token = nats / max(tokens, 1)
     bleu, signature = self_bleu(texts)
-    return TextStats(ppl=math.exp(per_token), nats_per_token=per_token, n_judge_tokens=tokens,
+    return TextStats(ppl=exp_nats(per_token), nats_per_token=per_token, n_judge_tokens=tokens,
                      nats_per_word=nats / max(words, 1), n_words=words, entropy=unigram_entropy(token_ids),
                      dist_1=distinct_n(texts, 1), dist_2=distinct_n(texts, 2), dist_3=distinct_n(texts, 3),
                      self_bleu=bleu, self_bleu_signature=signature)

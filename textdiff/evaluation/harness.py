@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 from textdiff.errors import TextdiffError
+from textdiff.evaluation.perplexity import ppl_text, stderr_text
 from textdiff.evaluation.report import env_lines, environment
 from textdiff.evaluation.seq2seq import SEQ2SEQ_METRICS, markdown_rows, seq2seq_eval
 
@@ -69,8 +70,8 @@ def _ppl_rows(p: dict) -> list[str]:
     if not p.get("available", True):
         return [f"| ppl | n/a | {p['reason']} |"]
     kind = "exact" if p["exact"] else f"ELBO bound, {p['time_draws']} time draws, ± Monte Carlo SE"
-    se = "" if p["exact"] else f" ± {p['stderr']:.4f}"
-    return [f"| ppl ({p['split']}) | {p['ppl']:.2f} | {p['nats_per_token']:.4f}{se} nats/token ({kind}); "
+    se = stderr_text(p["exact"], p["stderr"])
+    return [f"| ppl ({p['split']}) | {ppl_text(p['ppl'])} | {p['nats_per_token']:.4f}{se} nats/token ({kind}); "
             f"{p['n_tokens']:,} run tokens in {p['n_sequences']} sequences{_first(p)}; {p['nats_per_word']:.3f} nats/word |"]
 
 

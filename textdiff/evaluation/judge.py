@@ -13,7 +13,10 @@ Texts longer than the judge's context are scored in windows that overlap by one 
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -87,17 +90,68 @@ def smollm2_folder() -> Path:
     return Path(spec.origin).parent
 
 
-def _hf_judge(folder: Path, gguf_file: Optional[str], device) -> Judge:
+def file_hash(path: Path) -> str:
+    """The first 16 hex digits of a file's sha256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def converted_gguf(path: Path) -> Optional[Path]:
+    """The de-quantised weights of a GGUF file as a transformers directory (config.json, model.safetensors, tokenizer)
+    under the textdiff cache ($TEXTDIFF_CACHE, else ~/.cache/textdiff), keyed by the file's hash: converted once
+    (about half a minute of CPU for the default judge), then read as safetensors by every later process. None when
+    the cache cannot be written (the caller then loads the GGUF itself)."""
+    from textdiff.corpora import cache_dir
+
+    target = cache_dir() / "judges" / f"{path.stem}-{file_hash(path)}"
+    if (target / "config.json").is_file():  # renamed into place whole, so complete
+        return target
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tok, model = _load_hf(path.parent, path.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _save_plain(model, tmp)
+        tok.save_pretrained(tmp)
+        tmp.replace(target)  # atomic: a reader sees no directory or a whole one
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return target if (target / "config.json").is_file() else None  # another process may have won
+    return target
+
+
+def _save_plain(model, folder: Path) -> None:
+    """config.json and model.safetensors of a de-quantised model (transformers will not save_pretrained a model it
+    read from GGUF; its weights are plain tensors by then, tied ones stored once)."""
+    from safetensors.torch import save_model
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _load_hf(folder: Path, gguf_file: Optional[str]):
+    """(tokenizer, causal LM) from a transformers directory (safetensors weights only) or a GGUF file in it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kw = {"gguf_file": gguf_file} if gguf_file else {}
-    weights = {} if gguf_file else {"use_safetensors": True}  # never a pickled pytorch_model.bin
+    kw = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}  # never a pickled pytorch_model.bin
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder), **kw)
-        model = AutoModelForCausalLM.from_pretrained(str(folder), **kw, **weights).to(device).eval()
+        tok = AutoTokenizer.from_pretrained(str(folder), **({"gguf_file": gguf_file} if gguf_file else {}))
+        return tok, AutoModelForCausalLM.from_pretrained(str(folder), **kw)
     except (OSError, ValueError) as e:
         raise TextdiffError(f"judge {folder / (gguf_file or '')}: cannot load a causal LM there "
                             f"({str(e).splitlines()[0][:160]})") from None
+
+
+def _hf_judge(folder: Path, gguf_file: Optional[str], device) -> Judge:
+    cached = converted_gguf(folder / gguf_file) if gguf_file else None
+    tok, model = _load_hf(cached, None) if cached else _load_hf(folder, gguf_file)
+    model = model.to(device).eval()
     ctx = next((i for i in (tok.get_vocab().get("<|endoftext|>"), tok.bos_token_id, tok.eos_token_id)
                 if i is not None), None)
     if ctx is None:

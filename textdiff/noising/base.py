@@ -278,6 +278,10 @@ class Backend:
         if recipe.model.self_conditioning and not cls.self_conditioning:
             raise ValueError(f"model.self_conditioning=true: the {cls.name} back-end does not self-condition (its "
                              f"model never sees an x0 estimate); set it to false")
+        reads_tokens = cls.model_options(recipe.backend).get("token_input", True)
+        if not recipe.model.tie_embeddings and not reads_tokens and recipe.model.backbone is None:
+            raise ValueError(f"model.tie_embeddings=false: the {cls.name} back-end's model reads vectors, not tokens, "
+                             "so it has no token embedding to tie to its vocab head; leave the key out")
 
     @classmethod
     def model_options(cls, cfg: Options) -> dict:

@@ -419,7 +419,9 @@ class EditDiffusion(Backend):
 
     def draw_script(self, op_logits, count_logits, state: EditState, temperature: float, generator) -> Script:
         """A script drawn from the heads' logits (temperature 0: argmax): GIVEN tokens kept, SLOTs never deleted,
-        insertions only into open gaps, and cut so that the result fits in L."""
+        insertions only into open gaps, and cut so that the result fits in L whichever of its edits apply by s (a
+        deletion may not apply yet, so only the room left now counts: a span at its maximum stops growing instead
+        of pushing the given text after it out of the row)."""
         from textdiff.sampling import filter_probs
 
         ids, (B, L) = state.ids, state.ids.shape
@@ -429,8 +431,7 @@ class EditDiffusion(Backend):
         op_logits[..., REPLACE].masked_fill_(state.kind == GIVEN, float("-inf"))
         ops = self._draw(filter_probs(op_logits, temperature), generator).masked_fill(~real, KEEP)
         counts = self._draw(filter_probs(count_logits, temperature), generator).masked_fill(~self.gap_open(state), 0)
-        kept = (real & (ops != DELETE)).sum(1)
-        return Script(ops, clip_counts(counts, L - kept))
+        return Script(ops, clip_counts(counts, L - real.sum(1)))
 
     @staticmethod
     def _draw(probs: torch.Tensor, generator) -> torch.Tensor:

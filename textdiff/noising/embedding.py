@@ -70,6 +70,9 @@ class EmbeddingOptions(GaussianOptions):
         check_positive("backend.ce_weight", self.ce_weight, allow_zero=True)
         if self.schedule == "learned" and self.loss != "elbo":
             raise ValueError("backend.schedule=learned is trained by the bound; it needs backend.loss: elbo")
+        if self.x0_from == "vector" and not self.output_prior:
+            raise ValueError("backend.output_prior=false: the output prior is added to the vocab head's logits "
+                             "(x0_from: logits); a vector head has none to switch off, leave the key out")
 
 
 class TimeWarp(nn.Module):
@@ -343,6 +346,16 @@ class EmbeddingDiffusion(Backend):
         """Ancestral step t -> s (DDPM's posterior, DDIM with eta = 1); the tokens are drawn from probs, the
         (filtered) rounding distribution."""
         return StepOutput(self.ddim(pred, z, t, s, 1.0, generator), draw(probs, generator))
+
+    def steer(self, pred: GaussianPrediction, probs: torch.Tensor) -> GaussianPrediction:
+        """The x0 estimate a step moves toward, shaped by the sampler's temperature / top-k / top-p: it moves by what
+        the filters change in the expected embedding under the rounding distribution, (probs - softmax(logits)) @ E
+        (nothing at the defaults; with x0_from=logits the estimate is that expectation, CDCD's score interpolation,
+        so temperature 0 gives the argmax's embedding). Near t = 0 the rounding distribution is one-hot, so filters
+        on the last step's tokens alone would change nothing."""
+        table = pred.table
+        shift = (probs.to(table.dtype) - torch.softmax(pred.logits.float(), dim=-1).to(table.dtype)) @ table
+        return dataclasses.replace(pred, x0=pred.x0 + shift)
 
     def snap(self, pred: GaussianPrediction) -> GaussianPrediction:
         """The clamping trick (Diffusion-LM): the x0 estimate replaced by its nearest (most likely) embedding."""

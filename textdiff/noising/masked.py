@@ -56,6 +56,9 @@ class MaskedDiffusion(Backend):
         if recipe.model.time_conditioning and recipe.backend.mask_sampling == "count":
             raise ValueError("backend.mask_sampling=count integrates t out and needs model.time_conditioning: false; "
                              "set backend.mask_sampling: time for a time-conditioned denoiser")
+        if recipe.backend.mask_sampling == "count" and recipe.backend.eps != MaskedOptions.eps:
+            raise ValueError(f"backend.eps={recipe.backend.eps}: backend.mask_sampling=count draws the number of masks, "
+                             "not t, so there is no smallest t to set; use backend.mask_sampling: time or leave eps out")
 
     # --- forward process ---------------------------------------------------------------------------------
 
