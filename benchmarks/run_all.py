@@ -98,8 +98,9 @@ def headline(results: dict[str, dict], steps_list) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         p = r.get("ppl")
-        ppl = "no bound" if p is None else f"{ppl_text(p['ppl'])}" + ("" if p["exact"] else
-                                                                 f" ({stderr_text(False, p['stderr']).strip()} nats/token, {p['time_draws']} draws)")
+        ppl = "no bound" if p is None else f"{p['ppl']:.1f}" if p["ppl"] < 1e6 else ppl_text(p["ppl"])
+        if p is not None and not p["exact"]:
+            ppl += f" ({stderr_text(False, p['stderr']).strip()} nats/token, {p['time_draws']} draws)"
         ratio = f"{p['ppl'] / ar['ppl']['ppl']:.2f}" if p and ar and not r["causal"] else ""
         to_masked = f"{p['ppl'] / masked['ppl']['ppl']:.2f}" if p and masked and masked.get("ppl") else ""
         points = r["frontier"]["points"]
