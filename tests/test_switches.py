@@ -30,7 +30,7 @@ semi-autoregressive blocks; eos_stop on rows that draw [EOS], which a tiny rando
 BACKEND = {"time_sampling": "uniform", "eps": 0.3, "mask_sampling": "time", "edit_prior": "empty", "max_insert": 2,
            "target": "eps", "gamma_min": -4.0, "gamma_max": 4.0, "x0_from": "vector", "output_prior": False,
            "embed_dim": 8, "embed_norm": False, "time_warp": False, "loss": "simple", "ce_weight": 0.25,
-           "simplex_k": 3.0}
+           "simplex_k": 3.0, "start_token": False}
 """A non-default value of every back-end key (`schedule`: the back-end's second allowed one)."""
 MODEL = {"n_layer": 1, "n_embd": 16, "n_head": 1, "mlp_ratio": 2, "dropout": 0.3, "positions": "learned",
          "tie_embeddings": False, "time_conditioning": True, "self_conditioning": True, "block_size": 5}
