@@ -79,6 +79,14 @@ def hold_out(texts: list, fraction: float, seed: int) -> dict[str, list]:
     return out
 
 
+def unreadable(path, fmt: str, e: BaseException) -> TextdiffError:
+    """The one-line error for a data file datasets / pyarrow could not read: the innermost cause says why."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    why = (str(e).splitlines() or [type(e).__name__])[0][:200]
+    return TextdiffError(f"data.path: could not read {path} as {fmt}: {why}")
+
+
 def check_text_file(path: Path) -> None:
     if path.is_dir():
         raise TextdiffError(f"data.path: {path} is a directory; name one data file")
@@ -131,11 +139,8 @@ def _load_local(path: Path, cfg: DataConfig, split_field: str | None) -> dict[st
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **builder_options(fmt, cfg))
-    except Exception as e:  # datasets raises many types for malformed files; the innermost one says why
-        while e.__cause__ is not None:
-            e = e.__cause__
-        why = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise TextdiffError(f"data.path: could not read {path} as {fmt}: {why}") from None
+    except Exception as e:  # datasets raises many types for malformed files
+        raise unreadable(path, fmt, e) from None
     finally:
         datasets.logging.set_verbosity(verbosity)
         if bars:

@@ -17,7 +17,7 @@ import torch
 
 from textdiff.config import SPLIT_NAMES, DataConfig, Recipe
 from textdiff.data import (FORMATS, build_sequences, builder_options, check_text_file, file_format, held_out_split,
-                           resolve_path, split_of)
+                           resolve_path, split_of, unreadable)
 from textdiff.errors import TextdiffError
 from textdiff.noising.base import Batch
 
@@ -73,11 +73,8 @@ def _stream_rows(stream, path: Path, fmt: str) -> Iterator[dict]:
             row = next(rows)
         except StopIteration:
             return
-        except Exception as e:  # datasets / pyarrow raise many types for malformed files; the innermost says why
-            while e.__cause__ is not None:
-                e = e.__cause__
-            why = (str(e).splitlines() or [type(e).__name__])[0][:200]
-            raise TextdiffError(f"data.path: could not read {path} as {fmt}: {why}") from None
+        except Exception as e:  # datasets / pyarrow raise many types for malformed files
+            raise unreadable(path, fmt, e) from None
         finally:
             datasets.logging.set_verbosity(verbosity)
         yield row
