@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BUSY = {"python": "while True: pass",  # one pure-Python loop
+        "torch": "import torch\ntorch.set_num_threads(1)\nx = torch.randn(512, 512)\nwhile True: x = torch.tanh(x @ x)"}
+BUSY_WORDS = {"python": "one pure-Python loop", "torch": "one single-threaded torch matmul loop"}
 ROWS = [("alone", False, "PASSIVE", "auto"), ("busy, before", True, None, "torch"),
         ("busy, textdiff now", True, "PASSIVE", "auto"), ("busy, threads=1", True, "PASSIVE", "1")]
 
@@ -56,12 +59,12 @@ def child(recipe: str, steps: int, threads: str, out_dir: str) -> None:
     print(json.dumps({"median_s": kept[len(kept) // 2], "threads": torch.get_num_threads()}))
 
 
-def measure(recipe: str, steps: int, busy: bool, policy: str | None, threads: str, work: Path) -> dict:
+def measure(recipe: str, steps: int, busy: str | None, policy: str | None, threads: str, work: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     if policy:
         env["OMP_WAIT_POLICY"] = policy
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    hog = subprocess.Popen([sys.executable, "-c", BUSY[busy]]) if busy else None
     try:
         if hog is not None:
             time.sleep(2.0)  # the competitor is running (and counted in /proc/loadavg) before training starts
@@ -81,18 +84,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="recipes/quickstart.yaml")
     parser.add_argument("--steps", type=int, default=20, help="training steps per row (the first two are not timed)")
+    parser.add_argument("--busy", choices=sorted(BUSY), default="python",
+                        help="the competitor: a pure-Python loop, or a single-threaded torch loop (like `textdiff eval "
+                             "--threads 1`)")
     parser.add_argument("--out", help="also write the markdown table here")
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         return child(*sys.argv[2:3], int(sys.argv[3]), *sys.argv[4:6])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="textdiff-contention-") as tmp:
-        res = {name: measure(args.recipe, args.steps, busy, policy, threads, Path(tmp))
+        res = {name: measure(args.recipe, args.steps, args.busy if busy else None, policy, threads, Path(tmp))
                for name, busy, policy, threads in ROWS}
     alone, one = res["alone"]["median_s"], res["busy, threads=1"]["median_s"]
     lines = [f"# Training beside a busy process ({time.strftime('%Y-%m-%d')})", "",
-             f"`python benchmarks/contention.py --recipe {args.recipe} --steps {args.steps}` on {platform.node()}: "
+             f"`python benchmarks/contention.py --recipe {args.recipe} --steps {args.steps} --busy {args.busy}` on "
+             f"{platform.node()}: "
              f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch threads as shown; the busy "
-             "process is one single-threaded Python loop.", "",
+             f"process: {BUSY_WORDS[args.busy]}.", "",
              "| row | OMP_WAIT_POLICY | torch threads | s / step | × alone | × busy, threads=1 |", "|---|---|---|---|---|---|"]
     for name, _, policy, _ in ROWS:
         r = res[name]
