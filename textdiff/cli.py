@@ -214,6 +214,28 @@ def _bench_parsers(sub) -> None:
                    help="writes frontier.json, frontier.md and frontier.png here")
     _seed_and_device(b)
     _judge_args(b, defer=True)
+    b = bench.add_parser("crossover", help="train recipes to growing epoch budgets on one (subsampled) training split "
+                                           "and find where diffusion overtakes AR as data repeats (docs/crossover.md)")
+    b.add_argument("recipes", nargs="+", help="YAML recipes on the same data, tokenizer, model size and batch (an AR "
+                   "recipe is the reference)")
+    b.add_argument("--epochs", default=",".join(map(str, (1, 4, 16, 64))),
+                   help="increasing epoch budgets, one run per recipe stopped at each (default 1,4,16,64)")
+    b.add_argument("--unique-tokens", type=_positive(int), dest="unique_tokens",
+                   help="train on only the first N tokens of the training split (default: all of it)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every recipe, e.g. train.threads=1")
+    b.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="train every recipe at each value (repeatable: every combination); early stopping and the "
+                        "grid choose by validation, e.g. --grid model.dropout=0,0.1")
+    b.add_argument("--draws", type=_positive(int, "draws"), default=8,
+                   help="time draws per sequence for the diffusion bounds (default 8)")
+    b.add_argument("--eval-sequences", type=_number(int), default=0, dest="eval_sequences",
+                   help="evaluate the first N validation and test sequences (default 0: all)")
+    b.add_argument("--runs", default="runs/crossover", help="run directories and the shared tokenizer go here "
+                   "(default runs/crossover)")
+    b.add_argument("--out-dir", default="benchmarks/results/crossover", dest="out_dir",
+                   help="writes crossover.json (what resumes), crossover.md and crossover.png here")
+    b.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     b = bench.add_parser("judge", help="score a frontier drawn with --judge none (sample on one machine, judge on "
                                        "another)")
     b.add_argument("frontier", help="frontier.json written by `textdiff bench frontier ... --judge none`")
@@ -543,6 +565,8 @@ def cmd_bench(args) -> None:
         return _bench_throughput(args)
     if args.bench == "judge":
         return _bench_judge(args)
+    if args.bench == "crossover":
+        return _bench_crossover(args)
     from textdiff.bench.frontier import frontier
     from textdiff.sampling import SAMPLERS
 
@@ -576,6 +600,67 @@ def _write_frontier(res: dict, path: Path) -> None:
         plot(res, path.with_suffix(".png"))
         written.append(path.with_suffix(".png"))
     print(f"wrote {', '.join(map(str, written))}")
+
+
+def _bench_crossover(args) -> None:
+    import shlex
+
+    from textdiff.bench import crossover as cx
+    from textdiff.checkpoint import atomic_write_bytes, atomic_write_json
+    from textdiff.evaluation.report import environment
+
+    epochs = cx.parse_epochs(args.epochs)
+    if args.eval_sequences < 0:
+        raise TextdiffError(f"--eval-sequences {args.eval_sequences}: a count >= 0 (0: every sequence)")
+    out, runs = Path(args.out_dir), Path(args.runs)
+    _check_out_dir(out, "--out-dir")
+    _check_out_dir(runs, "--runs")
+    _check_device(args.device)
+    path = out / "crossover.json"
+    old = _read_crossover(path) if path.exists() else None
+    res = cx.plan(args.recipes, epochs, args.unique_tokens, args.set, args.grid, runs)
+    res.update(draws=args.draws, eval_sequences=args.eval_sequences, points=[])
+    if old is not None:
+        diff = [k for k in cx.PLAN_KEYS if old.get(k) != res.get(k)]
+        dropped = [e for e in old.get("epochs", []) if e not in epochs]
+        if diff or dropped:
+            what = ", ".join(diff + (["epochs (" + ", ".join(map(str, dropped)) + " left out)"] if dropped else []))
+            raise TextdiffError(f"{path} holds a crossover with other settings ({what}); resume it with the same "
+                                f"settings (--epochs may add budgets), or choose another --out-dir")
+        res["points"] = old["points"]
+    words = ["textdiff", "bench", "crossover", *args.recipes, "--epochs", args.epochs]
+    words += ["--unique-tokens", str(args.unique_tokens)] if args.unique_tokens else []
+    words += [w for kv in args.set for w in ("--set", kv)] + [w for kv in args.grid for w in ("--grid", kv)]
+    words += ["--draws", str(args.draws), "--eval-sequences", str(args.eval_sequences), "--runs", args.runs,
+              "--out-dir", args.out_dir]
+    res["command"] = shlex.join(words)
+    order = {r["name"]: i for i, r in enumerate(res["runs"])}
+
+    def save(r: dict) -> None:
+        r["points"].sort(key=lambda p: (order.get(p["run"], len(order)), p["epochs"]))
+        r.update(environment(args.device or "cpu"))
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, r)
+        report = [f"# Data-constrained crossover ({r['date']})", "", f"Command: `{r['command']}`", "",
+                  *cx.markdown(r), "", "![crossover](crossover.png)", ""]
+        atomic_write_bytes(out / "crossover.md", "\n".join(report).encode())
+        if r["points"]:
+            cx.plot(r, out / "crossover.png")
+
+    cx.crossover(res, runs, save, args.device)
+    save(res)
+    print(f"wrote {path}, {out / 'crossover.md'}, {out / 'crossover.png'}")
+
+
+def _read_crossover(path: Path) -> dict:
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        old = None
+    if not isinstance(old, dict) or not isinstance(old.get("points"), list):
+        raise TextdiffError(f"{path}: not a crossover.json written by `textdiff bench crossover`; move it away or "
+                            f"choose another --out-dir")
+    return old
 
 
 def _bench_judge(args) -> None:

@@ -155,6 +155,9 @@ class DataConfig:
     """In `pad` mode, cut examples longer than max_length; when False they are an error."""
     max_examples: Optional[int] = None
     """Use only the first N training examples (tiny recipes, tests)."""
+    train_sequences: Optional[int] = None
+    """Train on only the first N training sequences, after packing or padding: a unique-token budget of
+    N x max_length tokens (`textdiff bench crossover --unique-tokens`). The tokenizer still sees the whole split."""
     streaming: bool = False
     """Read a local file as a `datasets` stream instead of loading it into memory (corpora larger than memory):
     `pack` mode only, batches taken in file order (shuffle the file beforehand), resumed exactly where the
@@ -189,6 +192,11 @@ class DataConfig:
             check_choice("data.prepare", self.prepare, ("bible",))
         if self.max_examples is not None:
             check_positive("data.max_examples", self.max_examples)
+        if self.train_sequences is not None:
+            check_positive("data.train_sequences", self.train_sequences)
+            if self.streaming:
+                raise ValueError("data.train_sequences needs the training split in memory; it cannot be combined with "
+                                 "data.streaming=true")
         if self.streaming and self.mode != "pack":
             raise ValueError(f"data.streaming=true needs data.mode='pack' (got {self.mode!r}); allowed: pack")
         check_positive("data.tokenizer_examples", self.tokenizer_examples)

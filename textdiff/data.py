@@ -278,6 +278,14 @@ class Sequences:
         return Batch(self.ids[index], self.loss_mask[index])
 
 
+def subsample(seqs: Sequences, n: int) -> Sequences:
+    """The first `n` sequences of a split (data.train_sequences), refused when the split has fewer."""
+    if n > len(seqs):
+        raise TextdiffError(f"data.train_sequences={n:,} is more than the {len(seqs):,} training sequences the data "
+                            f"gives ({len(seqs) * seqs.ids.shape[1]:,} tokens); allowed: 1 to {len(seqs):,}")
+    return Sequences(seqs.ids[:n], seqs.loss_mask[:n])
+
+
 def pack(token_lists: list[list[int]], max_length: int, eos: int) -> Sequences:
     stream = [tok for ids in token_lists for tok in (*ids, eos)]
     n = len(stream) // max_length

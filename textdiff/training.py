@@ -523,7 +523,7 @@ def _describe(train) -> str:
 
 def _prepare_data(recipe: Recipe, run_dir: Path, resume: bool, world: dist.World):
     """Tokenizer and train / validation sequences; rank 0 also writes the tokenizer and config.json."""
-    from textdiff.data import build_sequences, load_texts
+    from textdiff.data import build_sequences, load_texts, subsample
 
     if recipe.data.streaming:
         from itertools import islice
@@ -537,6 +537,8 @@ def _prepare_data(recipe: Recipe, run_dir: Path, resume: bool, world: dist.World
     texts = load_texts(recipe.data)
     tokenizer = rundir.tokenizer_for(recipe, run_dir, flat_texts(texts["train"]), resume or not world.is_main)
     train = build_sequences(recipe.data, tokenizer, texts["train"])
+    if recipe.data.train_sequences:
+        train = subsample(train, recipe.data.train_sequences)
     val = build_sequences(recipe.data, tokenizer, texts["validation"]) if texts["validation"] else None
     if len(train) < recipe.train.batch_size:
         raise TextdiffError(f"data: {len(train)} training sequences of {recipe.data.max_length} tokens, fewer than "
