@@ -76,17 +76,17 @@ def check_like_for_like(recipes: list, paths: list[str]) -> None:
                             f"it in memory (data.streaming: false)")
 
 
-def _shared_tokenizer(recipe, folder: Path):
+def _shared_tokenizer(recipe, folder: Path, train_texts: list):
     """The tokenizer every run uses and its folder: the recipe's tokenizer.path, else one trained once on the
     training split (saved by `plan` only once every check has passed)."""
-    from textdiff.data import flat_texts, load_texts
+    from textdiff.data import flat_texts
     from textdiff.tokenization import load_tokenizer, train_tokenizer
 
     if recipe.tokenizer.path:
         return load_tokenizer(recipe.tokenizer.path), Path(recipe.tokenizer.path)
     if (folder / "tokenizer.json").is_file():
         return load_tokenizer(folder), folder
-    return train_tokenizer(recipe.tokenizer, flat_texts(load_texts(recipe.data)["train"])), folder
+    return train_tokenizer(recipe.tokenizer, flat_texts(train_texts)), folder
 
 
 def plan(recipe_paths: list[str], epochs: list, unique_tokens: Optional[int], overrides: list[str],
@@ -105,7 +105,7 @@ def plan(recipe_paths: list[str], epochs: list, unique_tokens: Optional[int], ov
         if not texts[split]:
             raise TextdiffError(f"{source_name(base.data)} has no {split} split; the crossover early-stops on "
                                 f"validation and reports test (set data.holdout or data.splits, docs/data.md)")
-    tok, tok_dir = _shared_tokenizer(base, runs_dir / "tokenizer")
+    tok, tok_dir = _shared_tokenizer(base, runs_dir / "tokenizer", texts["train"])
     full = len(build_sequences(base.data, tok, texts["train"]))
     L, batch = base.data.max_length, base.train.batch_size
     n = full
@@ -281,7 +281,7 @@ def markdown(res: dict) -> list[str]:
     ref = s["best"].get(s["reference"])
     lines.append("")
     for label, c in s["crossings"].items():
-        at = (f"ahead of {s['reference']} from {c['first_ahead']} epochs on" if c["first_ahead"] is not None else
+        at = (f"first ahead of {s['reference']} at {c['first_ahead']} epochs" if c["first_ahead"] is not None else
               f"not ahead of {s['reference']} at any budget measured")
         trend = ", ".join(f"{e}: {g:+.3f} ± {u:.3f}" for e, g, u in c["gaps"])
         lines.append(f"- Crossover: {label} is {at} (test nats/token minus {s['reference']}'s, per epoch budget: "
