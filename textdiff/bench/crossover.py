@@ -1,7 +1,7 @@
 """The data-constrained crossover (Prabhudesai et al. 2025, "Diffusion Beats Autoregressive in Data-Constrained
 Settings"; Ni et al. 2025): recipes trained on one shared, optionally subsampled training split for a list of epoch
 budgets, with the validation and test bound at each, the best early-stopped value of each recipe, and the epoch
-budget where one overtakes the reference (the first causal, AR recipe when there is one).
+budget where one overtakes the reference (the first causal recipe, the AR baseline, when there is one).
 
 One run per recipe (and grid setting) serves every budget. The learning rate is held constant after warm-up
 (train.min_lr_ratio = 1): training to E epochs is then the same computation as stopping a longer run at E epochs,
@@ -171,11 +171,11 @@ def _bound(result) -> dict:
 def crossover(res: dict, runs_dir: Path, save, device: Optional[str] = None, progress: bool = True,
               echo=print) -> dict:
     """Train and evaluate every (run, epoch budget) not yet in res["points"]; `save(res)` after each one."""
+    import torch
+
     from textdiff.evaluation import perplexity
     from textdiff.pipeline import TextDiffusionPipeline
     from textdiff.training import train_recipe
-
-    import torch
 
     where = device or ("cuda" if torch.cuda.is_available() else "cpu")
     done = {(p["run"], p["epochs"]) for p in res["points"]}
