@@ -102,16 +102,32 @@ def _recipe(tmp_path, src: str, old: str, new: str) -> str:
     ("epochs closer than a step", ["--epochs", "1,1.01"], "closer than one step"),
     ("too many unique tokens", ["--unique-tokens", "10000000"], "more than the training split"),
     ("too few unique tokens", ["--unique-tokens", "64"], "fewer than train.batch_size"),
-    ("grid on the data", ["--grid", "data.max_length=16,32"], "must be the same for every run"),
+    ("epochs past the step limit", ["--epochs", "1,1e12"], "more than the limit"),
+    ("a split smaller than a batch", ["--set", "train.batch_size=5000"], "fewer than train.batch_size=5000"),
+    ("grid on the data", ["--grid", "data.max_length=16,32"], "differs from"),
+    ("grid on the model size, key spaced", ["--grid", "model.n_layer =2,3"], "in model.n_layer"),
+    ("grid on a key the benchmark sets", ["--grid", "train.steps=5,10"], "sets train.steps itself"),
+    ("grid on the run name", ["--grid", "name=x/../../escape,y"], "sets name itself"),
+    ("set on a key the benchmark sets", ["--set", "data.train_sequences=50"], "sets data.train_sequences itself"),
+    ("grid key twice", ["--grid", "model.dropout=0", "--grid", "model.dropout=0.1"], "given twice"),
+    ("grid value twice", ["--grid", "model.dropout=0.1,0.1"], "a value is given twice"),
+    ("grid values that are one value", ["--grid", "model.dropout=0,0.0"], "same recipe"),
+    ("grid values with spaces around them (valid)", ["--grid", "model.dropout=0, 0.1 "], None),
     ("grid without values", ["--grid", "model.dropout"], "expected KEY=V1,V2"),
     ("grid with a bad value", ["--grid", "model.dropout=0,lots"], "model.dropout"),
     ("negative eval sequences", ["--eval-sequences", "-1"], "--eval-sequences"),
 ])
-def test_bad_arguments_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, case, args, message):
+def test_bad_arguments_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, trainings, case, args, message):
+    if message is None:  # spaces around grid values are stripped: a valid grid
+        assert crossover(tmp_path, "--epochs", "1", *args, recipes=(AR,)) == 0
+        assert [r["name"] for r in json.loads((tmp_path / "out/crossover.json").read_text())["runs"]] == \
+            ["tiny-ar_dropout0", "tiny-ar_dropout0.1"]
+        return
     assert crossover(tmp_path, *args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists() and not list((tmp_path / "runs").glob("tiny-*"))
+    assert trainings == [] and not (tmp_path / "out").exists() and not list((tmp_path / "runs").glob("tiny-*"))
+    assert not (tmp_path / "runs/tokenizer").exists()
 
 
 @pytest.mark.parametrize("old, new, what", [
@@ -128,6 +144,28 @@ def test_recipes_that_are_not_like_for_like_are_refused(tmp_path, capsys, old, n
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", ["../outside", "tokenizer", "a b"])
+def test_a_recipe_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, capsys, name):
+    other = _recipe(tmp_path, AR, "name: tiny-ar", f"name: {name!r}")
+    assert crossover(tmp_path, recipes=(other,)) == 2
+    assert "not a plain folder name" in capsys.readouterr().err
+    assert not (tmp_path / "outside").exists() and not (tmp_path / "runs").exists()
+
+
+def test_runs_of_a_changed_recipe_or_tokenizer_are_not_reused(tmp_path, capsys):
+    ar = _recipe(tmp_path, AR, "lr: 1.0e-3", "lr: 1.0e-3")
+    assert crossover(tmp_path, "--epochs", "1", recipes=(ar,)) == 0
+    Path(ar).write_text(Path(ar).read_text().replace("lr: 1.0e-3", "lr: 2.0e-3"))
+    # a fresh --out-dir beside the old runs: the budget there is not silently reported for the changed recipe
+    assert main(["bench", "crossover", ar, *FAST, "--epochs", "1", "--runs", str(tmp_path / "runs"),
+                 "--out-dir", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot continue this crossover" in err and "train.lr" in err
+    Path(ar).write_text(Path(ar).read_text().replace("vocab_size: 512", "vocab_size: 300"))
+    assert crossover(tmp_path, "--epochs", "1", recipes=(ar,)) == 2
+    assert "holds a tokenizer trained from other data or tokenizer settings" in capsys.readouterr().err
+
+
 def test_resume_refuses_other_settings_and_a_damaged_state_file(tmp_path, capsys):
     assert crossover(tmp_path, "--epochs", "1", recipes=(AR,)) == 0
     state = tmp_path / "out/crossover.json"
@@ -137,10 +175,14 @@ def test_resume_refuses_other_settings_and_a_damaged_state_file(tmp_path, capsys
     assert crossover(tmp_path, "--epochs", "2", recipes=(AR,)) == 2  # budget 1 would be lost from the report
     assert "1 left out" in capsys.readouterr().err
     assert state.read_text() == before
-    state.write_text("{not json")
-    assert crossover(tmp_path, "--epochs", "1", recipes=(AR,)) == 2
-    err = capsys.readouterr().err
-    assert "not a crossover.json" in err and "\n" not in err.strip()
+    good = json.loads(before)
+    for damage in ("{not json", json.dumps({**good, "points": [1, 2]}), json.dumps({**good, "epochs": None}),
+                   json.dumps({**good, "points": [{**good["points"][0], "test": {"nats_per_token": "x"}}]}),
+                   json.dumps({**good, "points": [*good["points"], {"run": "bogus", "epochs": 1}]})):
+        state.write_text(damage)
+        assert crossover(tmp_path, "--epochs", "1", recipes=(AR,)) == 2
+        err = capsys.readouterr().err
+        assert "not a crossover.json" in err and "\n" not in err.strip() and state.read_text() == damage
 
 
 def test_a_run_past_a_budget_the_state_file_lacks_is_refused(tmp_path, capsys):

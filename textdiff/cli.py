@@ -621,13 +621,7 @@ def _bench_crossover(args) -> None:
     res = cx.plan(args.recipes, epochs, args.unique_tokens, args.set, args.grid, runs)
     res.update(draws=args.draws, eval_sequences=args.eval_sequences, points=[])
     if old is not None:
-        diff = [k for k in cx.PLAN_KEYS if old.get(k) != res.get(k)]
-        dropped = [e for e in old.get("epochs", []) if e not in epochs]
-        if diff or dropped:
-            what = ", ".join(diff + (["epochs (" + ", ".join(map(str, dropped)) + " left out)"] if dropped else []))
-            raise TextdiffError(f"{path} holds a crossover with other settings ({what}); resume it with the same "
-                                f"settings (--epochs may add budgets), or choose another --out-dir")
-        res["points"] = old["points"]
+        res["points"] = cx.resumed(old, res, path)
     words = ["textdiff", "bench", "crossover", *args.recipes, "--epochs", args.epochs]
     words += ["--unique-tokens", str(args.unique_tokens)] if args.unique_tokens else []
     words += [w for kv in args.set for w in ("--set", kv)] + [w for kv in args.grid for w in ("--grid", kv)]
@@ -639,10 +633,10 @@ def _bench_crossover(args) -> None:
     def save(r: dict) -> None:
         r["points"].sort(key=lambda p: (order.get(p["run"], len(order)), p["epochs"]))
         r.update(environment(args.device or "cpu"))
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, r)
         report = [f"# Data-constrained crossover ({r['date']})", "", f"Command: `{r['command']}`", "",
                   *cx.markdown(r), "", "![crossover](crossover.png)", ""]
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, r)
         atomic_write_bytes(out / "crossover.md", "\n".join(report).encode())
         if r["points"]:
             cx.plot(r, out / "crossover.png")
@@ -652,15 +646,12 @@ def _bench_crossover(args) -> None:
     print(f"wrote {path}, {out / 'crossover.md'}, {out / 'crossover.png'}")
 
 
-def _read_crossover(path: Path) -> dict:
+def _read_crossover(path: Path):
     try:
-        old = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        old = None
-    if not isinstance(old, dict) or not isinstance(old.get("points"), list):
-        raise TextdiffError(f"{path}: not a crossover.json written by `textdiff bench crossover`; move it away or "
-                            f"choose another --out-dir")
-    return old
+        raise TextdiffError(f"{path}: not a crossover.json written by `textdiff bench crossover` (or damaged); move "
+                            f"it away or choose another --out-dir") from None
 
 
 def _bench_judge(args) -> None:

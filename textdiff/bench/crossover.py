@@ -13,7 +13,10 @@ interrupted benchmark resumes without retraining the budgets it has (their resul
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Optional
@@ -23,10 +26,14 @@ from textdiff.errors import TextdiffError
 EPOCHS = (1, 4, 16, 64)
 LIKE_FOR_LIKE = ("data", "tokenizer", "model.n_layer", "model.n_embd", "model.n_head", "model.mlp_ratio",
                  "model.positions", "model.tie_embeddings", "model.backbone", "train.batch_size")
-"""What every recipe of one crossover shares (their backend, lr and regularisation may differ)."""
-PLAN_KEYS = ("recipes", "overrides", "grid", "unique_tokens", "train_sequences", "steps_per_epoch", "draws",
-             "eval_sequences")
+"""What every run of one crossover shares (their backend, lr and regularisation may differ)."""
+OWNED = ("name", "out_dir", "tokenizer.path", "data.train_sequences", "train.steps", "train.min_lr_ratio",
+         "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints", "sample.num_samples")
+"""Keys the benchmark sets itself (refused in --set and --grid rather than silently overridden)."""
+PLAN_KEYS = ("recipes", "overrides", "grid", "runs", "unique_tokens", "train_sequences", "steps_per_epoch",
+             "tokenizer_sha", "draws", "eval_sequences")
 """What must match for crossover.json to be resumed (the epoch list may grow)."""
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 def parse_epochs(text: str) -> list[float]:
@@ -40,17 +47,28 @@ def parse_epochs(text: str) -> list[float]:
     return [int(e) if e == int(e) else e for e in epochs]
 
 
+def check_overrides(items: list[str], flag: str = "--set") -> None:
+    for item in items:
+        key = item.partition("=")[0].strip()
+        if key in OWNED:
+            raise TextdiffError(f"{flag} {key}: the crossover sets {key} itself; allowed are the other recipe keys "
+                                f"(the benchmark owns {', '.join(OWNED)})")
+
+
 def parse_grid(items: list[str]) -> list[dict]:
     """['model.dropout=0,0.1', 'train.weight_decay=0,0.1'] -> every combination, as override dicts."""
     combos: list[dict] = [{}]
     for item in items:
         key, sep, values = item.partition("=")
-        if not sep or not key or not values:
+        key, values = key.strip(), [v.strip() for v in values.split(",")]
+        if not sep or not key or not all(values):
             raise TextdiffError(f"--grid {item!r}: expected KEY=V1,V2 (e.g. model.dropout=0,0.1)")
-        if key.split(".")[0] in ("data", "tokenizer", "out_dir") or key in LIKE_FOR_LIKE:
-            raise TextdiffError(f"--grid {key}: the grid varies regularisation and optimisation; {key} must be the "
-                                f"same for every run of a crossover")
-        combos = [{**c, key: v} for c in combos for v in values.split(",")]
+        check_overrides([key], "--grid")
+        if key in combos[0]:
+            raise TextdiffError(f"--grid {key}: given twice; give its values once, comma-separated")
+        if len(set(values)) < len(values):
+            raise TextdiffError(f"--grid {item!r}: a value is given twice")
+        combos = [{**c, key: v} for c in combos for v in values]
     return combos
 
 
@@ -60,46 +78,89 @@ def _get(d: dict, dotted: str):
     return d
 
 
-def check_like_for_like(recipes: list, paths: list[str]) -> None:
+def check_like_for_like(recipes: list, where: list[str]) -> None:
+    """Every run's recipe (`where` names each: its file and grid setting) shares LIKE_FOR_LIKE with the first."""
     first = recipes[0].to_dict()
-    for recipe, path in zip(recipes[1:], paths[1:]):
+    for recipe, what in zip(recipes[1:], where[1:]):
         other = recipe.to_dict()
         diff = [k for k in LIKE_FOR_LIKE if _get(first, k) != _get(other, k)]
         if diff:
-            raise TextdiffError(f"{path} differs from {paths[0]} in {', '.join(diff)}: a crossover compares recipes "
+            raise TextdiffError(f"{what} differs from {where[0]} in {', '.join(diff)}: a crossover compares recipes "
                                 f"on the same data, tokenizer, model size and batch; make those equal")
     if recipes[0].model.backbone is not None:
-        raise TextdiffError(f"{paths[0]}: model.backbone is set; the crossover compares models trained from scratch "
+        raise TextdiffError(f"{where[0]}: model.backbone is set; the crossover compares models trained from scratch "
                             f"on the repeated data (a pretrained backbone has seen other data)")
     if recipes[0].data.streaming:
-        raise TextdiffError(f"{paths[0]}: data.streaming=true; the crossover repeats the training split, so it needs "
+        raise TextdiffError(f"{where[0]}: data.streaming=true; the crossover repeats the training split, so it needs "
                             f"it in memory (data.streaming: false)")
+
+
+def recipe_sha(recipe) -> str:
+    return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+TOKENIZER_RECORD = "crossover_tokenizer.json"
+"""Beside the shared tokenizer: the data and tokenizer settings it was trained from."""
 
 
 def _shared_tokenizer(recipe, folder: Path, train_texts: list):
     """The tokenizer every run uses and its folder: the recipe's tokenizer.path, else one trained once on the
-    training split (saved by `plan` only once every check has passed)."""
+    training split (saved by `plan` only once every check has passed). A folder's tokenizer is reused only when
+    it was trained from the same data and tokenizer settings."""
     from textdiff.data import flat_texts
     from textdiff.tokenization import load_tokenizer, train_tokenizer
 
     if recipe.tokenizer.path:
         return load_tokenizer(recipe.tokenizer.path), Path(recipe.tokenizer.path)
+    wanted = {k: recipe.to_dict()[k] for k in ("data", "tokenizer")}
     if (folder / "tokenizer.json").is_file():
+        try:
+            had = json.loads((folder / TOKENIZER_RECORD).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            had = None
+        if had != json.loads(json.dumps(wanted, default=str)):
+            raise TextdiffError(f"{folder} holds a tokenizer trained from other data or tokenizer settings; use "
+                                f"another --runs, or delete {folder} and the runs beside it")
         return load_tokenizer(folder), folder
     return train_tokenizer(recipe.tokenizer, flat_texts(train_texts)), folder
 
 
-def plan(recipe_paths: list[str], epochs: list, unique_tokens: Optional[int], overrides: list[str],
-         grid: list[str], runs_dir: Path) -> dict:
-    """Recipes, data and the step of every epoch budget, checked before anything is trained."""
+def _runs(recipe_paths: list[str], overrides: list[str], settings: list[dict]) -> tuple[list[dict], list]:
+    """One entry per (recipe, grid setting), with its recipe; names, like-for-like and duplicates checked."""
     from textdiff.config import load_recipe
-    from textdiff.data import build_sequences, load_texts, source_name
     from textdiff.noising import BACKENDS
 
-    settings = parse_grid(grid)
-    bases = [load_recipe(p, overrides) for p in recipe_paths]
-    check_like_for_like(bases, recipe_paths)
-    base = bases[0]
+    runs, recipes = [], []
+    for path in recipe_paths:
+        for setting in settings:
+            recipe = load_recipe(path, [*overrides, *(f"{k}={v}" for k, v in setting.items())])
+            name = recipe.name + "".join(f"_{k.split('.')[-1]}{v}" for k, v in setting.items())
+            where = path + "".join(f" --grid {k}={v}" for k, v in setting.items())
+            if not RUN_NAME.fullmatch(name) or ".." in name or name == "tokenizer":
+                raise TextdiffError(f"{where}: the run name {name!r} (the recipe's name and its grid values) is not "
+                                    f"a plain folder name; allowed: letters, digits and . _ + - (not 'tokenizer')")
+            twin = next((r for r in runs if r["name"] == name or r["recipe_sha"] == recipe_sha(recipe)), None)
+            if twin is not None:
+                raise TextdiffError(f"{where}: the same run as {twin['where']} (same {'name' if twin['name'] == name else 'recipe'}"
+                                    f"); give each recipe its own name and each grid value once")
+            runs.append({"name": name, "recipe": path, "where": where, "label": recipe.name,
+                         "backend": recipe.backend.name, "causal": BACKENDS[recipe.backend.name].causal,
+                         "setting": setting, "recipe_sha": recipe_sha(recipe)})
+            recipes.append(recipe)
+    check_like_for_like(recipes, [r["where"] for r in runs])
+    return runs, recipes
+
+
+def plan(recipe_paths: list[str], epochs: list, unique_tokens: Optional[int], overrides: list[str],
+         grid: list[str], runs_dir: Path) -> dict:
+    """Recipes, data and the step of every epoch budget, checked before anything is trained or written."""
+    from textdiff.data import build_sequences, load_texts, source_name
+    from textdiff.evaluation.judge import file_hash
+    from textdiff.options import LIMITS
+
+    check_overrides(overrides)
+    runs, recipes = _runs(recipe_paths, overrides, parse_grid(grid))
+    base = recipes[0]
     texts = load_texts(base.data)
     for split in ("validation", "test"):
         if not texts[split]:
@@ -108,40 +169,39 @@ def plan(recipe_paths: list[str], epochs: list, unique_tokens: Optional[int], ov
     tok, tok_dir = _shared_tokenizer(base, runs_dir / "tokenizer", texts["train"])
     full = len(build_sequences(base.data, tok, texts["train"]))
     L, batch = base.data.max_length, base.train.batch_size
+    if full < batch:
+        raise TextdiffError(f"the training split of {source_name(base.data)} gives {full:,} sequences of {L} tokens, "
+                            f"fewer than train.batch_size={batch}; use a smaller batch or data.max_length")
     n = full
     if unique_tokens is not None:
         n = unique_tokens // L
+        allowed = f"allowed: {batch * L:,} to {full * L:,}"
         if unique_tokens > full * L:
             raise TextdiffError(f"--unique-tokens {unique_tokens:,} is more than the training split's {full * L:,} "
-                                f"tokens ({full:,} sequences of {L}); allowed: {batch * L:,} to {full * L:,}")
+                                f"tokens ({full:,} sequences of {L}); {allowed}")
         if n < batch:
             raise TextdiffError(f"--unique-tokens {unique_tokens:,} gives {n} sequences of {L} tokens, fewer than "
-                                f"train.batch_size={batch}; allowed: {batch * L:,} to {full * L:,}")
+                                f"train.batch_size={batch}; {allowed}")
     per_epoch = n // batch
     steps = [max(1, round(e * per_epoch)) for e in epochs]
     if any(b <= a for a, b in zip(steps, steps[1:])):
         raise TextdiffError(f"--epochs {','.join(map(str, epochs))}: budgets closer than one step apart "
                             f"({per_epoch} steps per epoch give the steps {steps})")
-    runs, names = [], set()
-    for path, recipe in zip(recipe_paths, bases):
-        for setting in settings:
-            name = recipe.name + "".join(f"_{k.split('.')[-1]}{v}" for k, v in setting.items())
-            if name in names:
-                raise TextdiffError(f"{path}: two runs would be named {name}; give the recipes different names")
-            names.add(name)
-            load_recipe(path, [*overrides, *(f"{k}={v}" for k, v in setting.items())])  # a bad grid value fails now
-            runs.append({"name": name, "recipe": path, "label": recipe.name, "backend": recipe.backend.name,
-                         "causal": BACKENDS[recipe.backend.name].causal, "setting": setting})
+    if steps[-1] > LIMITS["train_steps"]:
+        raise TextdiffError(f"--epochs {epochs[-1]}: {steps[-1]:,} optimizer steps, more than the limit of "
+                            f"{LIMITS['train_steps']:,}")
     if not (tok_dir / "tokenizer.json").is_file():
+        from textdiff.checkpoint import atomic_write_json
         from textdiff.rundir import make_dir, save_tokenizer
 
         make_dir(tok_dir, "--runs")
         save_tokenizer(tok, tok_dir)
+        atomic_write_json(tok_dir / TOKENIZER_RECORD, {k: base.to_dict()[k] for k in ("data", "tokenizer")})
     return {"recipes": list(recipe_paths), "overrides": list(overrides), "grid": list(grid),
             "unique_tokens": n * L if unique_tokens is not None else None, "train_sequences": n,
             "full_sequences": full, "max_length": L, "batch_size": batch, "steps_per_epoch": per_epoch,
-            "epochs": list(epochs), "steps": steps, "tokenizer": str(tok_dir), "runs": runs,
-            "data": source_name(base.data)}
+            "epochs": list(epochs), "steps": steps, "tokenizer": str(tok_dir),
+            "tokenizer_sha": file_hash(tok_dir / "tokenizer.json"), "runs": runs, "data": source_name(base.data)}
 
 
 def run_recipe(res: dict, run: dict, steps: int, runs_dir: Path):
@@ -161,6 +221,21 @@ def _done_step(run_dir: Path) -> int:
 
     found = ckpt.list_checkpoints(run_dir)
     return ckpt.read_state(found[-1])["step"] if found else 0
+
+
+def _check_run(recipe, run_dir: Path, res: dict) -> None:
+    """A run directory already there was trained from this recipe, data and shared tokenizer."""
+    from textdiff import rundir
+    from textdiff.evaluation.judge import file_hash
+
+    try:
+        rundir.check(recipe, run_dir, resume=True)
+    except TextdiffError as e:
+        raise TextdiffError(f"{run_dir} cannot continue this crossover: {str(e).removeprefix('--resume: ')}; delete "
+                            f"it to retrain it, or use another --runs") from None
+    if file_hash(run_dir / "tokenizer.json") != res["tokenizer_sha"]:
+        raise TextdiffError(f"{run_dir} was trained with another tokenizer than {res['tokenizer']}; delete {run_dir} "
+                            f"to retrain it, or use another --runs")
 
 
 def _bound(result) -> dict:
@@ -190,6 +265,8 @@ def crossover(res: dict, runs_dir: Path, save, device: Optional[str] = None, pro
                                     f"crossover.json lacks that budget; --epochs may only add budgets beyond the last "
                                     f"one done, or delete {run_dir} to retrain it")
             recipe = run_recipe(res, run, steps, runs_dir)
+            if (run_dir / "config.json").is_file():
+                _check_run(recipe, run_dir, res)
             t0 = time.perf_counter()
             if reached < steps:
                 train_recipe(recipe, resume=reached > 0, progress=progress, device=device)
@@ -205,6 +282,38 @@ def crossover(res: dict, runs_dir: Path, save, device: Optional[str] = None, pro
             echo(f"crossover: {run['name']} at {epochs} epochs ({steps:,} steps): validation {v['nats_per_token']:.4f}, "
                  f"test {t['nats_per_token']:.4f} nats/token ({seconds:.0f} s training)")
     return res
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _good_point(p, names: set, epochs: list) -> bool:
+    bounds = [p.get(k) for k in ("validation", "test")] if isinstance(p, dict) else [None]
+    return (isinstance(p, dict) and p.get("run") in names and p.get("epochs") in epochs and
+            all(_number(p.get(k)) for k in ("step", "tokens_seen", "train_seconds")) and
+            all(isinstance(b, dict) and _number(b.get("nats_per_token")) and _number(b.get("ppl")) and
+                (b.get("stderr") is None or _number(b.get("stderr"))) and isinstance(b.get("every_token"), bool)
+                for b in bounds))
+
+
+def resumed(old, res: dict, path: Path) -> list[dict]:
+    """The points of a crossover.json `old` that `res` (a fresh plan) continues; refused when it is damaged or of
+    other settings."""
+    damaged = TextdiffError(f"{path}: not a crossover.json written by `textdiff bench crossover` (or damaged); move "
+                            f"it away or choose another --out-dir")
+    if not isinstance(old, dict) or not isinstance(old.get("epochs"), list) or not isinstance(old.get("points"), list):
+        raise damaged
+    diff = [k for k in PLAN_KEYS if old.get(k) != res.get(k)]
+    dropped = [e for e in old["epochs"] if e not in res["epochs"]]
+    if diff or dropped:
+        what = ", ".join(diff + (["epochs (" + ", ".join(map(str, dropped)) + " left out)"] if dropped else []))
+        raise TextdiffError(f"{path} holds a crossover with other settings ({what}); resume it with the same "
+                            f"settings (--epochs may add budgets), or choose another --out-dir")
+    names = {r["name"] for r in res["runs"]}
+    if not all(_good_point(p, names, old["epochs"]) for p in old["points"]):
+        raise damaged
+    return old["points"]
 
 
 # --- the summary: early stopping, the crossover --------------------------------------------------------------------
@@ -288,10 +397,13 @@ def markdown(res: dict) -> list[str]:
                      f"{trend or 'none yet'}).")
         mine = s["best"].get(label)
         if mine and ref:
-            verdict = "below" if mine["test"]["ppl"] < ref["test"]["ppl"] else "above"
+            a, b = mine["test"]["ppl"], ref["test"]["ppl"]
+            verdict = "below" if a < b else "above" if a > b else "equal to"
             lines.append(f"- Best {label} test PPL {mine['test']['ppl']:.2f} (epoch {mine['epochs']}) is {verdict} the "
                          f"best early-stopped {s['reference']} PPL {ref['test']['ppl']:.2f} (epoch {ref['epochs']}), "
                          f"ratio {mine['test']['ppl'] / ref['test']['ppl']:.3f}.")
+    if not s["crossings"]:
+        lines.append("- One recipe only: no crossover to report (give an AR recipe beside it).")
     if any(not p["test"]["every_token"] for p in res["points"]):
         lines.append("- Note: some run scores fewer tokens per sequence than the others (an AR run without "
                      "backend.start_token skips the first); set backend.start_token: true for a like-for-like bound.")
