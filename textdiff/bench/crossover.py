@@ -141,8 +141,9 @@ def _runs(recipe_paths: list[str], overrides: list[str], settings: list[dict]) -
                                     f"a plain folder name; allowed: letters, digits and . _ + - (not 'tokenizer')")
             twin = next((r for r in runs if r["name"] == name or r["recipe_sha"] == recipe_sha(recipe)), None)
             if twin is not None:
-                raise TextdiffError(f"{where}: the same run as {twin['where']} (same {'name' if twin['name'] == name else 'recipe'}"
-                                    f"); give each recipe its own name and each grid value once")
+                same = "name" if twin["name"] == name else "recipe"
+                raise TextdiffError(f"{where}: the same run as {twin['where']} (same {same}); give each recipe its "
+                                    f"own name and each grid value once")
             runs.append({"name": name, "recipe": path, "where": where, "label": recipe.name,
                          "backend": recipe.backend.name, "causal": BACKENDS[recipe.backend.name].causal,
                          "setting": setting, "recipe_sha": recipe_sha(recipe)})
@@ -194,9 +195,9 @@ def plan(recipe_paths: list[str], epochs: list, unique_tokens: Optional[int], ov
         from textdiff.checkpoint import atomic_write_json
         from textdiff.rundir import make_dir, save_tokenizer
 
-        make_dir(tok_dir, "--runs")
-        save_tokenizer(tok, tok_dir)
+        make_dir(tok_dir, "--runs")  # the record first: a tokenizer.json is never there without it
         atomic_write_json(tok_dir / TOKENIZER_RECORD, {k: base.to_dict()[k] for k in ("data", "tokenizer")})
+        save_tokenizer(tok, tok_dir)
     return {"recipes": list(recipe_paths), "overrides": list(overrides), "grid": list(grid),
             "unique_tokens": n * L if unique_tokens is not None else None, "train_sequences": n,
             "full_sequences": full, "max_length": L, "batch_size": batch, "steps_per_epoch": per_epoch,
@@ -279,8 +280,8 @@ def crossover(res: dict, runs_dir: Path, save, device: Optional[str] = None, pro
                                   "train_seconds": round(seconds, 1), **bounds})
             save(res)
             v, t = bounds["validation"], bounds["test"]
-            echo(f"crossover: {run['name']} at {epochs} epochs ({steps:,} steps): validation {v['nats_per_token']:.4f}, "
-                 f"test {t['nats_per_token']:.4f} nats/token ({seconds:.0f} s training)")
+            echo(f"crossover: {run['name']} at {epochs} epochs ({steps:,} steps): validation "
+                 f"{v['nats_per_token']:.4f}, test {t['nats_per_token']:.4f} nats/token ({seconds:.0f} s training)")
     return res
 
 
@@ -375,9 +376,9 @@ def markdown(res: dict) -> list[str]:
              *env_lines(res), ""]
     rows = []
     for p in res["points"]:
-        t = p["test"]
-        rows.append({"run": p["run"], "epochs": p["epochs"], "steps": p["step"],
-                     "tokens seen": f"{p['tokens_seen']:,}", "validation nats/token": f"{p['validation']['nats_per_token']:.4f}",
+        v, t = p["validation"], p["test"]
+        rows.append({"run": p["run"], "epochs": p["epochs"], "steps": p["step"], "tokens seen": f"{p['tokens_seen']:,}",
+                     "validation nats/token": f"{v['nats_per_token']:.4f}",
                      "test nats/token": f"{t['nats_per_token']:.4f}" + (f" ± {t['stderr']:.4f}" if t["stderr"] else ""),
                      "test PPL": f"{t['ppl']:.2f}", "train s": p["train_seconds"]})
     lines += markdown_table(rows, list(rows[0])) if rows else ["(no budget evaluated yet)"]
