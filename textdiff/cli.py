@@ -617,7 +617,7 @@ def _bench_crossover(args) -> None:
     _check_out_dir(runs, "--runs")
     _check_device(args.device)
     path = out / "crossover.json"
-    old = _read_crossover(path) if path.exists() else None
+    old = cx.read_state(path) if path.exists() else None
     res = cx.plan(args.recipes, epochs, args.unique_tokens, args.set, args.grid, runs)
     res.update(draws=args.draws, eval_sequences=args.eval_sequences, points=[])
     if old is not None:
@@ -644,14 +644,6 @@ def _bench_crossover(args) -> None:
     cx.crossover(res, runs, save, args.device)
     save(res)
     print(f"wrote {path}, {out / 'crossover.md'}, {out / 'crossover.png'}")
-
-
-def _read_crossover(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise TextdiffError(f"{path}: not a crossover.json written by `textdiff bench crossover` (or damaged); move "
-                            f"it away or choose another --out-dir") from None
 
 
 def _bench_judge(args) -> None:

@@ -95,6 +95,29 @@ def check_like_for_like(recipes: list, where: list[str]) -> None:
                             f"it in memory (data.streaming: false)")
 
 
+def setting_overrides(setting: dict) -> list[str]:
+    """A grid setting {key: value} as --set overrides."""
+    return [f"{k}={v}" for k, v in setting.items()]
+
+
+def tokenizer_record(recipe) -> dict:
+    """What a shared tokenizer is trained from: the recipe's data and tokenizer sections (as JSON reads them back)."""
+    return json.loads(json.dumps({k: recipe.to_dict()[k] for k in ("data", "tokenizer")}, default=str))
+
+
+def damaged(path: Path) -> TextdiffError:
+    return TextdiffError(f"{path}: not a crossover.json written by `textdiff bench crossover` (or damaged); move it "
+                         f"away or choose another --out-dir")
+
+
+def read_state(path: Path):
+    """crossover.json as JSON (checked against a plan by `resumed`)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise damaged(path) from None
+
+
 def recipe_sha(recipe) -> str:
     return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -112,13 +135,12 @@ def _shared_tokenizer(recipe, folder: Path, train_texts: list):
 
     if recipe.tokenizer.path:
         return load_tokenizer(recipe.tokenizer.path), Path(recipe.tokenizer.path)
-    wanted = {k: recipe.to_dict()[k] for k in ("data", "tokenizer")}
     if (folder / "tokenizer.json").is_file():
         try:
             had = json.loads((folder / TOKENIZER_RECORD).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             had = None
-        if had != json.loads(json.dumps(wanted, default=str)):
+        if had != tokenizer_record(recipe):
             raise TextdiffError(f"{folder} holds a tokenizer trained from other data or tokenizer settings; use "
                                 f"another --runs, or delete {folder} and the runs beside it")
         return load_tokenizer(folder), folder
@@ -133,20 +155,21 @@ def _runs(recipe_paths: list[str], overrides: list[str], settings: list[dict]) -
     runs, recipes = [], []
     for path in recipe_paths:
         for setting in settings:
-            recipe = load_recipe(path, [*overrides, *(f"{k}={v}" for k, v in setting.items())])
+            recipe = load_recipe(path, [*overrides, *setting_overrides(setting)])
+            sha = recipe_sha(recipe)
             name = recipe.name + "".join(f"_{k.split('.')[-1]}{v}" for k, v in setting.items())
-            where = path + "".join(f" --grid {k}={v}" for k, v in setting.items())
+            where = path + "".join(f" --grid {kv}" for kv in setting_overrides(setting))
             if not RUN_NAME.fullmatch(name) or ".." in name or name == "tokenizer":
                 raise TextdiffError(f"{where}: the run name {name!r} (the recipe's name and its grid values) is not "
                                     f"a plain folder name; allowed: letters, digits and . _ + - (not 'tokenizer')")
-            twin = next((r for r in runs if r["name"] == name or r["recipe_sha"] == recipe_sha(recipe)), None)
+            twin = next((r for r in runs if r["name"] == name or r["recipe_sha"] == sha), None)
             if twin is not None:
                 same = "name" if twin["name"] == name else "recipe"
                 raise TextdiffError(f"{where}: the same run as {twin['where']} (same {same}); give each recipe its "
                                     f"own name and each grid value once")
             runs.append({"name": name, "recipe": path, "where": where, "label": recipe.name,
                          "backend": recipe.backend.name, "causal": BACKENDS[recipe.backend.name].causal,
-                         "setting": setting, "recipe_sha": recipe_sha(recipe)})
+                         "setting": setting, "recipe_sha": sha})
             recipes.append(recipe)
     check_like_for_like(recipes, [r["where"] for r in runs])
     return runs, recipes
@@ -196,7 +219,7 @@ def plan(recipe_paths: list[str], epochs: list, unique_tokens: Optional[int], ov
         from textdiff.rundir import make_dir, save_tokenizer
 
         make_dir(tok_dir, "--runs")  # the record first: a tokenizer.json is never there without it
-        atomic_write_json(tok_dir / TOKENIZER_RECORD, {k: base.to_dict()[k] for k in ("data", "tokenizer")})
+        atomic_write_json(tok_dir / TOKENIZER_RECORD, tokenizer_record(base))
         save_tokenizer(tok, tok_dir)
     return {"recipes": list(recipe_paths), "overrides": list(overrides), "grid": list(grid),
             "unique_tokens": n * L if unique_tokens is not None else None, "train_sequences": n,
@@ -214,7 +237,7 @@ def run_recipe(res: dict, run: dict, steps: int, runs_dir: Path):
            f"data.train_sequences={res['train_sequences']}", "train.min_lr_ratio=1.0", f"train.steps={steps}",
            "train.eval_every=0", f"train.checkpoint_every={every}", "train.keep_checkpoints=1",
            "sample.num_samples=0"]
-    return load_recipe(run["recipe"], [*res["overrides"], *(f"{k}={v}" for k, v in run["setting"].items()), *own])
+    return load_recipe(run["recipe"], [*res["overrides"], *setting_overrides(run["setting"]), *own])
 
 
 def _done_step(run_dir: Path) -> int:
@@ -301,10 +324,8 @@ def _good_point(p, names: set, epochs: list) -> bool:
 def resumed(old, res: dict, path: Path) -> list[dict]:
     """The points of a crossover.json `old` that `res` (a fresh plan) continues; refused when it is damaged or of
     other settings."""
-    damaged = TextdiffError(f"{path}: not a crossover.json written by `textdiff bench crossover` (or damaged); move "
-                            f"it away or choose another --out-dir")
     if not isinstance(old, dict) or not isinstance(old.get("epochs"), list) or not isinstance(old.get("points"), list):
-        raise damaged
+        raise damaged(path)
     diff = [k for k in PLAN_KEYS if old.get(k) != res.get(k)]
     dropped = [e for e in old["epochs"] if e not in res["epochs"]]
     if diff or dropped:
@@ -313,7 +334,7 @@ def resumed(old, res: dict, path: Path) -> list[dict]:
                             f"settings (--epochs may add budgets), or choose another --out-dir")
     names = {r["name"] for r in res["runs"]}
     if not all(_good_point(p, names, old["epochs"]) for p in old["points"]):
-        raise damaged
+        raise damaged(path)
     return old["points"]
 
 
