@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from textdiff.noising import register
-from textdiff.noising.base import Backend, Batch, DiscreteOptions, LossOutput, real_token_mask
+from textdiff.noising.base import Backend, Batch, DiscreteOptions, LossOutput, draw, real_token_mask
 from textdiff.noising.uniform import UniformDiffusion
 from textdiff.options import check_choice, check_positive
 from textdiff.schedules import get_schedule
@@ -429,13 +429,9 @@ class EditDiffusion(Backend):
         op_logits = op_logits.clone()
         op_logits[..., DELETE].masked_fill_(state.kind != FREE, float("-inf"))
         op_logits[..., REPLACE].masked_fill_(state.kind == GIVEN, float("-inf"))
-        ops = self._draw(filter_probs(op_logits, temperature), generator).masked_fill(~real, KEEP)
-        counts = self._draw(filter_probs(count_logits, temperature), generator).masked_fill(~self.gap_open(state), 0)
+        ops = draw(filter_probs(op_logits, temperature), generator).masked_fill(~real, KEEP)
+        counts = draw(filter_probs(count_logits, temperature), generator).masked_fill(~self.gap_open(state), 0)
         return Script(ops, clip_counts(counts, L - real.sum(1)))
-
-    @staticmethod
-    def _draw(probs: torch.Tensor, generator) -> torch.Tensor:
-        return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(probs.shape[:-1])
 
     def placeholders(self, state: EditState, script: Script) -> torch.Tensor:
         """y (B, L): the script applied with [MASK] at every token it writes."""

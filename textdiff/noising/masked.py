@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from textdiff.noising import register
 from textdiff.noising.base import (Backend, Batch, DiscreteOptions, Prediction, StepOutput, block_of, block_uniforms,
-                                   clean_context, per_row, per_token)
+                                   clean_context, draw, per_row, per_token)
 from textdiff.options import check_choice
 from textdiff.schedules import get_schedule
 
@@ -164,7 +164,7 @@ class MaskedDiffusion(Backend):
         if not reveal.any():
             return x_t
         sample = x_t.clone()
-        sample[reveal] = torch.multinomial(probs[reveal], 1, generator=generator).squeeze(-1)
+        sample[reveal] = draw(probs[reveal], generator)
         return sample
 
     def step(self, pred, probs, state, t, s, generator) -> StepOutput:

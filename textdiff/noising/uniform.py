@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from textdiff.noising import register
 from textdiff.noising.base import (Backend, Batch, DiscreteOptions, Prediction, StepOutput, block_of, block_uniforms,
-                                   clean_context, per_token, real_token_mask)
+                                   clean_context, draw, per_token, real_token_mask)
 from textdiff.noising.masked import MaskedDiffusion
 from textdiff.schedules import get_schedule
 
@@ -197,5 +197,5 @@ class UniformDiffusion(Backend):
         """Ancestral step t -> s: x_s drawn from `posterior` with probs (B, L, V) plugged in for x0; at s = 0 a clean
         token (alpha_0 = 1)."""
         post = self.posterior(probs, state, self.alpha(t), self.alpha(s))
-        sample = torch.multinomial(post.view(-1, post.shape[-1]), 1, generator=generator).view(state.shape)
+        sample = draw(post, generator)
         return StepOutput(sample, sample)
