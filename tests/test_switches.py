@@ -21,9 +21,10 @@ from textdiff.registry import SAMPLERS
 from textdiff.sampling import all_options
 
 SAMPLING = {"temperature": 0.0, "top_k": 2, "top_p": 0.3, "joint_edits": True, "block_size": 3, "cache": "prefix",
-            "eos_stop": True, "eta": 1.0, "clamp": True, "threshold": 0.3}
+            "eos_stop": True, "eta": 1.0, "clamp": True, "threshold": 0.3,
+            "remasking": "random"}
 """A non-default value of every sampling option."""
-NEEDS = {"cache": {"block_size": 3}, "eos_stop": {"temperature": 4.0}}
+NEEDS = {"cache": {"block_size": 3}, "eos_stop": {"temperature": 50.0}}
 """What an option's value needs beside it (the defaults it is compared with have it too): Fast-dLLM's caches act on
 semi-autoregressive blocks; eos_stop on rows that draw [EOS], which a tiny random model rarely does unflattened."""
 

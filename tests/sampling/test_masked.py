@@ -42,3 +42,23 @@ def test_greedy_confidence_sampler_reveals_the_most_probable_position_first():
         assert torch.equal(revealed, best)
         assert torch.equal(after[torch.arange(B), revealed], probs.argmax(-1)[torch.arange(B), revealed])
 
+
+
+def test_random_remasking_keeps_the_same_count_at_positions_not_chosen_by_confidence():
+    """remasking=random: one token a step at steps = L, as low_confidence, but its positions are not the most
+    probable ones every step (over a few seeds), and with a threshold every confident draw still goes first."""
+    model, backend = make("masked", seed=3)
+    orders = {}
+    for mode in ("low_confidence", "random"):
+        for seed in range(3):
+            states = [backend.prior((B, L))]
+            sample("confidence", model, backend, states[0].clone(), seed=seed, steps=L, remasking=mode,
+                   callback=lambda i, xs, p: states.append(xs.clone()))
+            assert [int((s == SPECIAL.mask).sum(1).max()) for s in states] == list(range(L, -1, -1))
+            orders[mode, seed] = [((a == SPECIAL.mask) & (b != SPECIAL.mask)).float().argmax(1).tolist()
+                                  for a, b in zip(states, states[1:])]
+    assert all(orders["random", s] != orders["low_confidence", s] for s in range(3))
+    left = []
+    sample("confidence", model, backend, backend.prior((B, L)), steps=4, threshold=1e-9, remasking="random",
+           callback=lambda i, xs, p: left.append(int((xs == SPECIAL.mask).sum())))
+    assert left == [0]

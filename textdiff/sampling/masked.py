@@ -12,6 +12,18 @@ from textdiff.sampling.options import Option
 THRESHOLD = Option(0.0, "also reveal, every step, each draw at least this probable (Fast-dLLM's confidence-aware "
                         "parallel decoding; 0: off; the steps become a ceiling)", check_unit)
 
+REMASKING_MODES = ("low_confidence", "random")
+
+
+def remasking_mode(name: str, value) -> None:
+    if value not in REMASKING_MODES:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(REMASKING_MODES)}")
+
+
+REMASKING = Option("low_confidence", "which of a step's draws it keeps: low_confidence (the most probable ones, "
+                                     "LLaDA's default) or random (as many, at uniformly random positions; at one "
+                                     "token a step, exact any-order sampling of the model)", remasking_mode)
+
 
 @step_rule("ancestral")
 def ancestral(backend, pred, probs, state, step):
@@ -22,7 +34,7 @@ def ancestral(backend, pred, probs, state, step):
 
 
 @step_rule("confidence", reveals_per_step=True)
-def confidence(backend, pred, probs, state, step, *, threshold: float = THRESHOLD):
+def confidence(backend, pred, probs, state, step, *, threshold: float = THRESHOLD, remasking: str = REMASKING):
     """Confidence-based remasking (MaskGIT, Chang et al. 2022; LLaDA's low-confidence remasking): every step draws
     all masked tokens and keeps the most confident ones, so the mask count falls linearly to zero. A token's
     confidence is the model's own probability of it (softmax of the logits before temperature and top-k/p
@@ -30,7 +42,10 @@ def confidence(backend, pred, probs, state, step, *, threshold: float = THRESHOL
     With threshold > 0 (Fast-dLLM's confidence-aware parallel decoding, Wu et al. 2025) a step reveals every draw
     at least that confident, and at least its share of the masks left spread over the steps left: the easy
     positions (the padding after a seq2seq target, say) go in a few steps and the steps saved go to the hard ones;
-    a block whose positions are all revealed skips the rest of its steps."""
+    a block whose positions are all revealed skips the rest of its steps.
+    With remasking=random (LLaDA's other remasking) the same number of draws is kept each step, at uniformly random
+    positions (after the confident ones under a threshold): MaskGIT's schedule without low_confidence's bias toward
+    the likeliest tokens (which buys judge perplexity with diversity)."""
     masked = (state == backend.special.mask) & step.active  # (B, L)
     drawn = draw(probs, step.generator)
     model_probs = torch.softmax(pred.logits.float(), dim=-1)
@@ -40,6 +55,10 @@ def confidence(backend, pred, probs, state, step, *, threshold: float = THRESHOL
         n_reveal = torch.maximum(-(-n_masked // (step.count - step.index)), (conf >= threshold).sum(dim=1))
     else:  # the mask count falls linearly to zero
         n_reveal = n_masked - (step.pending.float() * (1.0 - (step.index + 1) / step.count)).floor().long()  # (B,)
-    rank = conf.argsort(dim=1, descending=True).argsort(dim=1)  # (B, L) 0 = most confident
+    if remasking == "random":  # the confident draws first (under a threshold), then a random order
+        noise = torch.rand(conf.shape, generator=step.generator, device=conf.device)
+        order = torch.where(conf >= threshold, 1.0 + conf, noise) if threshold > 0 else noise
+        conf = order.masked_fill(~masked, -1.0)
+    rank = conf.argsort(dim=1, descending=True).argsort(dim=1)  # (B, L) 0 = kept first
     sample = torch.where(masked & (rank < n_reveal[:, None]), drawn, state)
     return StepOutput(sample, sample)
