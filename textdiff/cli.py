@@ -210,6 +210,8 @@ def _bench_parsers(sub) -> None:
     b.add_argument("--steps", default=",".join(map(str, (4, 8, 16, 32, 64, 128, 256))),
                    help="comma-separated step counts")
     b.add_argument("--samplers", help="comma-separated samplers (default: every sampler of each run's back-end)")
+    b.add_argument("--repeats", type=_positive(int, "draws"), default=1,
+                   help="draw each point N times and report the median wall time (default 1)")
     b.add_argument("--out-dir", default="benchmarks/results/frontier", dest="out_dir",
                    help="writes frontier.json, frontier.md and frontier.png here")
     _seed_and_device(b)
@@ -581,7 +583,8 @@ def cmd_bench(args) -> None:
     _check_device(args.device)
     out = Path(args.out_dir)
     _check_out_dir(out, "--out-dir")
-    res = frontier(args.runs, steps, args.num_samples, args.seed, args.judge, args.device, samplers)
+    res = frontier(args.runs, steps, args.num_samples, args.seed, args.judge, args.device, samplers,
+                   repeats=args.repeats)
     out.mkdir(parents=True, exist_ok=True)
     _write_frontier(res, out / "frontier.json")
 

@@ -75,6 +75,23 @@ def test_a_run_named_with_at_steps_is_sampled_at_those_steps_only(masked_run, tm
     assert "step counts must be > 0" in capsys.readouterr().err
 
 
+def test_repeats_time_each_point_again_and_report_the_median(masked_run, ar_run, tmp_path, monkeypatch):
+    """--repeats 3: every point drawn three times (its samples those of the first draw), its wall time the median."""
+    from textdiff.evaluation import genppl
+
+    seconds = iter([5.0, 1.0, 3.0] * 4)
+    real = genppl.timed_generate
+    monkeypatch.setattr(genppl, "timed_generate", lambda *a, **k: (real(*a, **k)[0], next(seconds)))
+    out = tmp_path / "frontier"
+    assert main(["bench", "frontier", f"{masked_run}@2", str(ar_run), "--samplers", "ancestral,ar", "--repeats", "3",
+                 "--num-samples", "2", "--judge", "none", "--out-dir", str(out)]) == 0
+    res = json.loads((out / "frontier.json").read_text())
+    assert res["repeats"] == 3 and len(res["points"]) == 2
+    assert all(p["wall_runs"] == [5.0, 1.0, 3.0] and p["wall_s"] == 3.0 for p in res["points"])
+    assert "median of 3 draws" in (out / "frontier.md").read_text()
+    assert main(["bench", "frontier", str(masked_run), "--repeats", "0"]) == 2
+
+
 def test_bench_refuses_bad_flags(masked_run, capsys):
     assert main(["bench", "throughput", "--backends", "nope"]) == 2
     assert main(["bench", "frontier", str(masked_run), "--steps", "4,x"]) == 2

@@ -79,9 +79,11 @@ def _warm_up(pipe, grid) -> None:
 
 def frontier(runs: list[str], steps: tuple[int, ...] = STEPS, num_samples: int = 16, seed: int = 0,
              judge: Optional[str] = None, device: str = "cpu", samplers: Optional[list[str]] = None,
-             echo=print) -> dict:
+             echo=print, repeats: int = 1) -> dict:
     """Every (run, sampler, steps) point; combinations a sampler refuses (e.g. more steps than tokens) are
-    listed under "skipped" with the reason. A run given as 'RUN@8,16' is sampled at those step counts only."""
+    listed under "skipped" with the reason. A run given as 'RUN@8,16' is sampled at those step counts only. With
+    repeats > 1 each point is drawn that many times (the same seed: the same samples) and its wall time is the
+    median, the runs' times kept in `wall_runs` (a shared CPU's timings vary by a third from one run to the next)."""
     from textdiff.evaluation.genppl import generate_for_judge, reference_texts, text_stats
     from textdiff.evaluation.judge import load_judge
     from textdiff.evaluation.report import environment
@@ -108,12 +110,26 @@ def frontier(runs: list[str], steps: tuple[int, ...] = STEPS, num_samples: int =
                 skipped.append({"run": run, "sampler": sampler, "steps": n, "reason": str(e)})
                 echo(f"skip {run} {sampler} {n}: {e}")
                 continue
-            points.append(_point(run, pipe, g, None if j is None else text_stats(g.texts, g.ids, j), options))
+            g, walls = _retimed(pipe, g, repeats, num_samples, seed, sampler=sampler, steps=n, **options)
+            points.append({**_point(run, pipe, g, None if j is None else text_stats(g.texts, g.ids, j), options),
+                           "wall_runs": walls})
             _echo_point(echo, points[-1])
     return {"runs": [r for r, _, _ in specs], "steps": sorted({n for _, ns, _ in specs for n in ns}),
-            "num_samples": num_samples, "seed": seed,
+            "num_samples": num_samples, "seed": seed, "repeats": repeats,
             "judge": j.name if j else DEFERRED, "judge_tokenizer": j.tokenizer if j else None,
             "references": references, "points": points, "skipped": skipped, **environment(device)}
+
+
+def _retimed(pipe, g, repeats: int, num_samples: int, seed: int, **opts):
+    """g with the median wall time (and its tokens/s) of `repeats` draws of it, and every draw's seconds."""
+    import dataclasses
+    import statistics
+
+    from textdiff.evaluation.genppl import timed_generate
+
+    walls = [g.sample_seconds] + [timed_generate(pipe, num_samples, seed, **opts)[1] for _ in range(repeats - 1)]
+    median = statistics.median(walls)
+    return dataclasses.replace(g, sample_seconds=median, tokens_per_s=g.tokens_per_s * g.sample_seconds / median), walls
 
 
 def _echo_point(echo, p: dict) -> None:
@@ -158,8 +174,10 @@ def judge_frontier(res: dict, judge: Optional[str] = None, device: str = "cpu", 
 def markdown(res: dict) -> list[str]:
     from textdiff.evaluation.report import env_lines, markdown_table
 
-    lines = [f"Sampling frontier: {res['num_samples']} samples per point, seed {res['seed']}; judge {res['judge']} "
-             f"(perplexity per token of its {res['judge_tokenizer']}); entropy in nats over the run's token ids.",
+    timing = f"; wall time the median of {res['repeats']} draws" if res.get("repeats", 1) > 1 else ""
+    lines = [f"Sampling frontier: {res['num_samples']} samples per point, seed {res['seed']}{timing}; judge "
+             f"{res['judge']} (perplexity per token of its {res['judge_tokenizer']}); entropy in nats over the run's "
+             "token ids.",
              *env_lines(res), ""]
     cols = ["run", "backend", "sampler", "steps", "wall_s", "tokens_per_s", "genppl", "entropy", "dist_2", "self_bleu"]
     if any("nfe" in p for p in res["points"]):  # frontiers drawn since model calls are counted
