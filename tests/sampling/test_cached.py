@@ -23,10 +23,22 @@ def mixed_prompts() -> torch.Tensor:
 GREEDY = [("masked", "confidence", {}), ("masked", "confidence", {"threshold": 0.2})]
 
 
+def time_conditioned_block_model(K: int):
+    """A masked block model with time conditioning (t per position: 0 on the clean blocks), its gates and time
+    embedding drawn at random and large enough that a clean block written at the wrong time changes the tokens."""
+    model, backend = make("masked", model={"block_size": K, "time_conditioning": True}, mask_sampling="time")
+    torch.manual_seed(1)
+    for n, p in model.named_parameters():
+        if "ada" in n or "time_mlp" in n:
+            torch.nn.init.normal_(p, std=0.1 if "ada" in n else 0.3)
+    return model, backend
+
+
 @pytest.mark.parametrize("name,sampler,opts", GREEDY)
 @pytest.mark.parametrize("K", [2, 5])
-def test_the_exact_cache_gives_the_uncached_tokens_at_temperature_0(name, sampler, opts, K):
-    model, backend = block_model(name, K=K)
+@pytest.mark.parametrize("timed", [False, True])
+def test_the_exact_cache_gives_the_uncached_tokens_at_temperature_0(name, sampler, opts, K, timed):
+    model, backend = time_conditioned_block_model(K) if timed else block_model(name, K=K)
     x = mixed_prompts()
     cached = sample(sampler, model, backend, x.clone(), steps=2, temperature=0.0, **opts)
     uncached = sample(sampler, model, backend, x.clone(), steps=2, temperature=0.0, cache="none", **opts)
@@ -146,3 +158,31 @@ def test_fast_dllm_options_are_refused_where_they_cannot_work(masked_run, ar_run
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_model_calls_are_the_block_steps_alone_the_writes_ride_on_the_next_blocks_first_step():
+    """5 blocks of 2, 2 steps each, no prompt: 10 model calls, the head at every one; each finished block is written
+    by the next block's first call (the cached-equals-uncached tests check that this is exact)."""
+    from textdiff.evaluation.genppl import counting_forwards
+
+    model, backend = block_model(K=2)
+    heads = []
+    hook = model.head.register_forward_hook(lambda *_: heads.append(1))
+    with counting_forwards(model) as nfe:
+        sample("confidence", model, backend, torch.full((B, L), SPECIAL.mask), steps=2, temperature=0.0)
+    hook.remove()
+    assert nfe[0] == 5 * 2 and len(heads) == 5 * 2
+
+
+def test_a_prompt_of_whole_blocks_is_written_by_the_first_generated_blocks_call():
+    """A 6-token prompt over blocks of 2: blocks 0-2 take no step; they are written (one on its own, the last with
+    block 3's first step), and the text equals the uncached loop's at temperature 0."""
+    from textdiff.evaluation.genppl import counting_forwards
+
+    model, backend = block_model(K=2)
+    x = torch.full((1, L), SPECIAL.mask)
+    x[0, :6] = torch.arange(7, 13)
+    with counting_forwards(model) as nfe:
+        out = sample("confidence", model, backend, x.clone(), steps=2, temperature=0.0)
+    assert nfe[0] == 2 + 2 * 2  # writes of blocks 0 and 1, then 2 blocks x 2 steps
+    assert torch.equal(out, sample("confidence", model, backend, x.clone(), steps=2, temperature=0.0, cache="none"))

@@ -137,13 +137,14 @@ class Generated:
 
 
 def counting_forwards(model):
-    """A context manager counting the model's forwards (passes through its final norm) in a one-item list."""
+    """A context manager counting the model's forwards (passes through its first block: a block model's cache
+    writes too, which stop before the final norm) in a one-item list."""
     import contextlib
 
     @contextlib.contextmanager
     def counted():
         count = [0]
-        handle = model.ln_f.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        handle = model.blocks[0].register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
         try:
             yield count
         finally:

@@ -66,7 +66,9 @@ class KVCache:
     """Keys and values per layer for a batch: the AR baseline's prefix, a block model's finished blocks, or a whole
     sequence's (Fast-dLLM's approximate caches). A forward at positions [start, start + L) attends to the cached
     positions [0, length) with its own keys and values in their slots (appended past `length`, overwriting within
-    it); with `store` they are written for good and `length` grows, else the cache is left as it was."""
+    it); with `store` they are written for good and `length` grows, else the entries held (before `length`) are
+    left as they were: slots past `length` are scratch, written in place (a block's steps over a block model's
+    cache copy nothing)."""
 
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, device, dtype):
         shape = (batch, n_head, max_len, head_dim)
@@ -80,7 +82,7 @@ class KVCache:
         """The keys and values (B, H, N, hd) a forward of k, v (B, H, L, hd) at positions from `start` attends to."""
         end = start + k.shape[2]
         n = max(self.length, end)
-        if self.store:
+        if self.store or start >= self.length:
             self.k[layer][:, :, start:end], self.v[layer][:, :, start:end] = k, v
             return self.k[layer][:, :, :n], self.v[layer][:, :, :n]
         keys, values = self.k[layer][:, :, :n].clone(), self.v[layer][:, :, :n].clone()
@@ -134,6 +136,16 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, L, D))
 
 
+    def store(self, x, rope, layer: int, cache: KVCache, start: int) -> None:
+        """Only the keys and values of x (B, L, D) at positions from `start`, written into the cache."""
+        B, L, D = x.shape
+        _, k, v = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            k = Rotary.apply(k, *rope)
+        cache.store = True
+        cache.attend(layer, k, v, start)
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -176,6 +188,15 @@ class Block(nn.Module):
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(c).chunk(6, dim=-1)  # 6 × (B, D) or (B, L, D)
         x = x + per_token(g1) * self.drop(self.attn(modulate(self.ln1(x), sh1, sc1), rope, layer, cache, mask, start))
         return x + per_token(g2) * self.drop(self.mlp(modulate(self.ln2(x), sh2, sc2)))
+
+
+    def store(self, x, rope, c, layer: int, cache: KVCache, start: int) -> None:
+        """The keys and values this block's attention reads for x, written into the cache; nothing else is computed."""
+        h = self.ln1(x)
+        if c is not None:
+            sh1, sc1 = self.ada(c).chunk(6, dim=-1)[:2]
+            h = modulate(h, sh1, sc1)
+        self.attn.store(h, rope, layer, cache, start)
 
 
 class Transformer(nn.Module):
@@ -314,6 +335,22 @@ class Transformer(nn.Module):
             shift, scale = self.final_ada(c if c.dim() == 2 else c[:, :L]).chunk(2, dim=-1)
             x = modulate(x, shift, scale)
         return x
+
+    @torch.no_grad()
+    def write_cache(self, inputs: torch.Tensor, t: torch.Tensor, cache: KVCache, start: int) -> None:
+        """The keys and values of inputs (B, L) at positions from `start` stored in the cache, as `hidden` with
+        `cache.store` would store them (a block model's finished block, written once): every layer but the last
+        runs whole, the last only its key and value projections (its attention, MLP and the head read nothing)."""
+        L = inputs.shape[1]
+        positions = torch.arange(start, start + L, device=inputs.device)
+        mask = self._mask(start, L, max(cache.length, start + L), inputs.device)
+        x, c, rope = self.embed(inputs, t, None, positions)
+        cache.store = True
+        *body, last = self.blocks
+        for i, block in enumerate(body):
+            x = block(x, rope, c, i, cache, mask, start)
+        last.store(x, rope, c, len(body), cache, start)
+        cache.advance(start, L)
 
     def _two_streams(self, inputs, t, x0_prev, context):
         """[noisy, clean] inputs (B, 2L), per-token times (noisy t, clean 0), x0_prev on the noisy half only, the

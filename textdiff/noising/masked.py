@@ -105,12 +105,12 @@ class MaskedDiffusion(Backend):
         """(B, L, V) x0 logits; at unmasked positions the distribution is a point mass on the given token
         (`context`: the clean sequence beside x_t, for a block model's training passes)."""
         extra = {"context": context} if context is not None else {}
-        logits = self.subs(model(x_t, t, x0_prev=self.cond_input(model, x0_prev), **extra))
-        known = x_t != self.mask_id
-        if known.any():
-            b, i = known.nonzero(as_tuple=True)
-            logits[b, i] = float("-inf")
-            logits[b, i, x_t[b, i]] = 0.0
+        masked = x_t == self.mask_id
+        out = self.subs(model(x_t, t, x0_prev=self.cond_input(model, x0_prev), select=masked, **extra))  # (N, V)
+        logits = out.new_full((*x_t.shape, out.shape[-1]), float("-inf"))  # the vocab head ran at the masks only
+        logits[masked] = out
+        b, i = (~masked).nonzero(as_tuple=True)
+        logits[b, i, x_t[b, i]] = 0.0
         return Prediction(logits)
 
     # --- training and likelihood -------------------------------------------------------------------------

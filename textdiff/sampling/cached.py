@@ -2,8 +2,9 @@
 Fast-dLLM's approximate caches for today's bidirectional models under semi-autoregressive blocks.
 
 A block model's block b attends to itself and to the clean blocks before it, so once a block is decided its keys and
-values never change: they are written into the cache by one forward of the clean block (t = 0, as the clean stream
-saw it in training), and each step of the next block runs over its K positions only, reading the cache. This is
+values never change: they are written into the cache by a forward of the clean block (t = 0, as the clean stream
+saw it in training) that is also the next block's first step (the clean block ahead of it under the block-causal
+mask), and each step of the next block runs over its K positions only, reading the cache. This is
 exact: the same tokens as recomputing the whole prefix every step (`cache="none"`, the generic loop with the model's
 block-causal mask), at temperature 0 token for token (a test checks it).
 
@@ -26,18 +27,49 @@ from textdiff.sampling.step import Predictions, Step, times
 
 class Cached:
     """The model as a back-end calls it, with the cache and the position of its first input added to every call
-    (read-only: the step's keys and values are not stored). Everything else is the model's."""
+    (read-only: the step's keys and values are not stored). Everything else is the model's.
 
-    def __init__(self, model, cache, start: int, store: bool = False):
-        self.model, self.cache, self.start, self.store = model, cache, start, store
+    `pending` (B, n): the clean tokens of the finished block just before `start`, not yet in the cache. The first
+    call writes them in its own forward, ahead of its inputs under the block-causal mask (they see only the cache
+    and themselves, as a forward of their own would), so a block model's sampling makes one model call per block
+    step and none for the writes; a call on input vectors, or `hidden`, writes them first."""
+
+    def __init__(self, model, cache, start: int, store: bool = False, pending: Optional[torch.Tensor] = None):
+        self.model, self.cache, self.start, self.store, self.pending = model, cache, start, store, pending
 
     def __call__(self, inputs, t=None, x0_prev=None, select=None):
+        if self.pending is not None and not inputs.is_floating_point():
+            return self._with_pending(inputs, t, x0_prev, select)
+        self.flush()
         self.cache.store = self.store
         return self.model(inputs, t, x0_prev=x0_prev, select=select, cache=self.cache, start=self.start)
 
     def hidden(self, inputs, t=None, x0_prev=None):
+        self.flush()
         self.cache.store = self.store
         return self.model.hidden(inputs, t, x0_prev, cache=self.cache, start=self.start)
+
+    def flush(self) -> None:
+        """Write the pending block into the cache on its own (the block's steps made no call that could carry it)."""
+        if self.pending is not None:
+            ids, self.pending = self.pending, None
+            write(self.model, self.cache, ids, self.start - ids.shape[1])
+
+    def _with_pending(self, inputs, t, x0_prev, select):
+        """One forward of [pending clean block, inputs]: the block's keys and values stored (at t = 0, no
+        self-conditioning input, as `write` stores them), the outputs at the inputs' positions returned."""
+        ids, self.pending = self.pending, None
+        (B, n), L = ids.shape, inputs.shape[1]
+        if t is not None:
+            t = torch.cat([t.new_zeros(B, n), t[:, None].expand(B, L) if t.dim() == 1 else t], dim=1)
+        if x0_prev is not None:
+            x0_prev = torch.cat([x0_prev.new_zeros(B, n, *x0_prev.shape[2:]), x0_prev], dim=1)
+        both = None if select is None else torch.cat([select.new_zeros(B, n), select], dim=1)
+        self.cache.store = True
+        out = self.model(torch.cat([ids, inputs], dim=1), t, x0_prev=x0_prev, select=both, cache=self.cache,
+                         start=self.start - n)
+        self.cache.length = self.start  # the inputs' slots are scratch: every later step writes its own
+        return out if select is not None else out[:, n:]
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -45,9 +77,8 @@ class Cached:
 
 @torch.no_grad()
 def write(model, cache, ids: torch.Tensor, start: int) -> None:
-    """One forward of clean tokens ids (B, n) at positions from `start`, their keys and values stored."""
-    cache.store = True
-    model.hidden(ids, torch.zeros(ids.shape[0], device=ids.device), cache=cache, start=start)
+    """One forward of clean tokens ids (B, n) at positions from `start` (t = 0), their keys and values stored."""
+    model.write_cache(ids, torch.zeros(ids.shape[0], device=ids.device), cache, start)
 
 
 def block_steps(backend, cached, state, shown, active, steps: int, generator, rule, filters: dict,
@@ -87,19 +118,25 @@ def denoise_blocks(model, backend, x: torch.Tensor, generator, rule: Callable, *
         if callback is not None:
             callback(count[0], shown, None)
 
+    pending = None  # the finished block not yet written: the next block's first call writes it
     for lo in range(0, L, K):
         hi = lo + K
         shown[done, lo:hi] = sp.pad
         active = (shown[:, lo:hi] == sp.mask) & ~done[:, None]
         if active.any():
             state = backend.start(model, shown[:, lo:hi], generator)
-            _, block = block_steps(backend, Cached(model, cache, lo), state, shown[:, lo:hi], active, steps, generator,
-                                   rule, filters, guidance, lambda b: emit(b, lo, hi))
+            cached = Cached(model, cache, lo, pending=pending)
+            _, block = block_steps(backend, cached, state, shown[:, lo:hi], active, steps, generator, rule, filters,
+                                   guidance, lambda b: emit(b, lo, hi))
+            cached.flush()
             shown[:, lo:hi] = block
+        elif pending is not None:
+            write(model, cache, pending, lo - K)
+        pending = None
         if eos_stop:
             done |= (shown[:, lo:hi] == sp.eos).any(dim=1) & (x[:, lo:hi] == sp.mask).any(dim=1)
         if hi < L and not done.all():
-            write(model, cache, shown[:, lo:hi], lo)
+            pending = shown[:, lo:hi].clone()
     return pad_after_eos(shown, x, sp) if eos_stop else shown
 
 

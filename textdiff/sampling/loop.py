@@ -72,7 +72,7 @@ def loop(model, backend, x, generator, rule, spans, per_block, filters, callback
                 break
             t, s = times(j, n, x)
             state = backend.hold(model, state, shown, known, t, generator)
-            pred = predict(state, model_time(model, t, known))
+            pred = predict(state, model_time(model, t, known & ~block))  # a block model's block all at t
             probs = filter_probs(pred.logits, **filters)
             out = rule(backend, pred, probs, state, Step(t, s, j, n, active, pending, generator))
             state = backend.select(active, out.sample, state)
