@@ -73,7 +73,9 @@ def main(argv=None) -> int:
         return 2
     print(text, end="")
     if args.out:
-        Path(args.out).write_text(text)
+        command = " ".join(["python benchmarks/frontier_target.py", *(argv if argv is not None else sys.argv[1:])])
+        Path(args.out).write_text(f"# Block diffusion's sampling target on {args.frontier}\n\nCommand: `{command}`\n\n"
+                                  + text)
     return 0
 
 
