@@ -22,7 +22,7 @@ import torch
 
 from textdiff.noising.base import block_of
 from textdiff.sampling import filter_probs
-from textdiff.sampling.step import Predictions, Step, times
+from textdiff.sampling.step import Predictions, Step, model_time, times
 
 
 class Cached:
@@ -148,7 +148,7 @@ def pad_after_eos(shown: torch.Tensor, x: torch.Tensor, sp) -> torch.Tensor:
     return shown.masked_fill(after & hole, sp.pad)
 
 
-def _window(pred, lo: int, hi: int, length: int):
+def window(pred, lo: int, hi: int, length: int):
     """A prediction over the whole sequence cut to positions [lo, hi) (its per-position tensor fields)."""
     import dataclasses
 
@@ -156,6 +156,45 @@ def _window(pred, lo: int, hi: int, length: int):
            if torch.is_tensor(getattr(pred, f.name)) and getattr(pred, f.name).dim() >= 2
            and getattr(pred, f.name).shape[1] == length}
     return dataclasses.replace(pred, **cut)
+
+
+@torch.no_grad()
+def denoise_blocks_uncached(model, backend, x: torch.Tensor, generator, rule: Callable, spans, *, steps: int,
+                            filters: dict, callback: Optional[Callable] = None,
+                            guidance: Optional[Callable] = None) -> torch.Tensor:
+    """A block model without its cache (`cache="none"`): every step runs the whole sequence under the block-causal
+    mask, and the rest is `denoise_blocks`' own: each block (`spans`, (B, L) column masks) started, drawn and
+    self-conditioned over its own columns, the clean blocks before it at t = 0 and without a self-conditioning
+    input (as the cache holds them), so both use the generator alike and give the same tokens."""
+    sp, L = backend.special, x.shape[1]
+    given = x != sp.mask
+    state, shown, known = x.clone(), x.clone(), given.clone()
+    count = 0
+    for block in spans:
+        cols = block[0].nonzero()[:, 0]
+        lo, hi = int(cols[0]), int(cols[-1]) + 1
+        active = (block & ~given)[:, lo:hi]
+        state = state.clone()
+        state[:, lo:hi] = backend.start(model, shown[:, lo:hi], generator)
+        predict = Predictions(model, backend, guidance)
+        pending = (active & (shown[:, lo:hi] == sp.mask)).sum(dim=1)
+        for j in range(steps):
+            if backend.settled(state[:, lo:hi], active):
+                break
+            t, s = times(j, steps, x)
+            pred = window(predict(state, model_time(model, t, known & ~block)), lo, hi, L)
+            if predict.x0_prev is not None:  # the block's own feedback only, as over the cache
+                predict.x0_prev = predict.x0_prev.masked_fill(~block[..., None], 0.0)
+            probs = filter_probs(pred.logits, **filters)
+            out = rule(backend, pred, probs, state[:, lo:hi], Step(t, s, j, steps, active, pending, generator))
+            state = state.clone()
+            state[:, lo:hi] = backend.select(active, out.sample, state[:, lo:hi])
+            shown[:, lo:hi] = torch.where(active, out.tokens, shown[:, lo:hi])
+            count += 1
+            if callback is not None:
+                callback(count, shown, None)
+        known |= block & ~given
+    return shown
 
 
 @torch.no_grad()
@@ -181,7 +220,7 @@ def denoise_fast(model, backend, x, generator, rule, spans, steps_per_block, *, 
             state = backend.hold(model, state, shown, known, t, generator)
             if j == 0:  # the whole sequence: the cache for the block's later steps, and this step's prediction
                 cache = model.new_cache(B, L)
-                pred = _window(backend.predict(Cached(model, cache, 0, store=True), state, t), lo, hi, L)
+                pred = window(backend.predict(Cached(model, cache, 0, store=True), state, t), lo, hi, L)
                 cache.length = L if mode == "dual" else lo
             else:
                 pred = backend.predict(Cached(model, cache, lo), state[:, lo:hi], t)

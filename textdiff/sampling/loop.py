@@ -23,7 +23,7 @@ import torch
 from textdiff.noising.base import block_of
 from textdiff.sampling import cached, filter_probs, hole_blocks, split_steps
 from textdiff.sampling.options import BLOCK_SIZE, CACHE, EOS_STOP, TEMPERATURE, TOP_K, TOP_P
-from textdiff.sampling.step import Predictions, Step, model_time, times
+from textdiff.sampling.step import Predictions, Step, times
 
 
 def absolute_blocks(x: torch.Tensor, mask_id: int, block: int) -> list[torch.Tensor]:
@@ -49,8 +49,12 @@ def denoise(model, backend, x: torch.Tensor, generator: torch.Generator, rule: C
     if K and cache != "none":
         return cached.denoise_blocks(model, backend, x, generator, rule, steps=steps, filters=filters,
                                      callback=callback, guidance=guidance, eos_stop=eos_stop)
-    spans = absolute_blocks(x, mask, K) if K else hole_blocks(x, mask, block_size)
-    per_block = [steps] * len(spans) if K else split_steps(steps, len(spans))
+    if K:  # cache none: the same steps over the whole sequence
+        out = cached.denoise_blocks_uncached(model, backend, x, generator, rule, absolute_blocks(x, mask, K),
+                                             steps=steps, filters=filters, callback=callback, guidance=guidance)
+        return cached.pad_after_eos(out, x, backend.special) if eos_stop else out
+    spans = hole_blocks(x, mask, block_size)
+    per_block = split_steps(steps, len(spans))
     if cache in ("prefix", "dual"):
         return cached.denoise_fast(model, backend, x, generator, rule, spans, per_block, mode=cache, filters=filters,
                                    callback=callback)
@@ -72,7 +76,7 @@ def loop(model, backend, x, generator, rule, spans, per_block, filters, callback
                 break
             t, s = times(j, n, x)
             state = backend.hold(model, state, shown, known, t, generator)
-            pred = predict(state, model_time(model, t, known & ~block))  # a block model's block all at t
+            pred = predict(state, t)
             probs = filter_probs(pred.logits, **filters)
             out = rule(backend, pred, probs, state, Step(t, s, j, n, active, pending, generator))
             state = backend.select(active, out.sample, state)

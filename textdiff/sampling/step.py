@@ -62,7 +62,6 @@ def times(j: int, n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 def model_time(model, t: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """The time input of a prediction: t (B,); for a block model one per position, 0 on the known (clean) ones, as
-    its training saw the clean blocks before a noisy one and as its cache holds them. The block being decided is all
-    at t, its given tokens too (training's noisy block is at one t, its unmasked tokens included; the cache's steps
-    see it so): the loop passes the positions before it."""
+    its training saw the clean blocks before a noisy one and as its cache holds them (`known`: the positions before
+    the block being decided; the block is all at t, its given tokens too, as training's noisy block is)."""
     return torch.where(known, 0.0, t[:, None]) if block_of(model) else t
