@@ -7,6 +7,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -397,8 +398,8 @@ def _check_opts(opts: dict) -> None:
             if key in declared:
                 declared[key][1].validate("--" + key.replace("_", "-"), value)
         SampleConfig(**{k: v for k, v in given.items() if k not in declared and k != "sampler"})
-    except ValueError as e:
-        raise TextdiffError(str(e).replace("sample.", "--").replace("_", "-")) from None
+    except ValueError as e:  # a recipe key as its flag; the allowed values as they are spelt (low_confidence)
+        raise TextdiffError(re.sub(r"sample\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e))) from None
 
 
 def _sampling_pipeline(args, **extra):
@@ -583,26 +584,38 @@ def cmd_bench(args) -> None:
     _check_device(args.device)
     out = Path(args.out_dir)
     _check_out_dir(out, "--out-dir")
+    _check_frontier_files(out / "frontier.json")
     res = frontier(args.runs, steps, args.num_samples, args.seed, args.judge, args.device, samplers,
                    repeats=args.repeats)
     out.mkdir(parents=True, exist_ok=True)
     _write_frontier(res, out / "frontier.json")
 
 
+def _check_frontier_files(path: Path) -> None:
+    """frontier.json, .md and .png can each be replaced by a file (checked before the sampling, not after)."""
+    for f in (path, path.with_suffix(".md"), path.with_suffix(".png")):
+        if f.exists() and not f.is_file():
+            raise TextdiffError(f"{f} exists and is not a file: remove it or write the frontier elsewhere")
+
+
 def _write_frontier(res: dict, path: Path) -> None:
-    """frontier.json, frontier.md and (once scored) frontier.png in path's folder."""
+    """frontier.md, (once scored) frontier.png, then frontier.json in path's folder: the JSON, what `bench judge`
+    and the plots read, is replaced last, so a write that fails leaves it as it was."""
     from textdiff.bench.frontier import DEFERRED, markdown, plot
+    from textdiff.checkpoint import atomic_write_bytes, atomic_write_json
 
     report = "\n".join([f"# Sampling frontier ({res['date']})", "", *markdown(res), "",
                         f"![frontier]({path.with_suffix('.png').name})" if res["judge"] != DEFERRED else
                         f"Not scored yet: `textdiff bench judge {path}`"]) + "\n"
     print(report)
-    _write_outputs(str(path), res, report)
-    written = [path, path.with_suffix(".md")]
+    _check_frontier_files(path)
+    atomic_write_bytes(path.with_suffix(".md"), report.encode())
+    written = [path.with_suffix(".md")]
     if res["judge"] != DEFERRED:
         plot(res, path.with_suffix(".png"))
         written.append(path.with_suffix(".png"))
-    print(f"wrote {', '.join(map(str, written))}")
+    atomic_write_json(path, res)
+    print(f"wrote {', '.join(map(str, [path, *written]))}")
 
 
 def _bench_crossover(args) -> None:
@@ -763,8 +776,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in DISK_ERRORS:
             raise
-        print(f"textdiff: error: could not write {e.filename or 'a file'}: {e.strerror}; nothing already written "
-              "was changed", file=sys.stderr)
+        print(f"textdiff: error: could not write {e.filename or 'a file'}: {e.strerror}; every file is written "
+              "whole or left as it was", file=sys.stderr)
         return 2
     return 0
 

@@ -92,6 +92,27 @@ def test_repeats_time_each_point_again_and_report_the_median(masked_run, ar_run,
     assert main(["bench", "frontier", str(masked_run), "--repeats", "0"]) == 2
 
 
+def test_bad_run_specs_are_refused_before_anything_is_sampled(masked_run, tmp_path, capsys):
+    out = tmp_path / "frontier"
+    for spec, message in [(f"{masked_run}#remasking=foo@2", "remasking='foo' is not allowed"),
+                          (f"{masked_run}#temperature=abc@2", "temperature='abc' must be a float"),
+                          (f"{masked_run}#temperature=-1@2", "temperature=-1"),
+                          (f"{masked_run}#nope=1@2", "nope is not a sampling option"),
+                          (f"{masked_run}@abc", "step counts after @")]:
+        assert main(["bench", "frontier", str(masked_run), spec, "--judge", "none", "--out-dir", str(out)]) == 2, spec
+        assert message in capsys.readouterr().err, spec
+    assert not out.exists()
+
+
+def test_a_frontier_file_name_taken_by_a_folder_is_refused_before_sampling(masked_run, tmp_path, capsys):
+    out = tmp_path / "frontier"
+    (out / "frontier.md").mkdir(parents=True)
+    (out / "frontier.json").write_text("{}")
+    assert main(["bench", "frontier", f"{masked_run}@2", "--judge", "none", "--out-dir", str(out)]) == 2
+    assert "frontier.md exists and is not a file" in capsys.readouterr().err
+    assert (out / "frontier.json").read_text() == "{}"
+
+
 def test_bench_refuses_bad_flags(masked_run, capsys):
     assert main(["bench", "throughput", "--backends", "nope"]) == 2
     assert main(["bench", "frontier", str(masked_run), "--steps", "4,x"]) == 2

@@ -62,7 +62,27 @@ def run_spec(spec: str, default: tuple[int, ...]) -> tuple[str, tuple[int, ...],
         if not (eq and key.strip()):
             raise TextdiffError(f"{spec}: options after # are KEY=VALUE,KEY=VALUE (e.g. RUN#cache=dual,block_size=16)")
         options[key.strip()] = yaml.safe_load(value)
+    _check_options(spec, options)
     return run, counts, options
+
+
+def _check_options(spec: str, options: dict) -> None:
+    """Each option is a declared sampling option with a value of its type that passes its check (a sampler that
+    does not take it skips the point; a value no sampler could take stops the frontier before it samples)."""
+    from textdiff.sampling import all_options
+
+    declared = all_options()
+    for key, value in options.items():
+        if key not in declared:
+            raise TextdiffError(f"{spec}: {key} is not a sampling option; the options: {', '.join(declared)}")
+        kind, option = declared[key][:2]
+        fits = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if not (fits or (kind is float and isinstance(value, int) and not isinstance(value, bool))):
+            raise TextdiffError(f"{spec}: {key}={value!r} must be a {kind.__name__}")
+        try:
+            option.validate(key, value)
+        except ValueError as e:
+            raise TextdiffError(f"{spec}: {e}") from None
 
 
 def _options_text(options: Optional[dict]) -> str:
@@ -94,6 +114,10 @@ def frontier(runs: list[str], steps: tuple[int, ...] = STEPS, num_samples: int =
     j = None if judge == DEFERRED else load_judge(judge, device)
     points, skipped, references = [], [], {}
     specs = [run_spec(r, tuple(steps)) for r in runs]
+    for spec, (run, _, _) in zip(runs, specs):  # every run before any is sampled
+        if not Path(run).is_dir():
+            hint = " (RUN@8,16: step counts after @, last; RUN#key=value: options before them)" if "@" in spec else ""
+            raise TextdiffError(f"{spec}: run directory {run} not found{hint}")
     for run, counts, options in tqdm(specs, desc="frontier", unit="run", leave=False):
         pipe = TextDiffusionPipeline.from_pretrained(run, device=device)
         data_key = str(pipe.recipe.data.path)
@@ -175,9 +199,10 @@ def markdown(res: dict) -> list[str]:
     from textdiff.evaluation.report import env_lines, markdown_table
 
     timing = f"; wall time the median of {res['repeats']} draws" if res.get("repeats", 1) > 1 else ""
-    lines = [f"Sampling frontier: {res['num_samples']} samples per point, seed {res['seed']}{timing}; judge "
-             f"{res['judge']} (perplexity per token of its {res['judge_tokenizer']}); entropy in nats over the run's "
-             "token ids.",
+    judged = (f"judge {res['judge']} (perplexity per token of its {res['judge_tokenizer']})"
+              if res["judge"] != DEFERRED else "not judged yet")
+    lines = [f"Sampling frontier: {res['num_samples']} samples per point, seed {res['seed']}{timing}; {judged}; "
+             "entropy in nats over the run's token ids.",
              *env_lines(res), ""]
     cols = ["run", "backend", "sampler", "steps", "wall_s", "tokens_per_s", "genppl", "entropy", "dist_2", "self_bleu"]
     if any("nfe" in p for p in res["points"]):  # frontiers drawn since model calls are counted
