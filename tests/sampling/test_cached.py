@@ -193,3 +193,15 @@ def test_a_prompt_of_whole_blocks_is_written_by_the_first_generated_blocks_call(
         out = sample("confidence", model, backend, x.clone(), steps=2, temperature=0.0)
     assert nfe[0] == 2 + 2 * 2  # writes of blocks 0 and 1, then 2 blocks x 2 steps
     assert torch.equal(out, sample("confidence", model, backend, x.clone(), steps=2, temperature=0.0, cache="none"))
+
+
+@pytest.mark.parametrize("sampler,opts", [("ancestral", {}), ("confidence", {}), ("confidence", {"remasking": "random"})])
+def test_eos_stop_ends_the_same_rows_with_and_without_the_cache(sampler, opts):
+    """At temperature 3 rows draw [EOS] early; ended rows take no more draws in either path (the ancestral step
+    draws only the positions it reveals), so the two stay token for token equal."""
+    model, backend = block_model(K=2)
+    x = mixed_prompts()
+    outs = [sample(sampler, model, backend, x.clone(), seed=seed, steps=2, temperature=3.0, eos_stop=True,
+                   cache=cache, **opts) for seed in range(4) for cache in ("auto", "none")]
+    assert all(torch.equal(a, b) for a, b in zip(outs[::2], outs[1::2]))
+    assert any((o == SPECIAL.pad).any() for o in outs)  # some row did end

@@ -5,8 +5,9 @@ A block model's block b attends to itself and to the clean blocks before it, so 
 values never change: they are written into the cache by a forward of the clean block (t = 0, as the clean stream
 saw it in training) that is also the next block's first step (the clean block ahead of it under the block-causal
 mask), and each step of the next block runs over its K positions only, reading the cache. This is
-exact: the same tokens as recomputing the whole prefix every step (`cache="none"`, the generic loop with the model's
-block-causal mask), at temperature 0 token for token (a test checks it).
+exact: the same tokens as recomputing the whole prefix every step (`cache="none"`, `denoise_blocks_uncached`: the
+same steps over the whole sequence under the block-causal mask), at temperature 0 token for token (a test checks
+it).
 
 For a bidirectional model the prefix's keys and values do depend on the block being decided, so a cache is an
 approximation (Fast-dLLM, Wu et al. 2025): `prefix` computes the whole sequence once per block and then steps over
@@ -160,20 +161,25 @@ def window(pred, lo: int, hi: int, length: int):
 
 @torch.no_grad()
 def denoise_blocks_uncached(model, backend, x: torch.Tensor, generator, rule: Callable, spans, *, steps: int,
-                            filters: dict, callback: Optional[Callable] = None,
-                            guidance: Optional[Callable] = None) -> torch.Tensor:
+                            filters: dict, callback: Optional[Callable] = None, guidance: Optional[Callable] = None,
+                            eos_stop: bool = False) -> torch.Tensor:
     """A block model without its cache (`cache="none"`): every step runs the whole sequence under the block-causal
     mask, and the rest is `denoise_blocks`' own: each block (`spans`, (B, L) column masks) started, drawn and
     self-conditioned over its own columns, the clean blocks before it at t = 0 and without a self-conditioning
-    input (as the cache holds them), so both use the generator alike and give the same tokens."""
+    input (as the cache holds them), a row ended by [EOS] padded from the next block on, so both use the generator
+    alike and give the same tokens."""
     sp, L = backend.special, x.shape[1]
     given = x != sp.mask
     state, shown, known = x.clone(), x.clone(), given.clone()
+    done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     count = 0
     for block in spans:
         cols = block[0].nonzero()[:, 0]
         lo, hi = int(cols[0]), int(cols[-1]) + 1
-        active = (block & ~given)[:, lo:hi]
+        shown[done, lo:hi] = sp.pad
+        active = (shown[:, lo:hi] == sp.mask) & ~done[:, None]
+        if not active.any():
+            continue
         state = state.clone()
         state[:, lo:hi] = backend.start(model, shown[:, lo:hi], generator)
         predict = Predictions(model, backend, guidance)
@@ -194,7 +200,9 @@ def denoise_blocks_uncached(model, backend, x: torch.Tensor, generator, rule: Ca
             if callback is not None:
                 callback(count, shown, None)
         known |= block & ~given
-    return shown
+        if eos_stop:
+            done |= (shown[:, lo:hi] == sp.eos).any(dim=1) & (x[:, lo:hi] == sp.mask).any(dim=1)
+    return pad_after_eos(shown, x, sp) if eos_stop else shown
 
 
 @torch.no_grad()

@@ -50,9 +50,9 @@ def denoise(model, backend, x: torch.Tensor, generator: torch.Generator, rule: C
         return cached.denoise_blocks(model, backend, x, generator, rule, steps=steps, filters=filters,
                                      callback=callback, guidance=guidance, eos_stop=eos_stop)
     if K:  # cache none: the same steps over the whole sequence
-        out = cached.denoise_blocks_uncached(model, backend, x, generator, rule, absolute_blocks(x, mask, K),
-                                             steps=steps, filters=filters, callback=callback, guidance=guidance)
-        return cached.pad_after_eos(out, x, backend.special) if eos_stop else out
+        return cached.denoise_blocks_uncached(model, backend, x, generator, rule, absolute_blocks(x, mask, K),
+                                              steps=steps, filters=filters, callback=callback, guidance=guidance,
+                                              eos_stop=eos_stop)
     spans = hole_blocks(x, mask, block_size)
     per_block = split_steps(steps, len(spans))
     if cache in ("prefix", "dual"):
