@@ -69,6 +69,7 @@ def run_spec(spec: str, default: tuple[int, ...]) -> tuple[str, tuple[int, ...],
 def _check_options(spec: str, options: dict) -> None:
     """Each option is a declared sampling option with a value of its type that passes its check (a sampler that
     does not take it skips the point; a value no sampler could take stops the frontier before it samples)."""
+    from textdiff.options import convert
     from textdiff.sampling import all_options
 
     declared = all_options()
@@ -76,9 +77,10 @@ def _check_options(spec: str, options: dict) -> None:
         if key not in declared:
             raise TextdiffError(f"{spec}: {key} is not a sampling option; the options: {', '.join(declared)}")
         kind, option = declared[key][:2]
-        fits = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-        if not (fits or (kind is float and isinstance(value, int) and not isinstance(value, bool))):
-            raise TextdiffError(f"{spec}: {key}={value!r} must be a {kind.__name__}")
+        try:  # the recipe's type check (ints for floats, nothing else coerces)
+            convert(value, kind, key, spec)
+        except TextdiffError:
+            raise TextdiffError(f"{spec}: {key}={value!r} must be a {kind.__name__}") from None
         try:
             option.validate(key, value)
         except ValueError as e:

@@ -229,8 +229,11 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     dtype = torch.float32 if flat.device.type == "mps" else torch.float64
     cdf = flat.to(dtype).cumsum(dim=-1)  # (N, V)
     total = cdf[:, -1:].contiguous()
-    if not bool((total > 0).all()):  # NaN fails this too
-        raise ValueError("draw: a distribution over the vocabulary sums to zero or is not a number")
+    bad = "draw: a distribution over the vocabulary sums to zero or is not a number"
+    if flat.device.type != "cpu":  # checked on the device: no host sync per sampling step
+        torch._assert_async((total > 0).all(), bad)
+    elif not bool((total > 0).all()):  # NaN fails this too
+        raise ValueError(bad)
     u = torch.rand(total.shape, generator=generator, device=flat.device, dtype=dtype) * total
     ids = torch.searchsorted(cdf, u, right=True)
     last = torch.searchsorted(cdf, total, right=False)  # the last token of nonzero weight (u rounding up to total)

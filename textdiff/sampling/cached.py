@@ -159,6 +159,16 @@ def window(pred, lo: int, hi: int, length: int):
     return dataclasses.replace(pred, **cut)
 
 
+def step_window(backend, rule, pred, filters: dict, state, shown: torch.Tensor, lo: int, hi: int, step: Step):
+    """One step of `rule` over the columns [lo, hi) of the whole sequence (pred and step.active (B, hi - lo) are
+    the window's): the new state (B, L, ...); `shown` (B, L) is updated in place."""
+    out = rule(backend, pred, filter_probs(pred.logits, **filters), state[:, lo:hi], step)
+    state = state.clone()
+    state[:, lo:hi] = backend.select(step.active, out.sample, state[:, lo:hi])
+    shown[:, lo:hi] = torch.where(step.active, out.tokens, shown[:, lo:hi])
+    return state
+
+
 @torch.no_grad()
 def denoise_blocks_uncached(model, backend, x: torch.Tensor, generator, rule: Callable, spans, *, steps: int,
                             filters: dict, callback: Optional[Callable] = None, guidance: Optional[Callable] = None,
@@ -191,11 +201,8 @@ def denoise_blocks_uncached(model, backend, x: torch.Tensor, generator, rule: Ca
             pred = window(predict(state, model_time(model, t, known & ~block)), lo, hi, L)
             if predict.x0_prev is not None:  # the block's own feedback only, as over the cache
                 predict.x0_prev = predict.x0_prev.masked_fill(~block[..., None], 0.0)
-            probs = filter_probs(pred.logits, **filters)
-            out = rule(backend, pred, probs, state[:, lo:hi], Step(t, s, j, steps, active, pending, generator))
-            state = state.clone()
-            state[:, lo:hi] = backend.select(active, out.sample, state[:, lo:hi])
-            shown[:, lo:hi] = torch.where(active, out.tokens, shown[:, lo:hi])
+            state = step_window(backend, rule, pred, filters, state, shown, lo, hi,
+                                Step(t, s, j, steps, active, pending, generator))
             count += 1
             if callback is not None:
                 callback(count, shown, None)
@@ -232,12 +239,8 @@ def denoise_fast(model, backend, x, generator, rule, spans, steps_per_block, *, 
                 cache.length = L if mode == "dual" else lo
             else:
                 pred = backend.predict(Cached(model, cache, lo), state[:, lo:hi], t)
-            probs = filter_probs(pred.logits, **filters)
-            win = active[:, lo:hi]
-            out = rule(backend, pred, probs, state[:, lo:hi], Step(t, s, j, n, win, pending, generator))
-            state = state.clone()
-            state[:, lo:hi] = backend.select(win, out.sample, state[:, lo:hi])
-            shown[:, lo:hi] = torch.where(win, out.tokens, shown[:, lo:hi])
+            state = step_window(backend, rule, pred, filters, state, shown, lo, hi,
+                                Step(t, s, j, n, active[:, lo:hi], pending, generator))
             count += 1
             if callback is not None:
                 callback(count, shown, None)
