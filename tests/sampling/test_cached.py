@@ -21,7 +21,8 @@ def mixed_prompts() -> torch.Tensor:
 
 
 GREEDY = [("masked", "confidence", {}), ("masked", "confidence", {"threshold": 0.2}),
-          ("masked", "confidence", {"remasking": "random"}), ("masked", "ancestral", {})]
+          ("masked", "confidence", {"remasking": "random"}), ("masked", "confidence", {"remasking": "entropy"}),
+          ("masked", "ancestral", {})]
 """At temperature 0 the tokens are greedy; random remasking and the ancestral step still draw which positions to
 reveal, so both paths must use the generator alike (each block over its own columns)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.tiny import B, L, SPECIAL, make, sample
@@ -58,7 +59,41 @@ def test_random_remasking_keeps_the_same_count_at_positions_not_chosen_by_confid
             orders[mode, seed] = [((a == SPECIAL.mask) & (b != SPECIAL.mask)).float().argmax(1).tolist()
                                   for a, b in zip(states, states[1:])]
     assert all(orders["random", s] != orders["low_confidence", s] for s in range(3))
-    left = []
-    sample("confidence", model, backend, backend.prior((B, L)), steps=4, threshold=1e-9, remasking="random",
-           callback=lambda i, xs, p: left.append(int((xs == SPECIAL.mask).sum())))
-    assert left == [0]
+    for mode in ("random", "entropy", "margin"):
+        left = []
+        sample("confidence", model, backend, backend.prior((B, L)), steps=4, threshold=1e-9, remasking=mode,
+               callback=lambda i, xs, p: left.append(int((xs == SPECIAL.mask).sum())))
+        assert left == [0], mode
+
+
+def _order_key(mode: str, probs: torch.Tensor) -> torch.Tensor:
+    """What remasking=entropy / margin rank masked positions by (higher first): minus the entropy, the top-2 gap."""
+    if mode == "entropy":
+        return torch.special.xlogy(probs, probs).sum(-1)
+    top2 = probs.topk(2, dim=-1).values
+    return top2[..., 0] - top2[..., 1]
+
+
+@pytest.mark.parametrize("mode", ["entropy", "margin"])
+def test_entropy_and_margin_remasking_reveal_the_surest_position_with_an_unranked_draw(mode):
+    """One token a step (steps = L): each step reveals the masked position of lowest entropy / widest top-2 margin
+    under the model's distribution before the step, whatever value is drawn there; the value is that step's draw
+    (at temperature 1 it is not the argmax every time, unlike low_confidence's bias toward the likeliest token)."""
+    model, backend = make("masked", seed=3)
+    argmax_hits, n = 0, 0
+    for seed in range(3):
+        states = [backend.prior((B, L))]
+        sample("confidence", model, backend, states[0].clone(), seed=seed, steps=L, remasking=mode,
+               callback=lambda i, xs, p: states.append(xs.clone()))
+        for j, (before, after) in enumerate(zip(states, states[1:])):
+            t = torch.full((B,), 1.0 - j / L)
+            probs = torch.softmax(backend.predict(model, before, t).logits.float(), -1)
+            key = _order_key(mode, probs).masked_fill(before != SPECIAL.mask, -torch.inf)
+            changed = (before == SPECIAL.mask) & (after != SPECIAL.mask)
+            assert changed.sum(1).tolist() == [1] * B
+            assert torch.equal(changed.float().argmax(1), key.argmax(1))
+            rows = torch.arange(B)
+            tok = after[rows, key.argmax(1)]
+            argmax_hits += int((tok == probs.argmax(-1)[rows, key.argmax(1)]).sum())
+            n += B
+    assert argmax_hits < n  # drawn, not the argmax

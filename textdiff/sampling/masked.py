@@ -12,7 +12,7 @@ from textdiff.sampling.options import Option
 THRESHOLD = Option(0.0, "also reveal, every step, each draw at least this probable (Fast-dLLM's confidence-aware "
                         "parallel decoding; 0: off; the steps become a ceiling)", check_unit)
 
-REMASKING_MODES = ("low_confidence", "random")
+REMASKING_MODES = ("low_confidence", "random", "entropy", "margin")
 
 
 def remasking_mode(name: str, value) -> None:
@@ -21,8 +21,10 @@ def remasking_mode(name: str, value) -> None:
 
 
 REMASKING = Option("low_confidence", "which of a step's draws it keeps: low_confidence (the most probable ones, "
-                                     "LLaDA's default) or random (as many, at uniformly random positions; at one "
-                                     "token a step, exact any-order sampling of the model)", remasking_mode)
+                                     "LLaDA's default), random (as many, at uniformly random positions; at one "
+                                     "token a step, exact any-order sampling of the model), entropy or margin (at "
+                                     "the positions of lowest entropy / widest top-two margin, ranked before the "
+                                     "draw, so each kept token is an unbiased draw; Dream's orders)", remasking_mode)
 
 
 @step_rule("ancestral")
@@ -45,7 +47,11 @@ def confidence(backend, pred, probs, state, step, *, threshold: float = THRESHOL
     a block whose positions are all revealed skips the rest of its steps.
     With remasking=random (LLaDA's other remasking) the same number of draws is kept each step, at uniformly random
     positions (after the confident ones under a threshold): MaskGIT's schedule without low_confidence's bias toward
-    the likeliest tokens (which buys judge perplexity with diversity)."""
+    the likeliest tokens (which buys judge perplexity with diversity). remasking=entropy / margin (Dream's `entropy`
+    and `topk_margin` orders; Kim et al. 2025) keep them at the positions the model is surest of, by the entropy
+    of the position's distribution or the gap between its two likeliest tokens: a ranking made before the draw,
+    so, as with random, a kept token is drawn from the model's own distribution (no bias toward likely tokens),
+    while the positions decoded together are the ones least dependent on each other's value."""
     masked = (state == backend.special.mask) & step.active  # (B, L)
     drawn = draw(probs, step.generator)
     model_probs = torch.softmax(pred.logits.float(), dim=-1)
@@ -55,10 +61,17 @@ def confidence(backend, pred, probs, state, step, *, threshold: float = THRESHOL
         n_reveal = torch.maximum(-(-n_masked // (step.count - step.index)), (conf >= threshold).sum(dim=1))
     else:  # the mask count falls linearly to zero
         n_reveal = n_masked - (step.pending.float() * (1.0 - (step.index + 1) / step.count)).floor().long()  # (B,)
-    if remasking == "random":  # the confident draws first (under a threshold), then a random order
-        noise = torch.rand(conf.shape, generator=step.generator, device=conf.device)
-        order = torch.where(conf >= threshold, 1.0 + conf, noise) if threshold > 0 else noise
-        conf = order.masked_fill(~masked, -1.0)
+    if remasking != "low_confidence":  # the confident draws first (under a threshold), then the mode's order
+        if remasking == "random":
+            order = torch.rand(conf.shape, generator=step.generator, device=conf.device)  # [0, 1)
+        elif remasking == "entropy":
+            order = torch.special.xlogy(model_probs, model_probs).sum(dim=-1)  # minus the entropy, <= 0
+        else:
+            top2 = model_probs.topk(2, dim=-1).values
+            order = top2[..., 0] - top2[..., 1]  # [0, 1]
+        if threshold > 0:
+            order = torch.where(conf >= threshold, 2.0 + conf, order)  # above every order of the rest
+        conf = order.masked_fill(~masked, -torch.inf)
     rank = conf.argsort(dim=1, descending=True).argsort(dim=1)  # (B, L) 0 = kept first
     sample = torch.where(masked & (rank < n_reveal[:, None]), drawn, state)
     return StepOutput(sample, sample)
