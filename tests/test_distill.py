@@ -253,3 +253,62 @@ def test_distill_command_writes_stages(embedding_run, tmp_path, capsys):
     assert "stage 2: 4 -> 2 steps" in text
     cfg = json.loads((out / "stage2" / "config.json").read_text())
     assert cfg["recipe"]["sample"]["steps"] == 2 and cfg["distillation"]["teacher"] == str(out / "stage1")
+
+
+# --- block models (BD3-LM): SDTT block by block ----------------------------------------------------------------------
+
+
+def test_block_sdtt_sees_the_clean_sequence_and_times_each_block_on_the_grid():
+    """Every teacher and student prediction of a block model gets the clean sequence as its context (its training
+    pass: a block's noise given the clean blocks before it, what block sampling's cache holds), and each block's
+    time lies on the student's grid, constant over the block and not shared by all blocks."""
+    from textdiff.distill import sdtt_loss
+
+    K, steps = 2, 4
+    teacher, backend = make("masked", model={"block_size": K})
+    student, _ = make("masked", seed=1, model={"block_size": K})
+    calls = []
+    for name, model in (("teacher", teacher), ("student", student)):
+        forward = model.forward
+
+        def spy(inputs, t=None, *args, _forward=forward, _name=name, **kw):
+            calls.append((_name, t, kw.get("context")))
+            return _forward(inputs, t, *args, **kw)
+        model.forward = spy
+    b = batch(0)
+    out = sdtt_loss(teacher, student, backend, b, steps, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss) and out.n_tokens > 0
+    assert {n for n, _, _ in calls} == {"teacher", "student"}
+    for _, t, context in calls:
+        assert context is not None and torch.equal(context, b.ids)
+        assert t.shape == b.ids.shape and torch.equal(t, t[:, ::K].repeat_interleave(K, dim=1))
+    t = calls[-1][1]  # the student's: i / N
+    assert torch.allclose(t * steps, (t * steps).round()) and bool((t > 0).all())
+    assert len(t[:, ::K].unique()) > 1
+
+
+def test_block_sdtt_the_kl_to_the_teachers_two_steps_falls(corpus, tmp_path):
+    """A tiny K = 2 block model distilled from 4 steps per block to 2: the held-out KL of a fresh student to the
+    teacher's two steps falls, and the stage's student samples block by block in 2 steps."""
+    from tests.conftest import _train
+    from textdiff.distill import train_stage
+    from textdiff.models import build_model
+    from textdiff.pipeline import TextDiffusionPipeline
+
+    run = _train(corpus, tmp_path / "block", "masked", 60,
+                 {"model": {"block_size": 2}, "sample": {"steps": 4, "sampler": "confidence"}})
+    pipe = TextDiffusionPipeline.from_pretrained(run)
+    gen = torch.Generator().manual_seed(0)
+    held = [Batch(torch.randint(6, len(pipe.tokenizer), (8, 24), generator=gen),
+                  torch.ones(8, 24, dtype=torch.bool)) for _ in range(2)]
+    torch.manual_seed(5)
+    fresh = build_model(pipe.recipe, len(pipe.tokenizer), pipe.model.max_len)
+    before = discrepancy(pipe.model, fresh, pipe.backend, held, 2)
+    cfg = DistillConfig(stages=1, steps_start=4, iters=40, lr=3e-3, batch_size=8)
+    stage = tmp_path / "stage1"
+    train_stage(pipe, pipe.model, fresh, student_recipe(pipe.recipe, cfg, 2, stage, 1), "cpu", progress=False)
+    after = discrepancy(pipe.model, fresh, pipe.backend, held, 2)
+    assert after < 0.7 * before, (before, after)
+    student = TextDiffusionPipeline.from_pretrained(stage)
+    assert student.model.cfg.block_size == 2 and student.options().steps == 2
+    assert len(student.generate(2).texts) == 2

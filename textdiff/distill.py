@@ -12,6 +12,7 @@ masked: self-distillation through time (SDTT, Deschenaux & Gulcehre 2024). x_t ~
     of the student's one-step prediction at t (at the tokens that first step revealed, SDTT's one-hot on the drawn
     token is replaced by its expectation, the teacher's first distribution: a Rao-Blackwellised target):
         KL(p_teacher(x0 | x_mid) || p_student(x0 | x_t)) averaged over the positions masked in x_t.
+    A block model: t per block, each prediction beside the clean sequence (each block given the clean ones before).
 Each stage halves the steps (the student of stage k is the teacher of stage k + 1) and is a normal training run
 (textdiff.training.Trainer with the distillation loss as its objective: checkpoints, EMA and --resume like any
 run) in its own run directory, whose config.json holds the student's recipe (sample.steps halved) and a
@@ -30,7 +31,7 @@ import torch
 
 from textdiff import rundir
 from textdiff.errors import TextdiffError
-from textdiff.noising.base import Batch, LossOutput, ddim_update
+from textdiff.noising.base import Batch, LossOutput, block_of, ddim_update, per_token
 from textdiff.registry import Registry
 from textdiff.training import Objective, Trainer
 
@@ -95,11 +96,13 @@ def ddim_target(z_t, z_s, a_t, s_t, a_s, s_s):
     return (z_s - r * z_t) / (_col(a_s) - r * _col(a_t))
 
 
-def teacher_prediction(backend, model, x_t, t, guidance: Optional[Callable] = None):
+def teacher_prediction(backend, model, x_t, t, guidance: Optional[Callable] = None, context=None):
     """The prediction a step uses, guided when `guidance(pred, x_t, t) -> pred` is given (the samplers' hook: a
     classifier-free guided teacher is distilled by passing its combination here). A model trained with
-    self-conditioning sees its own first pass, as in `bound`."""
-    pred = backend.predict(model, x_t, t, backend.first_pass(model, x_t, t))
+    self-conditioning sees its own first pass, as in `bound`; a block model sees the clean sequence `context`
+    beside x_t (its training pass: each block's noise given the clean blocks before it, as in block sampling)."""
+    extra = {"context": context} if context is not None else {}
+    pred = backend.predict(model, x_t, t, backend.first_pass(model, x_t, t, context), **extra)
     return guidance(pred, x_t, t) if guidance is not None else pred
 
 
@@ -132,19 +135,28 @@ def progressive_loss(teacher, student, backend, batch: Batch, steps: int, genera
 # --- masked diffusion: self-distillation through time -------------------------------------------------------------
 
 
-def x0_logits(backend, model, x_t, t):
-    """x0 logits (B, L, V); a self-conditioned model sees its own first pass, as in `bound`."""
-    return teacher_prediction(backend, model, x_t, t).logits
+def x0_logits(backend, model, x_t, t, context=None):
+    """x0 logits (B, L, V); a self-conditioned model sees its own first pass, as in `bound`, a block model the clean
+    `context`."""
+    return teacher_prediction(backend, model, x_t, t, context=context).logits
+
+
+def block_student_times(ids: torch.Tensor, block: int, steps: int, generator):
+    """`student_times` for a block model: each block of K positions on its own step i/N of the student's grid (a
+    block sampler runs every block through the N steps), repeated over the block's positions: each (B, L)."""
+    B, L = ids.shape
+    times = student_times(B * (L // block), steps, generator, ids.device)
+    return tuple(per_token(u.view(B, -1), block) for u in times)
 
 
 @torch.no_grad()
-def teacher_two_step_probs(backend, teacher, x_t, t, t_mid, generator) -> torch.Tensor:
+def teacher_two_step_probs(backend, teacher, x_t, t, t_mid, generator, context=None) -> torch.Tensor:
     """SDTT's target (B, L, V): the teacher's x0 distribution after one ancestral step t -> t_mid at the positions
     still masked, and at the positions that step revealed the teacher's first distribution instead of SDTT's one-hot
     on the drawn token (its expectation given x_t: the same minimiser of the expected KL, with less variance)."""
-    probs = torch.softmax(x0_logits(backend, teacher, x_t, t), dim=-1)
+    probs = torch.softmax(x0_logits(backend, teacher, x_t, t, context), dim=-1)
     x_mid = backend.reveal(probs, x_t, t, t_mid, generator)
-    second = torch.softmax(x0_logits(backend, teacher, x_mid, t_mid), dim=-1)
+    second = torch.softmax(x0_logits(backend, teacher, x_mid, t_mid, context), dim=-1)
     revealed = (x_t == backend.mask_id) & (x_mid != backend.mask_id)  # (B, L)
     return torch.where(revealed[..., None], probs, second)
 
@@ -156,14 +168,21 @@ def kl_div(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 @DISTILLERS.register("masked")
 def sdtt_loss(teacher, student, backend, batch: Batch, steps: int, generator, guidance=None) -> LossOutput:
-    """SDTT, one batch: KL(teacher two-step || student one-step) over the positions masked in x_t."""
+    """SDTT, one batch: KL(teacher two-step || student one-step) over the positions masked in x_t. For a block model
+    (BD3-LM) each block takes its own time on the grid and every prediction sees the clean sequence beside x_t, so
+    both learn a block's steps given the clean blocks before it, which is what block sampling's cache holds."""
     if guidance is not None:
         raise TextdiffError("guided distillation is implemented for the embedding back-end only")
-    t, t_mid, _ = student_times(batch.ids.shape[0], steps, generator, batch.ids.device)
+    K = block_of(teacher)
+    if K:
+        t, t_mid, _ = block_student_times(batch.ids, K, steps, generator)
+    else:
+        t, t_mid, _ = student_times(batch.ids.shape[0], steps, generator, batch.ids.device)
+    context = batch.ids if K else None
     x_t = backend.corrupt(batch.ids, t, generator, noise_mask=batch.loss_mask)
-    target = teacher_two_step_probs(backend, teacher, x_t, t, t_mid, generator)
+    target = teacher_two_step_probs(backend, teacher, x_t, t, t_mid, generator, context)
     masked = x_t == backend.mask_id  # (B, L)
-    log_q = torch.log_softmax(x0_logits(backend, student, x_t, t), dim=-1)[masked]  # (N, V)
+    log_q = torch.log_softmax(x0_logits(backend, student, x_t, t, context), dim=-1)[masked]  # (N, V)
     kl = kl_div(target[masked], log_q)  # (N,)
     n = int(masked.sum())
     return LossOutput(loss=kl.sum() / max(n, 1), n_tokens=n)

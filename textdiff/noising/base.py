@@ -338,10 +338,10 @@ class Backend:
             extra = {"context": context} if context is not None and block_of(model) else {}
             return self.feedback(self.predict(model, state, t, **extra))
 
-    def first_pass(self, model, state, t) -> Optional[torch.Tensor]:
+    def first_pass(self, model, state, t, context=None) -> Optional[torch.Tensor]:
         """The x0_prev a model trained with self-conditioning sees outside sampling (bound, distillation): its own
-        first pass; None for a model without it."""
-        return self.self_condition(model, state, t) if model.cfg.self_conditioning else None
+        first pass (a block model's beside the clean `context`, as in training); None for a model without it."""
+        return self.self_condition(model, state, t, context) if model.cfg.self_conditioning else None
 
     @staticmethod
     def cond_input(model, x0_prev):

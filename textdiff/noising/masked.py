@@ -63,8 +63,10 @@ class MaskedDiffusion(Backend):
     # --- forward process ---------------------------------------------------------------------------------
 
     def corrupt(self, x0, t, generator, noise_mask=None, model=None):
-        """Mask each token with probability 1 - alpha(t); only where noise_mask (B, L) is True."""
-        p_mask = (1.0 - self.schedule.alpha(t))[:, None]  # (B, 1)
+        """Mask each token with probability 1 - alpha(t), t (B,) or per position (B, L) (a block model's time per
+        block); only where noise_mask (B, L) is True."""
+        p_mask = 1.0 - self.schedule.alpha(t)
+        p_mask = p_mask if p_mask.dim() == 2 else p_mask[:, None]  # (B, L) or (B, 1)
         masked = torch.rand(x0.shape, generator=generator, device=x0.device) < p_mask
         if noise_mask is not None:
             masked &= noise_mask
@@ -155,12 +157,14 @@ class MaskedDiffusion(Backend):
         return self.predict(model, x_t.masked_fill(source, self.special.pad), t)
 
     def reveal(self, probs: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, generator):
-        """MDLM's ancestral step t -> s (eq. 7), per sequence (t, s (B,)): each masked token is revealed with
-        probability (alpha_s - alpha_t) / (1 - alpha_t) (1 at s = 0), its value drawn from probs (B, L, V)."""
+        """MDLM's ancestral step t -> s (eq. 7), per sequence (t, s (B,)) or per position (B, L): each masked token
+        is revealed with probability (alpha_s - alpha_t) / (1 - alpha_t) (1 at s = 0), its value drawn from probs
+        (B, L, V)."""
         a_t, a_s = self.schedule.alpha(t.double()), self.schedule.alpha(s.double())
-        p = torch.where(s <= 0, torch.ones_like(a_t), (a_s - a_t) / (1.0 - a_t).clamp_min(1e-12)).float()  # (B,)
+        p = torch.where(s <= 0, torch.ones_like(a_t), (a_s - a_t) / (1.0 - a_t).clamp_min(1e-12)).float()
         masked = x_t == self.mask_id
-        reveal = masked & (torch.rand(x_t.shape, generator=generator, device=x_t.device) < per_row(p, x_t))
+        p = p if p.dim() == 2 else per_row(p, x_t)  # (B, L) or (B, 1)
+        reveal = masked & (torch.rand(x_t.shape, generator=generator, device=x_t.device) < p)
         if not reveal.any():
             return x_t
         sample = x_t.clone()
