@@ -131,6 +131,7 @@ def test_parse_override():
     ("train.steps=0", "train.steps=0 must be > 0"),
     ("sample.top_p=0", "sample.top_p=0.0 must lie in (0, 1]"),
     ("sample.infill=no hole", "sample.infill"),
+    ("sample.remasking=3", "sample.remasking=3 is not allowed; choose one of low_confidence, random"),
 ])
 def test_overrides_are_type_checked(write_recipe, override, needle):
     with pytest.raises(TextdiffError) as info:

@@ -226,6 +226,13 @@ def test_mbr_returns_one_output_per_source(s2s_runs):
     assert len(out.texts) == 2 and out.ids.shape[0] == 2
 
 
+def test_an_empty_source_is_refused(s2s_runs):
+    pipe = TextDiffusionPipeline.from_pretrained(s2s_runs["masked"])
+    for sources in ("", ["king sees river", "  "]):
+        with pytest.raises(TextdiffError, match="source [01] is empty"):
+            pipe.translate(sources)
+
+
 def test_translate_refuses_an_unconditional_run(masked_run):
     with pytest.raises(TextdiffError, match="not seq2seq"):
         TextDiffusionPipeline.from_pretrained(masked_run).translate("the king")

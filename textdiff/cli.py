@@ -32,7 +32,8 @@ def _positive(kind, limit: str | None = None):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
         if not value > 0:
             raise argparse.ArgumentTypeError(f"{text} must be > 0")
         if limit is not None and value > LIMITS[limit]:
@@ -66,7 +67,8 @@ def _number(kind):
         try:
             return kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
     return parse
 
 
@@ -575,7 +577,7 @@ def cmd_bench(args) -> None:
 
     from textdiff.options import LIMITS
 
-    steps = tuple(_csv(args.steps, "--steps", kind=int))
+    steps = tuple(dict.fromkeys(_csv(args.steps, "--steps", kind=int)))  # each once, in the order given
     if min(steps) < 1:
         raise TextdiffError(f"--steps {args.steps!r}: step counts must be > 0")
     if max(steps) > LIMITS["sample_steps"]:

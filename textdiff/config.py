@@ -525,11 +525,25 @@ def _sample(raw: Any, source: str, legacy: bool, backend) -> SampleConfig:
     section = {k: v for k, v in raw.items() if k in own}
     if legacy and section.get("sampler") not in (None, *BACKENDS[backend.name].samplers):
         section["sampler"] = None
-    options = {k: convert(v, declared[k][0], f"sample.{k}", source) for k, v in raw.items() if k in declared}
+    options = {k: _sample_option(v, declared[k], f"sample.{k}", source) for k, v in raw.items() if k in declared}
     if legacy:
         sampler = SAMPLERS[section.get("sampler") or BACKENDS[backend.name].default_sampler]
         options = {k: v for k, v in options.items() if k in sampler.options or v != declared[k][1].default}
     return build(SampleConfig, section, "sample", source, options=options)
+
+
+def _sample_option(value, declared, key: str, source: str):
+    """A sampler option's recipe value of its type; a wrong type for an option of fixed values names the values."""
+    from textdiff.sampling.options import choices_message
+
+    kind, option = declared[:2]
+    try:
+        return convert(value, kind, key, source)
+    except TextdiffError:
+        message = choices_message(option, kind, key, value)
+        if message is None:
+            raise
+        raise TextdiffError(f"{source}: {message}") from None
 
 
 def _legacy_data(section: dict) -> dict:

@@ -285,6 +285,9 @@ class TextDiffusionPipeline:
         sources = [sources] if isinstance(sources, str) else list(sources)
         if num_samples < 1 or not sources:
             raise TextdiffError(f"n={num_samples}, {len(sources)} sources: need at least one of each")
+        empty = [i for i, text in enumerate(sources) if not str(text).strip()]
+        if empty:
+            raise TextdiffError(f"source {empty[0]} is empty: each source needs text to condition on")
         o = self.options(steps=steps, sampler=sampler, **opts)
         self._check_guidance(o)
         draws = o.mbr if o.mbr > 1 else num_samples

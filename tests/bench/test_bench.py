@@ -75,7 +75,7 @@ def test_a_run_named_with_at_steps_is_sampled_at_those_steps_only(masked_run, tm
     assert "step counts must be > 0" in capsys.readouterr().err
 
 
-def test_repeats_time_each_point_again_and_report_the_median(masked_run, ar_run, tmp_path, monkeypatch):
+def test_repeats_time_each_point_again_and_report_the_median(masked_run, ar_run, tmp_path, monkeypatch, capsys):
     """--repeats 3: every point drawn three times (its samples those of the first draw), its wall time the median."""
     from textdiff.evaluation import genppl
 
@@ -90,6 +90,8 @@ def test_repeats_time_each_point_again_and_report_the_median(masked_run, ar_run,
     assert all(p["wall_runs"] == [5.0, 1.0, 3.0] and p["wall_s"] == 3.0 for p in res["points"])
     assert "median of 3 draws" in (out / "frontier.md").read_text()
     assert main(["bench", "frontier", str(masked_run), "--repeats", "0"]) == 2
+    assert main(["bench", "frontier", str(masked_run), "--repeats", "1.5"]) == 2
+    assert "'1.5' is not a whole number" in capsys.readouterr().err
 
 
 def test_bad_run_specs_are_refused_before_anything_is_sampled(masked_run, tmp_path, capsys):
@@ -98,6 +100,7 @@ def test_bad_run_specs_are_refused_before_anything_is_sampled(masked_run, tmp_pa
                           (f"{masked_run}#temperature=abc@2", "temperature='abc' must be a float"),
                           (f"{masked_run}#temperature=-1@2", "temperature=-1"),
                           (f"{masked_run}#nope=1@2", "nope is not a sampling option"),
+                          (f"{masked_run}#remasking=3@2", "choose one of low_confidence, random"),
                           (f"{masked_run}@abc", "step counts after @")]:
         assert main(["bench", "frontier", str(masked_run), spec, "--judge", "none", "--out-dir", str(out)]) == 2, spec
         assert message in capsys.readouterr().err, spec
@@ -117,3 +120,17 @@ def test_bench_refuses_bad_flags(masked_run, capsys):
     assert main(["bench", "throughput", "--backends", "nope"]) == 2
     assert main(["bench", "frontier", str(masked_run), "--steps", "4,x"]) == 2
     assert main(["bench", "frontier", str(masked_run), "--samplers", "nope"]) == 2
+
+
+def test_a_run_spec_takes_each_step_count_once_and_a_directory_named_with_a_hash_whole(tmp_path):
+    """RUN@2,2 samples the point once; a run directory whose name holds '#' is read whole, with or without
+    options after it."""
+    from textdiff.bench.frontier import run_spec
+
+    assert run_spec("runs/x@2,2,4,2", (8,)) == ("runs/x", (2, 4), {})
+    odd = tmp_path / "run#1"
+    odd.mkdir()
+    assert run_spec(str(odd), (8,)) == (str(odd), (8,), {})
+    assert run_spec(f"{odd}#temperature=0.5@2", (8,)) == (str(odd), (2,), {"temperature": 0.5})
+    assert run_spec(f"{tmp_path / 'plain'}#temperature=0.5", (8,)) == (str(tmp_path / "plain"), (8,),
+                                                                      {"temperature": 0.5})

@@ -46,7 +46,7 @@ def run_steps(spec: str, default: tuple[int, ...]) -> tuple[str, tuple[int, ...]
         return spec, default
     if min(int(c) for c in counts) < 1:
         raise TextdiffError(f"{spec}: step counts must be > 0")
-    return head, tuple(int(c) for c in counts)
+    return head, tuple(dict.fromkeys(int(c) for c in counts))  # each once, in the order given
 
 
 def run_spec(spec: str, default: tuple[int, ...]) -> tuple[str, tuple[int, ...], dict]:
@@ -55,7 +55,7 @@ def run_spec(spec: str, default: tuple[int, ...]) -> tuple[str, tuple[int, ...],
     import yaml
 
     run, counts = run_steps(spec, default)
-    run, sep, tail = run.partition("#")
+    run, sep, tail = _split_options(run)
     options = {}
     for item in filter(None, tail.split(",")) if sep else ():
         key, eq, value = item.partition("=")
@@ -66,11 +66,22 @@ def run_spec(spec: str, default: tuple[int, ...]) -> tuple[str, tuple[int, ...],
     return run, counts, options
 
 
+def _split_options(run: str) -> tuple[str, str, str]:
+    """RUN#OPTIONS -> (RUN, '#', OPTIONS), cut at the first '#' whose left side is a directory (else the first '#'):
+    a run directory whose own name holds '#' is taken whole, with or without options after it."""
+    if "#" not in run or Path(run).is_dir():
+        return run, "", ""
+    cuts = [i for i, c in enumerate(run) if c == "#"]
+    cut = next((i for i in cuts if Path(run[:i]).is_dir()), cuts[0])
+    return run[:cut], "#", run[cut + 1:]
+
+
 def _check_options(spec: str, options: dict) -> None:
     """Each option is a declared sampling option with a value of its type that passes its check (a sampler that
     does not take it skips the point; a value no sampler could take stops the frontier before it samples)."""
     from textdiff.options import convert
     from textdiff.sampling import all_options
+    from textdiff.sampling.options import choices_message
 
     declared = all_options()
     for key, value in options.items():
@@ -80,7 +91,8 @@ def _check_options(spec: str, options: dict) -> None:
         try:  # the recipe's type check (ints for floats, nothing else coerces)
             convert(value, kind, key, spec)
         except TextdiffError:
-            raise TextdiffError(f"{spec}: {key}={value!r} must be a {kind.__name__}") from None
+            message = choices_message(option, kind, key, value) or f"{key}={value!r} must be a {kind.__name__}"
+            raise TextdiffError(f"{spec}: {message}") from None
         try:
             option.validate(key, value)
         except ValueError as e:

@@ -52,6 +52,18 @@ class Option:
             self.check(name, value)
 
 
+def choices_message(option: Option, kind: type, key: str, value: Any) -> Optional[str]:
+    """The check's own message (it names the allowed values) for a value of the wrong type given to a str option
+    with a fixed set of values, say `remasking: 3`; None where that does not apply."""
+    if kind is not str:
+        return None
+    try:
+        option.validate(key, value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 TEMPERATURE = Option(1.0, "softmax temperature of the x0 distribution the step draws from (0: greedy)", temperature_range)
 TOP_K = Option(0, "keep the k most likely tokens of the x0 distribution (0: off)", at_least_zero)
 TOP_P = Option(1.0, "nucleus sampling: keep the most likely tokens up to this mass (1: off)", nucleus)
