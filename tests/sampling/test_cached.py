@@ -22,6 +22,7 @@ def mixed_prompts() -> torch.Tensor:
 
 GREEDY = [("masked", "confidence", {}), ("masked", "confidence", {"threshold": 0.2}),
           ("masked", "confidence", {"remasking": "random"}), ("masked", "confidence", {"remasking": "entropy"}),
+          ("masked", "confidence", {"remasking": "dilated"}),
           ("masked", "ancestral", {})]
 """At temperature 0 the tokens are greedy; random remasking and the ancestral step still draw which positions to
 reveal, so both paths must use the generator alike (each block over its own columns)."""

@@ -97,3 +97,27 @@ def test_entropy_and_margin_remasking_reveal_the_surest_position_with_an_unranke
             argmax_hits += int((tok == probs.argmax(-1)[rows, key.argmax(1)]).sum())
             n += B
     assert argmax_hits < n  # drawn, not the argmax
+
+
+def test_dilated_rank_is_the_bit_reversal_order_of_the_columns():
+    from textdiff.sampling.masked import dilated_rank
+
+    assert dilated_rank(4).tolist() == [0, 2, 1, 3]
+    assert dilated_rank(8).argsort().tolist() == [0, 4, 2, 6, 1, 5, 3, 7]
+    for n in (1, 2, 5, 10, 16, 33):
+        assert sorted(dilated_rank(n).tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize("steps,groups", [(L, [[0], [8], [4], [2], [6], [1], [9], [5], [3], [7]]),
+                                          (5, [[0, 8], [2, 4], [1, 6], [5, 9], [3, 7]])])
+def test_dilated_remasking_reveals_in_bit_reversed_order_whatever_the_model(steps, groups):
+    """L = 10: the bit reversal of 0..15 without the columns past 9 is 0 8 4 2 6 1 9 5 3 7; at 5 steps two a step,
+    never two neighbours at once."""
+    for seed in (0, 3):
+        model, backend = make("masked", seed=seed)
+        states = [backend.prior((B, L))]
+        sample("confidence", model, backend, states[0].clone(), seed=seed, steps=steps, remasking="dilated",
+               callback=lambda i, xs, p: states.append(xs.clone()))
+        revealed = [((a == SPECIAL.mask) & (b != SPECIAL.mask)) for a, b in zip(states, states[1:])]
+        for step, want in zip(revealed, groups):
+            assert all(sorted(row.nonzero().flatten().tolist()) == want for row in step)

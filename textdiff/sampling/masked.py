@@ -12,7 +12,7 @@ from textdiff.sampling.options import Option
 THRESHOLD = Option(0.0, "also reveal, every step, each draw at least this probable (Fast-dLLM's confidence-aware "
                         "parallel decoding; 0: off; the steps become a ceiling)", check_unit)
 
-REMASKING_MODES = ("low_confidence", "random", "entropy", "margin")
+REMASKING_MODES = ("low_confidence", "random", "entropy", "margin", "dilated")
 
 
 def remasking_mode(name: str, value) -> None:
@@ -24,7 +24,23 @@ REMASKING = Option("low_confidence", "which of a step's draws it keeps: low_conf
                                      "LLaDA's default), random (as many, at uniformly random positions; at one "
                                      "token a step, exact any-order sampling of the model), entropy or margin (at "
                                      "the positions of lowest entropy / widest top-two margin, ranked before the "
-                                     "draw, so each kept token is an unbiased draw; Dream's orders)", remasking_mode)
+                                     "draw, so each kept token is an unbiased draw; Dream's orders) or dilated "
+                                     "(a fixed order that reveals positions far apart together)", remasking_mode)
+
+
+def dilated_rank(n: int, device=None) -> torch.Tensor:
+    """(n,) each column's place in the dilated order: the bit-reversal permutation (0, 4, 2, 6, 1, 5, 3, 7 for 8),
+    so the positions a step reveals together lie as far apart as they can, and each later one sits between
+    revealed neighbours (Luxembourg et al. 2025's dilated unmasking)."""
+    bits = max(1, (n - 1).bit_length())
+    idx = torch.arange(2 ** bits)
+    rev = torch.zeros_like(idx)
+    for b in range(bits):
+        rev |= ((idx >> b) & 1) << (bits - 1 - b)
+    order = rev[rev < n]  # the columns, first revealed first
+    rank = torch.empty(n, dtype=torch.long)
+    rank[order] = torch.arange(n)
+    return rank.to(device)
 
 
 @step_rule("ancestral")
@@ -51,7 +67,9 @@ def confidence(backend, pred, probs, state, step, *, threshold: float = THRESHOL
     and `topk_margin` orders; Kim et al. 2025) keep them at the positions the model is surest of, by the entropy
     of the position's distribution or the gap between its two likeliest tokens: a ranking made before the draw,
     so, as with random, a kept token is drawn from the model's own distribution (no bias toward likely tokens),
-    while the positions decoded together are the ones least dependent on each other's value."""
+    while the positions decoded together are the ones least dependent on each other's value. remasking=dilated keeps
+    them in a fixed order, the bit reversal of the columns (0, 2, 1, 3 in a block of 4): the tokens drawn together
+    in one step are far apart, and adjacent tokens (the most dependent) are not drawn in the same step."""
     masked = (state == backend.special.mask) & step.active  # (B, L)
     drawn = draw(probs, step.generator)
     model_probs = torch.softmax(pred.logits.float(), dim=-1)
@@ -64,6 +82,8 @@ def confidence(backend, pred, probs, state, step, *, threshold: float = THRESHOL
     if remasking != "low_confidence":  # the confident draws first (under a threshold), then the mode's order
         if remasking == "random":
             order = torch.rand(conf.shape, generator=step.generator, device=conf.device)  # [0, 1)
+        elif remasking == "dilated":
+            order = -dilated_rank(conf.shape[1], conf.device).float()[None, :]  # (1, L)
         elif remasking == "entropy":
             order = torch.special.xlogy(model_probs, model_probs).sum(dim=-1)  # minus the entropy, <= 0
         else:
