@@ -47,3 +47,26 @@ def test_no_point_in_the_window_is_said_and_an_unjudged_frontier_refused(tmp_pat
     assert frontier_target.main([str(path)]) == 2
     assert "not judged yet" in capsys.readouterr().err
     assert frontier_target.main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_frontiers_of_other_seeds_are_pooled_before_the_window(tmp_path):
+    """A point inside the window at one seed only (a lucky draw of 16 samples) is outside on the pooled ratios:
+    judge PPL pooled as the geometric mean of its ratios to each seed's AR, entropy as the mean ratio."""
+    lucky = [_point("confidence", 2, 1.0, 380.0, 5.0), _point("confidence", 2, 1.0, 600.0, 5.0)]
+    steady = [_point("ancestral", 4, 1.6, 300.0, 5.05), _point("ancestral", 4, 1.4, 330.0, 4.98)]
+    first = _frontier(lucky[0], steady[0])
+    second = _frontier(lucky[1], steady[1], _point("ancestral", 8, 3.0, 200.0, 5.0))  # the last at this seed only
+    second["points"][0] = _point("ar", 128, 2.0, 250.0, 5.4, causal=True)  # this seed's AR
+    paths = []
+    for i, res in enumerate((first, second)):
+        paths.append(tmp_path / f"f{i}.json")
+        paths[-1].write_text(json.dumps({**res, "seed": i}))
+    assert frontier_target.main([*map(str, paths), "--out", str(tmp_path / "t.md")]) == 0
+    text = (tmp_path / "t.md").read_text()
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    lucky_row, steady_row = rows["| confidence"], rows["| ancestral"]
+    assert lucky_row.endswith("| no | 1/2 |")  # ratios 1.9 and 2.4: geometric mean 2.14
+    assert "| 2.14 |" in lucky_row and "| 0.50 |" in lucky_row
+    assert steady_row.endswith("| yes | 2/2 |") and "| 0.75 |" in steady_row  # median of 0.8 and 0.7
+    assert "Cheapest in the window: ancestral at 4 steps" in text
+    assert "left out: ancestral 8 -" in text and "seeds 0, 1" in text
