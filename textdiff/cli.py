@@ -29,11 +29,7 @@ def _positive(kind, limit: str | None = None):
     from textdiff.options import LIMITS
 
     def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            what = "a whole number" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        value = _number(kind)(text)
         if not value > 0:
             raise argparse.ArgumentTypeError(f"{text} must be > 0")
         if limit is not None and value > LIMITS[limit]:
@@ -67,8 +63,7 @@ def _number(kind):
         try:
             return kind(text)
         except ValueError:
-            what = "a whole number" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
     return parse
 
 
